@@ -1,0 +1,164 @@
+"""The NKIPy IR core: tensor types with (possibly symbolic) shapes, values, nodes, graphs.
+
+A graph is a typed SSA program: every value is produced once, by a graph input or
+by a node, and nodes are kept in a valid execution order. Ops are looked up in the
+single registry of :mod:`spiky_ir.ops`, which also infers each result type.
+
+>>> from spiky_ir import Graph, TensorType, DType
+>>> g = Graph()
+>>> x = g.add_input("x", TensorType((4, "s0"), DType.float32))
+>>> y = g.add_op("exp", [x])
+>>> g.set_outputs([y])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TypeAlias
+
+from spiky_ir.dtypes import DType
+from spiky_ir.errors import IRError
+
+Dim: TypeAlias = int | str
+"""A dimension: a static size or the name of a symbol (``"s0"``) bound later."""
+
+Attr: TypeAlias = int | float | bool | str | DType | tuple[int, ...] | None
+"""An op attribute value; tuples are int tuples (axes, shapes, permutations)."""
+
+
+@dataclass(frozen=True)
+class TensorType:
+    """Shape and element type of a value."""
+
+    shape: tuple[Dim, ...]
+    dtype: DType
+
+    @property
+    def rank(self) -> int:
+        return len(self.shape)
+
+    @property
+    def is_static(self) -> bool:
+        return all(isinstance(d, int) for d in self.shape)
+
+    def static_shape(self) -> tuple[int, ...]:
+        """The shape as ints; raises when a dim is still symbolic."""
+        out: list[int] = []
+        for d in self.shape:
+            if not isinstance(d, int):
+                raise IRError(f"type {self} has symbolic dim {d!r}; specialize the graph first")
+            out.append(d)
+        return tuple(out)
+
+    def __str__(self) -> str:
+        return f"{self.dtype.value}[{','.join(str(d) for d in self.shape)}]"
+
+
+@dataclass(eq=False)
+class Value:
+    """An SSA value: a graph input (``producer is None``) or a node result."""
+
+    name: str
+    type: TensorType
+    producer: Node | None = None
+
+    def __repr__(self) -> str:
+        return f"%{self.name}: {self.type}"
+
+
+@dataclass(eq=False)
+class Node:
+    """One op application. ``attrs`` are validated by the op's registry entry."""
+
+    op: str
+    inputs: tuple[Value, ...]
+    attrs: dict[str, Attr]
+    outputs: tuple[Value, ...] = ()
+    source: str | None = None
+    """Where the node came from (an ATen op and user source line), for error messages."""
+
+    @property
+    def output(self) -> Value:
+        """The single result; raises for multi-result ops."""
+        if len(self.outputs) != 1:
+            raise IRError(f"node {self.describe()} has {len(self.outputs)} results, not 1")
+        return self.outputs[0]
+
+    def describe(self) -> str:
+        names = ", ".join(f"%{v.name}" for v in self.outputs) or "<no results>"
+        where = f" from {self.source}" if self.source else ""
+        return f"{names} = {self.op}(...){where}"
+
+
+@dataclass(eq=False)
+class Graph:
+    """A typed SSA graph: inputs, nodes in execution order, outputs."""
+
+    name: str = "main"
+    inputs: list[Value] = field(default_factory=list)
+    nodes: list[Node] = field(default_factory=list)
+    outputs: list[Value] = field(default_factory=list)
+    _names: set[str] = field(default_factory=set, repr=False)
+
+    def fresh_name(self, hint: str) -> str:
+        """A value name not used yet in this graph, derived from ``hint``."""
+        base = "".join(c if c.isalnum() or c == "_" else "_" for c in hint) or "v"
+        name, n = base, 0
+        while name in self._names:
+            n += 1
+            name = f"{base}_{n}"
+        self._names.add(name)
+        return name
+
+    def add_input(self, name: str, type_: TensorType) -> Value:
+        value = Value(self.fresh_name(name), type_)
+        self.inputs.append(value)
+        return value
+
+    def add_node(
+        self,
+        op: str,
+        inputs: Sequence[Value],
+        attrs: Mapping[str, Attr] | None = None,
+        *,
+        name: str | None = None,
+        source: str | None = None,
+    ) -> Node:
+        """Append a node, inferring its result types from the op registry."""
+        from spiky_ir.ops import get_op
+
+        opdef = get_op(op)
+        node = Node(op, tuple(inputs), dict(attrs or {}), source=source)
+        base = name or op
+        try:
+            result_types = opdef.infer_types(node)
+        except IRError as exc:
+            where = f" from {source}" if source else ""
+            raise type(exc)(f"{exc} (in node %{base} = {op}(...){where})") from None
+        node.outputs = tuple(
+            Value(self.fresh_name(base if len(result_types) == 1 else f"{base}_r{i}"), t, node)
+            for i, t in enumerate(result_types)
+        )
+        self.nodes.append(node)
+        return node
+
+    def add_op(
+        self,
+        op: str,
+        inputs: Sequence[Value],
+        attrs: Mapping[str, Attr] | None = None,
+        *,
+        name: str | None = None,
+        source: str | None = None,
+    ) -> Value:
+        """Append a single-result node and return its value."""
+        return self.add_node(op, inputs, attrs, name=name, source=source).output
+
+    def set_outputs(self, outputs: Sequence[Value]) -> None:
+        self.outputs = list(outputs)
+
+    def __str__(self) -> str:
+        from spiky_ir.text import print_graph
+
+        return print_graph(self)

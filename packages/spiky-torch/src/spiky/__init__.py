@@ -1,0 +1,38 @@
+"""Spiky: PyTorch on AWS Neuron through ``torch.compile(model, backend="nkipy")``.
+
+>>> import torch, spiky.torch
+>>> model = torch.nn.Linear(32, 64, bias=False)
+>>> fast = torch.compile(model, backend="nkipy")
+>>> with torch.no_grad():
+...     out = fast(torch.randn(8, 32))
+>>> spiky.get_stats().total_executions >= 1
+True
+"""
+
+from spiky.errors import (
+    IRError,
+    LoweringError,
+    OutOfMemoryError,
+    SpikyConfigError,
+    SpikyError,
+    SpikyOptionError,
+    SpikyRuntimeError,
+    SpikyTargetError,
+)
+from spiky.stats import (
+    clear_memory_pool,
+    device_count,
+    get_memory_stats,
+    get_stats,
+    reset_stats,
+    trim_memory_pool,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "IRError", "LoweringError", "OutOfMemoryError", "SpikyConfigError", "SpikyError",
+    "SpikyOptionError", "SpikyRuntimeError", "SpikyTargetError", "__version__",
+    "clear_memory_pool", "device_count", "get_memory_stats", "get_stats", "reset_stats",
+    "trim_memory_pool",
+]

@@ -1,0 +1,28 @@
+"""Errors raised by spiky-torch, in the hierarchy rooted at :class:`spiky_ir.SpikyError`.
+
+The native engine raises ``spiky_runtime.SpikyRuntimeError`` (a ``RuntimeError``)
+and its subclasses; they are re-exported here so users need one import.
+"""
+
+from __future__ import annotations
+
+from spiky_ir.errors import IRError, LoweringError, ShapeError, SpikyError
+from spiky_runtime import InvalidArgumentError, OutOfMemoryError, SpikyRuntimeError
+
+
+class SpikyOptionError(SpikyError, ValueError):
+    """An unknown option or a bad option value for ``torch.compile(backend="nkipy")``."""
+
+
+class SpikyConfigError(SpikyError, ValueError):
+    """A bad argument to :func:`spiky.torch.init_nkipy_backend`."""
+
+
+class SpikyTargetError(SpikyError, RuntimeError):
+    """The requested target cannot run here; the message says what is missing."""
+
+
+__all__ = [
+    "IRError", "InvalidArgumentError", "LoweringError", "OutOfMemoryError", "ShapeError",
+    "SpikyConfigError", "SpikyError", "SpikyOptionError", "SpikyRuntimeError", "SpikyTargetError",
+]

@@ -1,0 +1,26 @@
+"""spiky.torch: the ``"nkipy"`` backend for ``torch.compile``.
+
+Importing this module registers the backend (it is also found through the
+``torch_dynamo_backends`` entry point without an import)::
+
+    import torch, spiky.torch
+    spiky.torch.init_nkipy_backend(target="host")        # optional: defaults otherwise
+    fast = torch.compile(model, backend="nkipy")
+"""
+
+from spiky.torch.backend import nkipy_backend, register
+from spiky.torch.config import (
+    BackendConfig,
+    current_config,
+    init_nkipy_backend,
+    is_nkipy_backend_initialized,
+    reset_nkipy_backend,
+)
+from spiky.torch.options import OPTIONS, validate_options
+
+register()
+
+__all__ = [
+    "OPTIONS", "BackendConfig", "current_config", "init_nkipy_backend",
+    "is_nkipy_backend_initialized", "nkipy_backend", "reset_nkipy_backend", "validate_options",
+]

@@ -1,0 +1,133 @@
+"""Process-wide backend configuration: :func:`init_nkipy_backend` and friends."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from spiky.errors import SpikyConfigError
+from spiky.torch.targets import resolve_target
+from spiky_dist import resolve_rank_world
+
+log = logging.getLogger("spiky.config")
+
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    """What :func:`init_nkipy_backend` set for this process."""
+
+    nkipy_cache: Path
+    log_level: int
+    rank: int
+    world_size: int
+    additional_compiler_args: str
+    target: str
+    """The resolved target: ``"host"`` or ``"neuron"``."""
+
+
+_lock = threading.Lock()
+_config: BackendConfig | None = None
+
+
+def default_cache_dir() -> Path:
+    """``$SPIKY_CACHE``, else ``$XDG_CACHE_HOME/spiky``, else ``~/.cache/spiky``."""
+    if os.environ.get("SPIKY_CACHE"):
+        return Path(os.environ["SPIKY_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "spiky"
+
+
+def _log_level(level: int | str) -> int:
+    if isinstance(level, bool) or not isinstance(level, int | str):
+        raise SpikyConfigError(f"log_level must be an int or one of {_LOG_LEVELS}, got {level!r}")
+    if isinstance(level, str):
+        if level.upper() not in _LOG_LEVELS:
+            raise SpikyConfigError(f"unknown log_level {level!r}; valid: {', '.join(_LOG_LEVELS)}")
+        return int(getattr(logging, level.upper()))
+    return level
+
+
+def init_nkipy_backend(
+    nkipy_cache: str | os.PathLike[str] | None = None,
+    log_level: int | str = logging.WARNING,
+    rank: int | None = None,
+    world_size: int | None = None,
+    additional_compiler_args: str = "",
+    target: str = "auto",
+) -> BackendConfig:
+    """Configure the nkipy backend for this process (once; see :func:`reset_nkipy_backend`).
+
+    >>> import spiky.torch
+    >>> spiky.torch.init_nkipy_backend(target="host")  # doctest: +SKIP
+
+    ``rank``/``world_size`` default to what spiky-dist finds (torch.distributed, then
+    ``RANK``/``WORLD_SIZE``, then 0/1). Raises ``RuntimeError`` if already initialised.
+    """
+    global _config
+    if not isinstance(additional_compiler_args, str):
+        raise SpikyConfigError(
+            f"additional_compiler_args must be a str, got {type(additional_compiler_args).__name__}"
+        )
+    level = _log_level(log_level)
+    cache = Path(nkipy_cache) if nkipy_cache is not None else default_cache_dir()
+    with _lock:
+        if _config is not None:
+            raise RuntimeError(
+                "the nkipy backend is already initialised; call "
+                "spiky.torch.reset_nkipy_backend() first to initialise it again"
+            )
+        resolved_rank, resolved_world = resolve_rank_world(rank, world_size)
+        resolved_target = resolve_target(target)
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SpikyConfigError(
+                f"cannot create nkipy_cache directory {str(cache)!r}: {exc.strerror}; "
+                "pass a writable nkipy_cache= or set SPIKY_CACHE"
+            ) from exc
+        logging.getLogger("spiky").setLevel(level)
+        _config = BackendConfig(
+            nkipy_cache=cache,
+            log_level=level,
+            rank=resolved_rank,
+            world_size=resolved_world,
+            additional_compiler_args=additional_compiler_args,
+            target=resolved_target,
+        )
+        log.info("nkipy backend initialised: %s", _config)
+        return _config
+
+
+def is_nkipy_backend_initialized() -> bool:
+    return _config is not None
+
+
+def reset_nkipy_backend() -> None:
+    """Forget the configuration so :func:`init_nkipy_backend` may run again.
+
+    Compiled functions keep the configuration they were compiled with; call
+    ``torch._dynamo.reset()`` to recompile them under a new one.
+    """
+    global _config
+    with _lock:
+        _config = None
+
+
+def current_config() -> BackendConfig:
+    """The active configuration; initialises with defaults (and logs it) when needed."""
+    config = _config
+    if config is not None:
+        return config
+    log.info("nkipy backend used before init_nkipy_backend(); initialising with defaults")
+    try:
+        return init_nkipy_backend()
+    except RuntimeError:
+        # Another thread initialised it between our check and our call.
+        if _config is None:
+            raise
+        return _config
