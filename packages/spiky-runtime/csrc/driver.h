@@ -1,0 +1,73 @@
+// The device interface. Everything above it (pool, executor, bindings) is the same code
+// for every driver; a driver only moves bytes, holds models and runs them.
+//
+// Contract for implementations:
+//  - all methods are thread-safe;
+//  - failures are thrown as the types of errors.h (a C-API driver converts its status
+//    codes in one place); allocate() throws DeviceOutOfMemory when the device is full;
+//  - no method calls back into Python except HostExecutable, which owns that concern.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "tensor_spec.h"
+
+namespace spiky::runtime {
+
+// Opaque device-memory and model identifiers; 0 is never a valid value.
+using MemHandle = std::uint64_t;
+using ModelId = std::uint64_t;
+
+// A model executable that runs on the host: reads its inputs and writes every byte of its
+// outputs (whose specs are the model's output specs). Used by the host driver.
+using HostExecutable =
+    std::function<void(const std::vector<ConstTensor>& inputs,
+                       const std::vector<MutableTensor>& outputs)>;
+
+// What a driver needs to load a model. The host driver requires `host_executable`; a
+// Neuron driver takes a compiled image instead (that field lands with the nrt driver).
+struct ModelDescriptor {
+  std::string name;
+  std::vector<TensorSpec> inputs;
+  std::vector<TensorSpec> outputs;
+  std::shared_ptr<const HostExecutable> host_executable;
+};
+
+class Driver {
+ public:
+  virtual ~Driver() = default;
+  Driver() = default;
+  Driver(const Driver&) = delete;
+  Driver& operator=(const Driver&) = delete;
+
+  virtual std::string name() const = 0;
+  virtual int index() const = 0;
+  // Bytes the device may hold in total; 0 = unlimited.
+  virtual std::size_t capacity_bytes() const = 0;
+  virtual void set_capacity_bytes(std::size_t capacity) = 0;
+
+  virtual MemHandle allocate(std::size_t nbytes) = 0;
+  virtual void free(MemHandle handle) = 0;
+  virtual std::size_t allocation_size(MemHandle handle) const = 0;
+
+  // Host -> device, device -> host and device -> device copies; offsets in bytes,
+  // bounds-checked against the allocation.
+  virtual void write(MemHandle dst, std::size_t dst_offset, const void* src,
+                     std::size_t nbytes) = 0;
+  virtual void read(MemHandle src, std::size_t src_offset, void* dst, std::size_t nbytes) = 0;
+  virtual void copy(MemHandle src, std::size_t src_offset, MemHandle dst,
+                    std::size_t dst_offset, std::size_t nbytes) = 0;
+
+  virtual ModelId load_model(ModelDescriptor descriptor) = 0;
+  virtual void unload_model(ModelId model) = 0;
+  // Runs a loaded model on device buffers holding its inputs; fills its output buffers.
+  virtual void execute(ModelId model, const std::vector<MemHandle>& inputs,
+                       const std::vector<MemHandle>& outputs) = 0;
+};
+
+}  // namespace spiky::runtime

@@ -1,0 +1,69 @@
+// The host driver: "device memory" is host memory owned by the driver and a model is a
+// HostExecutable. It is the default wherever no Neuron device exists, and the reference
+// the other drivers are tested against.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <unordered_map>
+
+#include "driver.h"
+
+namespace spiky::runtime {
+
+class HostDriver final : public Driver {
+ public:
+  // capacity_bytes == 0 means unlimited. The capacity makes device OOM reproducible.
+  HostDriver(int index, std::size_t capacity_bytes);
+  ~HostDriver() override;
+
+  std::string name() const override { return "host"; }
+  int index() const override { return index_; }
+  std::size_t capacity_bytes() const override;
+  void set_capacity_bytes(std::size_t capacity) override;
+
+  MemHandle allocate(std::size_t nbytes) override;
+  void free(MemHandle handle) override;
+  std::size_t allocation_size(MemHandle handle) const override;
+
+  void write(MemHandle dst, std::size_t dst_offset, const void* src,
+             std::size_t nbytes) override;
+  void read(MemHandle src, std::size_t src_offset, void* dst, std::size_t nbytes) override;
+  void copy(MemHandle src, std::size_t src_offset, MemHandle dst, std::size_t dst_offset,
+            std::size_t nbytes) override;
+
+  ModelId load_model(ModelDescriptor descriptor) override;
+  void unload_model(ModelId model) override;
+  void execute(ModelId model, const std::vector<MemHandle>& inputs,
+               const std::vector<MemHandle>& outputs) override;
+
+ private:
+  struct FreeDeleter {
+    void operator()(void* p) const noexcept;
+  };
+  struct Allocation {
+    std::unique_ptr<void, FreeDeleter> data;
+    std::size_t nbytes;
+  };
+  struct Region {
+    std::byte* data;
+    std::size_t nbytes;
+  };
+
+  // Resolves a handle and checks [offset, offset + nbytes) lies inside it.
+  Region region(MemHandle handle, std::size_t offset, std::size_t nbytes,
+                const char* what) const;
+
+  const int index_;
+  mutable std::mutex mutex_;
+  std::size_t capacity_bytes_;
+  std::size_t allocated_bytes_ = 0;
+  MemHandle next_handle_ = 1;
+  ModelId next_model_ = 1;
+  std::unordered_map<MemHandle, Allocation> allocations_;
+  std::unordered_map<ModelId, std::shared_ptr<const ModelDescriptor>> models_;
+};
+
+}  // namespace spiky::runtime

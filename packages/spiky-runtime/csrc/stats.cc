@@ -1,0 +1,59 @@
+#include "stats.h"
+
+#include <algorithm>
+#include <sstream>
+
+namespace spiky::runtime {
+
+void RuntimeStats::record_execution(const ExecutionTimings& t,
+                                    std::optional<std::int64_t> bucket) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  data_.min_execution_time_ms = data_.total_executions == 0
+                                    ? t.total_ms
+                                    : std::min(data_.min_execution_time_ms, t.total_ms);
+  data_.max_execution_time_ms = std::max(data_.max_execution_time_ms, t.total_ms);
+  ++data_.total_executions;
+  data_.total_execution_time_ms += t.total_ms;
+  data_.total_h2d_time_ms += t.h2d_ms;
+  data_.total_exec_time_ms += t.exec_ms;
+  data_.total_d2h_time_ms += t.d2h_ms;
+  if (bucket) ++data_.bucket_hits[*bucket];
+}
+
+void RuntimeStats::record_compile() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  ++data_.total_compile_count;
+}
+
+void RuntimeStats::reset() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  data_ = StatsSnapshot{};
+}
+
+StatsSnapshot RuntimeStats::snapshot() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return data_;
+}
+
+std::string StatsSnapshot::to_string() const {
+  std::ostringstream os;
+  os.setf(std::ios::fixed);
+  os.precision(3);
+  os << "RuntimeStats(total_executions=" << total_executions
+     << ", total_compile_count=" << total_compile_count << ", bucket_hits={";
+  bool first = true;
+  for (const auto& [bucket, hits] : bucket_hits) {
+    if (!first) os << ", ";
+    first = false;
+    os << bucket << ": " << hits;
+  }
+  os << "}, total_execution_time_ms=" << total_execution_time_ms
+     << ", min_execution_time_ms=" << min_execution_time_ms
+     << ", max_execution_time_ms=" << max_execution_time_ms
+     << ", total_h2d_time_ms=" << total_h2d_time_ms
+     << ", total_exec_time_ms=" << total_exec_time_ms
+     << ", total_d2h_time_ms=" << total_d2h_time_ms << ")";
+  return os.str();
+}
+
+}  // namespace spiky::runtime

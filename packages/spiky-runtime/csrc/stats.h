@@ -1,0 +1,46 @@
+// Execution statistics of one device: counts and per-phase timings of model runs.
+// Thread-safe; snapshot() returns a copy so callers never see a half-updated record.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <string>
+
+namespace spiky::runtime {
+
+struct StatsSnapshot {
+  std::int64_t total_executions = 0;
+  std::int64_t total_compile_count = 0;
+  std::map<std::int64_t, std::int64_t> bucket_hits;  // bucket -> runs
+  double total_execution_time_ms = 0.0;  // whole run() calls, allocation included
+  double min_execution_time_ms = 0.0;    // 0 until the first run
+  double max_execution_time_ms = 0.0;
+  double total_h2d_time_ms = 0.0;
+  double total_exec_time_ms = 0.0;
+  double total_d2h_time_ms = 0.0;
+
+  std::string to_string() const;
+};
+
+struct ExecutionTimings {
+  double h2d_ms = 0.0;
+  double exec_ms = 0.0;
+  double d2h_ms = 0.0;
+  double total_ms = 0.0;
+};
+
+class RuntimeStats {
+ public:
+  void record_execution(const ExecutionTimings& t, std::optional<std::int64_t> bucket);
+  void record_compile();
+  void reset();
+  StatsSnapshot snapshot() const;
+
+ private:
+  mutable std::mutex mutex_;
+  StatsSnapshot data_;
+};
+
+}  // namespace spiky::runtime

@@ -1,0 +1,49 @@
+"""spiky_runtime: Spiky's native execution engine, usable without torch.
+
+Devices (drivers), a caching memory pool per device, buffers, models and statistics.
+The ``host`` driver keeps device memory in host memory and runs models registered as
+Python callables, so everything works on any machine::
+
+    import numpy as np
+    import spiky_runtime as rt
+
+    dev = rt.Device("host")
+    spec = rt.TensorSpec((2, 2), "float32")
+    model = dev.load_host_model(lambda xs: [xs[0] + 1], [spec], [spec], name="inc")
+    (out,) = model.run([np.zeros((2, 2), np.float32)])
+
+``Device("host", 0)`` returns the process-wide device for that (driver, index): every
+Device object for it shares one pool and one set of statistics.
+"""
+
+from __future__ import annotations
+
+from spiky_runtime._core import (
+    Buffer,
+    Device,
+    Model,
+    RuntimeStats,
+    TensorSpec,
+    device_count,
+    driver_names,
+)
+from spiky_runtime.errors import InvalidArgumentError, OutOfMemoryError, SpikyRuntimeError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    # devices and memory
+    "Device",
+    "Buffer",
+    "device_count",
+    "driver_names",
+    # models and statistics
+    "TensorSpec",
+    "Model",
+    "RuntimeStats",
+    # errors
+    "SpikyRuntimeError",
+    "OutOfMemoryError",
+    "InvalidArgumentError",
+]

@@ -1,0 +1,334 @@
+"""Host models: run path, input/output checks, error propagation, stats."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pytest
+
+import spiky_runtime as rt
+
+F32 = np.float32
+
+
+def matmul_model(dev: rt.Device, name: str = "mm") -> rt.Model:
+    return dev.load_host_model(
+        lambda xs: [xs[0] @ xs[1]],
+        inputs=[rt.TensorSpec((3, 4), F32), rt.TensorSpec((4, 5), "float32")],
+        outputs=[rt.TensorSpec((3, 5), F32)],
+        name=name,
+    )
+
+
+def ab() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return rng.standard_normal((3, 4)).astype(F32), rng.standard_normal((4, 5)).astype(F32)
+
+
+@pytest.mark.smoke
+def test_tensor_spec() -> None:
+    spec = rt.TensorSpec((2, 3), "float16")
+    assert spec.shape == (2, 3)
+    assert spec.dtype == np.dtype(np.float16)
+    assert spec.nbytes == 12
+    assert spec == rt.TensorSpec([2, 3], np.float16)
+    assert spec != rt.TensorSpec((3, 2), np.float16)
+    assert hash(spec) == hash(rt.TensorSpec((2, 3), np.dtype("float16")))
+    assert repr(spec) == "TensorSpec(shape=(2, 3), dtype=float16)"
+    assert rt.TensorSpec((), "bool").nbytes == 1
+    with pytest.raises(rt.InvalidArgumentError, match=r"unsupported dtype 'complex128'.*expected one of: bool"):
+        rt.TensorSpec((1,), np.complex128)
+    with pytest.raises(rt.InvalidArgumentError, match=r"dim 0 of shape \(-2,\) is negative"):
+        rt.TensorSpec((-2,), "int8")
+    with pytest.raises(rt.InvalidArgumentError, match="non-native byte order"):
+        rt.TensorSpec((1,), np.dtype(">f4") if np.little_endian else np.dtype("<f4"))
+
+
+@pytest.mark.smoke
+def test_matmul_matches_numpy(dev: rt.Device) -> None:
+    model = matmul_model(dev)
+    assert model.name == "mm"
+    assert [s.shape for s in model.inputs] == [(3, 4), (4, 5)]
+    assert model.outputs == [rt.TensorSpec((3, 5), F32)]
+    a, b = ab()
+    outs = model.run([a, b])
+    assert len(outs) == 1
+    assert outs[0].dtype == F32 and outs[0].shape == (3, 5)
+    np.testing.assert_allclose(outs[0], a @ b, rtol=1e-6, atol=1e-6)
+    assert outs[0].flags.writeable  # fresh host array, not device memory
+
+
+def test_multiple_outputs_and_dtypes(dev: rt.Device) -> None:
+    def fn(xs: list[np.ndarray]) -> Sequence[Any]:
+        x, mask = xs
+        return (np.where(mask, x, 0).astype(np.int64), x.sum(dtype=np.float64), mask.any())
+
+    model = dev.load_host_model(
+        fn,
+        [rt.TensorSpec((5,), np.int32), rt.TensorSpec((5,), bool)],
+        [rt.TensorSpec((5,), np.int64), rt.TensorSpec((), np.float64), rt.TensorSpec((), "bool")],
+        name="multi",
+    )
+    x = np.array([1, -2, 3, -4, 5], dtype=np.int32)
+    mask = np.array([True, False, True, False, False])
+    masked, total, anyv = model.run([x, mask])
+    np.testing.assert_array_equal(masked, [1, 0, 3, 0, 0])
+    assert masked.dtype == np.int64
+    assert total.shape == () and float(total) == 3.0
+    assert bool(anyv) is True
+
+
+def test_inputs_are_read_only_views(dev: rt.Device) -> None:
+    seen: dict[str, Any] = {}
+
+    def fn(xs: list[np.ndarray]) -> list[np.ndarray]:
+        x = xs[0]
+        seen["writeable"] = x.flags.writeable
+        seen["owndata"] = x.flags.owndata
+        with pytest.raises(ValueError, match="read-only"):
+            x[0] = 42.0
+        return [x * 2]
+
+    spec = rt.TensorSpec((4,), F32)
+    model = dev.load_host_model(fn, [spec], [spec], name="ro")
+    x = np.arange(4, dtype=F32)
+    (y,) = model.run([x])
+    assert seen == {"writeable": False, "owndata": False}
+    np.testing.assert_array_equal(y, x * 2)
+    np.testing.assert_array_equal(x, np.arange(4, dtype=F32))  # caller's array untouched
+
+
+def test_non_contiguous_input_accepted(dev: rt.Device) -> None:
+    model = matmul_model(dev)
+    a, b = ab()
+    a_t = np.asfortranarray(a)
+    assert not a_t.flags.c_contiguous
+    np.testing.assert_allclose(model.run([a_t, b])[0], a @ b, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.smoke
+def test_wrong_input_count(dev: rt.Device) -> None:
+    model = matmul_model(dev)
+    a, _ = ab()
+    with pytest.raises(rt.InvalidArgumentError, match="model 'mm': expected 2 inputs, got 1"):
+        model.run([a])
+    with pytest.raises(rt.InvalidArgumentError, match=r"sequence .* got ndarray"):
+        model.run(a)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("index", "bad", "got"),
+    [
+        (0, np.zeros((4, 3), F32), r"got shape \(4, 3\) dtype float32"),
+        (1, np.zeros((4, 5), np.float64), r"got shape \(4, 5\) dtype float64"),
+        (1, np.zeros((4, 5, 1), F32), r"got shape \(4, 5, 1\) dtype float32"),
+    ],
+)
+def test_wrong_input_shape_or_dtype_names_index(dev: rt.Device, index: int, bad: np.ndarray, got: str) -> None:
+    model = matmul_model(dev)
+    args = list(ab())
+    args[index] = bad
+    expected = ["shape \\(3, 4\\) dtype float32", "shape \\(4, 5\\) dtype float32"][index]
+    with pytest.raises(rt.InvalidArgumentError, match=f"model 'mm': input {index}: expected {expected}, {got}"):
+        model.run(args)
+
+
+def test_input_not_an_array_or_unsupported_dtype(dev: rt.Device) -> None:
+    model = matmul_model(dev)
+    a, b = ab()
+    with pytest.raises(rt.InvalidArgumentError, match=r"model 'mm': input 1: expected a numpy\.ndarray .* got list"):
+        model.run([a, b.tolist()])  # type: ignore[list-item]
+    with pytest.raises(rt.InvalidArgumentError, match="model 'mm': input 0: unsupported dtype 'complex64'"):
+        model.run([a.astype(np.complex64), b])
+
+
+@pytest.mark.parametrize(
+    ("fn", "message"),
+    [
+        (
+            lambda xs: [np.zeros((5, 3), F32)],
+            r"output 0: host fn returned shape \(5, 3\) dtype float32, expected shape \(3, 5\) dtype float32",
+        ),
+        (lambda xs: [np.zeros((3, 5), np.float64)], r"output 0: host fn returned shape \(3, 5\) dtype float64"),
+        (lambda xs: [], "host fn returned 0 outputs, expected 1"),
+        (lambda xs: np.zeros((3, 5), F32), "must return a sequence .* got ndarray"),
+        (lambda xs: None, "must return a sequence .* got NoneType"),
+    ],
+)
+def test_fn_returning_wrong_outputs(dev: rt.Device, fn: Any, message: str) -> None:
+    model = dev.load_host_model(fn, [rt.TensorSpec((3, 4), F32)], [rt.TensorSpec((3, 5), F32)], name="badout")
+    with pytest.raises(rt.InvalidArgumentError, match=f"model 'badout': .*{message}"):
+        model.run([np.zeros((3, 4), F32)])
+    assert dev.memory_stats()["used_bytes"] == 0
+    assert dev.stats().total_executions == 0
+
+
+@pytest.mark.smoke
+def test_exception_in_fn_propagates_and_frees(dev: rt.Device) -> None:
+    class BoomError(Exception):
+        pass
+
+    def fn(xs: list[np.ndarray]) -> list[np.ndarray]:
+        raise BoomError("from the model")
+
+    keep = dev.allocate(2048)
+    start = dev.memory_stats()["used_bytes"]
+    model = dev.load_host_model(fn, [rt.TensorSpec((8,), F32)], [rt.TensorSpec((8,), F32)], name="boom")
+    with pytest.raises(BoomError, match="from the model") as info:
+        model.run([np.zeros(8, F32)])
+    assert type(info.value) is BoomError  # unchanged, not wrapped
+    assert dev.memory_stats()["used_bytes"] == start
+    assert dev.stats().total_executions == 0
+    keep.free()
+
+
+def test_load_host_model_rejects_non_callable(dev: rt.Device) -> None:
+    spec = rt.TensorSpec((1,), F32)
+    with pytest.raises(rt.InvalidArgumentError, match="fn of model 'x' must be callable, got int"):
+        dev.load_host_model(3, [spec], [spec], name="x")  # type: ignore[arg-type]
+
+
+@pytest.mark.smoke
+def test_stats_count_executions_and_buckets(dev: rt.Device) -> None:
+    model = matmul_model(dev)
+    a, b = ab()
+    empty = dev.stats()
+    assert empty.total_executions == 0 and empty.bucket_hits == {}
+    assert empty.min_execution_time_ms == 0.0
+    model.run([a, b], bucket=8)
+    model.run([a, b], bucket=8)
+    model.run([a, b], bucket=16)
+    model.run([a, b])
+    s = dev.stats()
+    assert s.total_executions == 4
+    assert s.bucket_hits == {8: 2, 16: 1}
+    assert s.total_compile_count == 0
+    assert 0.0 < s.min_execution_time_ms <= s.max_execution_time_ms <= s.total_execution_time_ms
+    assert s.total_exec_time_ms > 0.0
+    assert s.total_h2d_time_ms >= 0.0 and s.total_d2h_time_ms >= 0.0
+    phases = s.total_h2d_time_ms + s.total_exec_time_ms + s.total_d2h_time_ms
+    assert phases <= s.total_execution_time_ms + 1e-9
+    assert empty.total_executions == 0  # snapshots are not live
+    assert "total_executions=4" in repr(s) and "bucket_hits={8: 2, 16: 1}" in repr(s)
+
+    dev.record_compile()
+    dev.record_compile()
+    assert dev.stats().total_compile_count == 2
+    dev.reset_stats()
+    s = dev.stats()
+    assert (s.total_executions, s.total_compile_count, s.bucket_hits) == (0, 0, {})
+    assert s.total_execution_time_ms == 0.0
+
+
+def test_memory_stats_change_after_run(dev: rt.Device) -> None:
+    model = matmul_model(dev)
+    a, b = ab()
+    before = dev.memory_stats()
+    model.run([a, b])
+    after = dev.memory_stats()
+    # Three scratch buffers (48, 80, 60 bytes -> 512 each) were allocated and cached.
+    assert after["allocation_count"] - before["allocation_count"] == 3
+    assert after["cached_bytes"] - before["cached_bytes"] == 3 * 512
+    assert after["used_bytes"] == before["used_bytes"] == 0
+    model.run([a, b])
+    again = dev.memory_stats()
+    assert again["allocation_count"] == after["allocation_count"]  # served from cache
+    assert again["reuse_count"] - after["reuse_count"] == 3
+
+
+def test_run_oom_raises_and_recovers(dev: rt.Device) -> None:
+    big = rt.TensorSpec((1024, 1024), F32)  # 4 MiB
+    model = dev.load_host_model(lambda xs: [xs[0] + 1], [big], [big], name="inc")
+    rt.Device("host", 0, capacity_bytes=6 * 1024 * 1024)
+    x = np.zeros((1024, 1024), F32)
+    with pytest.raises(rt.OutOfMemoryError, match="requested 4194304 bytes"):
+        model.run([x])  # input fits, the output does not
+    assert dev.memory_stats()["used_bytes"] == 0
+    rt.Device("host", 0, capacity_bytes=0)
+    np.testing.assert_array_equal(model.run([x])[0], x + 1)
+
+
+def test_zero_size_tensors(dev: rt.Device) -> None:
+    spec = rt.TensorSpec((0, 3), F32)
+    model = dev.load_host_model(lambda xs: [xs[0] * 2], [spec], [spec], name="empty")
+    (y,) = model.run([np.zeros((0, 3), F32)])
+    assert y.shape == (0, 3)
+
+
+def test_concurrent_runs(dev: rt.Device) -> None:
+    model = matmul_model(dev)
+    a, b = ab()
+    expected = a @ b
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            for _ in range(50):
+                np.testing.assert_allclose(model.run([a, b], bucket=1)[0], expected, rtol=1e-6)
+        except BaseException as e:  # surfaced by the assertion below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert dev.stats().total_executions == 200
+    assert dev.stats().bucket_hits == {1: 200}
+    assert dev.memory_stats()["used_bytes"] == 0
+
+
+def test_model_repr(dev: rt.Device) -> None:
+    model = matmul_model(dev, name="rep")
+    assert repr(model) == (
+        "Model(name='rep', inputs=[(3, 4) float32, (4, 5) float32], outputs=[(3, 5) float32], device=host:0)"
+    )
+    assert model.device == dev
+
+
+def test_interpreter_exit_with_daemon_thread_running_models() -> None:
+    # A daemon thread inside Model.run when the interpreter exits must not crash the process
+    # (pybind11's gil_scoped_release would abort here), and leftover models/buffers, also in
+    # reference cycles, must not be touched after Python is gone.
+    script = textwrap.dedent(
+        """
+        import threading
+        import numpy as np
+        import spiky_runtime as rt
+
+        dev = rt.Device()
+        spec = rt.TensorSpec((4,), "float32")
+
+        class Holder:
+            pass
+
+        h = Holder()
+        h.self = h
+        h.model = dev.load_host_model(lambda xs: [xs[0] + 1], [spec], [spec], "cycle")
+        h.buf = dev.allocate(100)
+        model = dev.load_host_model(lambda xs: [xs[0] * 2], [spec], [spec], "busy")
+        started = threading.Event()
+
+        def spin():
+            while True:
+                model.run([np.ones(4, np.float32)])
+                started.set()
+
+        threading.Thread(target=spin, daemon=True).start()
+        started.wait()
+        print("ok")
+        """
+    )
+    for _ in range(2):
+        proc = subprocess.run(
+            [sys.executable, "-X", "dev", "-c", script], check=False, capture_output=True, text=True, timeout=60
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.strip() == "ok"
