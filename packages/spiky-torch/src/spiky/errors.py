@@ -18,11 +18,16 @@ class SpikyConfigError(SpikyError, ValueError):
     """A bad argument to :func:`spiky.torch.init_nkipy_backend`."""
 
 
+class SpikyShapeError(SpikyError, ValueError):
+    """An input size the compiled function cannot serve (no bucket fits, bad dynamic size)."""
+
+
 class SpikyTargetError(SpikyError, RuntimeError):
     """The requested target cannot run here; the message says what is missing."""
 
 
 __all__ = [
     "IRError", "InvalidArgumentError", "LoweringError", "OutOfMemoryError", "ShapeError",
-    "SpikyConfigError", "SpikyError", "SpikyOptionError", "SpikyRuntimeError", "SpikyTargetError",
+    "SpikyConfigError", "SpikyError", "SpikyOptionError", "SpikyRuntimeError", "SpikyShapeError",
+    "SpikyTargetError",
 ]
