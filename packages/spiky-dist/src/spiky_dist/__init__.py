@@ -1,7 +1,15 @@
 """spiky-dist: ranks, process groups and collectives for Spiky."""
 
-from spiky_dist.ranks import DistConfigError, resolve_rank_world
+from spiky_dist.errors import CollectiveError, DistConfigError
+from spiky_dist.groups import group_ranks, replica_groups, resolve_group
+from spiky_dist.host import REDUCE_OPS, HostCollectives
+from spiky_dist.neuron_env import apply_neuron_runtime_env, neuron_runtime_env
+from spiky_dist.ranks import resolve_rank_world
 
 __version__ = "0.1.0"
 
-__all__ = ["DistConfigError", "__version__", "resolve_rank_world"]
+__all__ = [
+    "REDUCE_OPS", "CollectiveError", "DistConfigError", "HostCollectives", "__version__",
+    "apply_neuron_runtime_env", "group_ranks", "neuron_runtime_env", "replica_groups",
+    "resolve_group", "resolve_rank_world",
+]

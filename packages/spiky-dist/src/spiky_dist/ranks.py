@@ -5,11 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from spiky_ir.errors import SpikyError
-
-
-class DistConfigError(SpikyError, ValueError):
-    """An impossible rank or world size; the message names the value and its source."""
+from spiky_dist.errors import DistConfigError
 
 
 def _env_int(env: Mapping[str, str], key: str) -> int | None:

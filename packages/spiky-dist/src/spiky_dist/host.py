@@ -1,0 +1,139 @@
+"""Collectives on the host target: numpy arrays through a torch.distributed process group.
+
+The host driver calls these from inside a compiled graph's execution, in graph order,
+with the GIL held by the calling thread; torch.distributed releases it while it waits
+on the network, so a pipelined executor keeps running. Every rank must reach the same
+collectives in the same order, as in any SPMD program.
+
+>>> # under torchrun with dist.init_process_group("gloo"):
+>>> # total = HostCollectives().all_reduce(np.ones(4, np.float32), "sum", group_name)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from spiky_dist.errors import CollectiveError, DistConfigError
+from spiky_dist.groups import resolve_group
+
+Array = np.ndarray[Any, np.dtype[Any]]
+
+REDUCE_OPS = ("sum", "avg", "max", "min", "product")
+_TORCH_OPS = {
+    "sum": dist.ReduceOp.SUM,
+    "avg": dist.ReduceOp.SUM,  # gloo has no AVG: sum, then divide by the group size
+    "max": dist.ReduceOp.MAX,
+    "min": dist.ReduceOp.MIN,
+    "product": dist.ReduceOp.PRODUCT,
+}
+
+
+def _reduce_op(op: str, array: Array) -> Any:
+    if op not in _TORCH_OPS:
+        raise DistConfigError(f"reduce op {op!r} is not one of {', '.join(REDUCE_OPS)}")
+    if op == "avg" and not np.issubdtype(array.dtype, np.floating):
+        raise DistConfigError(f"reduce op 'avg' needs a floating dtype, got {array.dtype}")
+    return _TORCH_OPS[op]
+
+
+def _tensor(array: Array) -> torch.Tensor:
+    # A private, writable, contiguous copy: collectives write in place.
+    return torch.from_numpy(np.array(array, copy=True, order="C"))
+
+
+class HostCollectives:
+    """Collectives over the process groups of ``torch.distributed`` (gloo on the host)."""
+
+    def __init__(self, timeout: timedelta | None = None) -> None:
+        self.timeout = timeout
+
+    def _run(self, name: str, group_name: str, call: Callable[[Any], Any]) -> None:
+        group = resolve_group(group_name)
+        try:
+            work = call(group)
+            if work is not None:
+                work.wait(self.timeout) if self.timeout is not None else work.wait()
+        except (RuntimeError, dist.DistBackendError) as exc:
+            raise CollectiveError(
+                f"{name} on group {group_name!r} (rank {dist.get_rank()}) failed: {exc}; "
+                "if another rank raised or exited, this rank cannot complete the collective"
+            ) from exc
+
+    def _finish(self, out: torch.Tensor, op: str, group_name: str, dtype: Any) -> Array:
+        result = out.numpy()
+        if op == "avg":
+            result = (result / dist.get_world_size(resolve_group(group_name))).astype(dtype)
+        return result
+
+    def all_reduce(self, array: Array, op: str, group_name: str) -> Array:
+        torch_op = _reduce_op(op, array)
+        t = _tensor(array)
+        self._run("all_reduce", group_name, lambda g: dist.all_reduce(t, torch_op, group=g, async_op=True))
+        return self._finish(t, op, group_name, array.dtype)
+
+    def all_gather(self, array: Array, group_name: str) -> Array:
+        """Concatenate every rank's array along dim 0 (``all_gather_into_tensor``)."""
+        size = dist.get_world_size(resolve_group(group_name))
+        t = _tensor(array)
+        out = torch.empty((size * t.shape[0], *t.shape[1:]), dtype=t.dtype)
+        self._run(
+            "all_gather", group_name,
+            lambda g: dist.all_gather_into_tensor(out, t, group=g, async_op=True),
+        )
+        return out.numpy()
+
+    def reduce_scatter(self, array: Array, op: str, group_name: str) -> Array:
+        """Reduce across ranks, then group rank i keeps block i along dim 0."""
+        torch_op = _reduce_op(op, array)
+        size = dist.get_world_size(resolve_group(group_name))
+        if array.ndim == 0 or array.shape[0] % size:
+            raise DistConfigError(
+                f"reduce_scatter input of shape {array.shape} cannot be split in {size} blocks along dim 0"
+            )
+        t = _tensor(array)
+        out = torch.empty((t.shape[0] // size, *t.shape[1:]), dtype=t.dtype)
+        self._run(
+            "reduce_scatter", group_name,
+            lambda g: dist.reduce_scatter_tensor(out, t, torch_op, group=g, async_op=True),
+        )
+        return self._finish(out, op, group_name, array.dtype)
+
+    def all_to_all(
+        self,
+        array: Array,
+        group_name: str,
+        output_split_sizes: Sequence[int] | None = None,
+        input_split_sizes: Sequence[int] | None = None,
+    ) -> Array:
+        """``all_to_all_single``: block i of the input (dim 0) goes to group rank i."""
+        size = dist.get_world_size(resolve_group(group_name))
+        t = _tensor(array)
+        ins = list(input_split_sizes or [])
+        outs = list(output_split_sizes or [])
+        if (ins and (len(ins) != size or sum(ins) != t.shape[0])) or (outs and len(outs) != size):
+            raise DistConfigError(
+                f"all_to_all splits in={ins} out={outs} do not match dim 0 ({t.shape[0]}) and group size {size}"
+            )
+        if not ins and t.shape[0] % size:
+            raise DistConfigError(f"all_to_all dim 0 ({t.shape[0]}) is not divisible by the group size {size}")
+        rows = sum(outs) if outs else t.shape[0]
+        out = torch.empty((rows, *t.shape[1:]), dtype=t.dtype)
+        self._run(
+            "all_to_all", group_name,
+            lambda g: dist.all_to_all_single(out, t, outs or None, ins or None, group=g, async_op=True),
+        )
+        return out.numpy()
+
+    def broadcast(self, array: Array, src: int, group_name: str) -> Array:
+        """Every rank gets group rank ``src``'s array."""
+        group = resolve_group(group_name)
+        t = _tensor(array)
+        global_src = dist.get_global_rank(group, src)
+        self._run("broadcast", group_name, lambda g: dist.broadcast(t, global_src, group=g, async_op=True))
+        return t.numpy()
