@@ -9,6 +9,7 @@
 True
 """
 
+from spiky._compile import compile
 from spiky.errors import (
     IRError,
     LoweringError,
@@ -17,8 +18,10 @@ from spiky.errors import (
     SpikyError,
     SpikyOptionError,
     SpikyRuntimeError,
+    SpikyShapeError,
     SpikyTargetError,
 )
+from spiky.logs import configure_logs, configure_logs_from_env
 from spiky.stats import (
     clear_memory_pool,
     device_count,
@@ -30,9 +33,11 @@ from spiky.stats import (
 
 __version__ = "0.1.0"
 
+configure_logs_from_env()
+
 __all__ = [
     "IRError", "LoweringError", "OutOfMemoryError", "SpikyConfigError", "SpikyError",
-    "SpikyOptionError", "SpikyRuntimeError", "SpikyTargetError", "__version__",
-    "clear_memory_pool", "device_count", "get_memory_stats", "get_stats", "reset_stats",
-    "trim_memory_pool",
+    "SpikyOptionError", "SpikyRuntimeError", "SpikyShapeError", "SpikyTargetError", "__version__",
+    "clear_memory_pool", "compile", "configure_logs", "device_count", "get_memory_stats", "get_stats",
+    "reset_stats", "trim_memory_pool",
 ]
