@@ -1,0 +1,28 @@
+"""HLO emission: IR graph → serialized ``xla.HloModuleProto`` (+ text form) for ``neuronx-cc``.
+
+::
+
+    from spiky_ir.hlo import emit_hlo
+    art = emit_hlo(graph, name="kernel_ab12")   # static shapes
+    art.proto          # bytes: what `neuronx-cc compile --framework XLA` reads
+    art.text           # the HLO text form, for dumps
+    art.input_names, art.output_names            # NEFF I/O names
+
+Layout: ``wire.py`` (proto3 codec), ``schema.py`` (the HloModuleProto subset), ``builder.py``
+(instructions, ids, reducers, collectives), ``rules.py`` (one rule per IR op, attached to
+``OpDef.extra["hlo"]``), ``emit.py`` (module conventions), ``text.py`` (text form) and
+``xla_cpu.py`` (runs a module on XLA:CPU via jaxlib; tests only).
+"""
+
+from spiky_ir.hlo.emit import HloArtifact, emit_hlo
+from spiky_ir.hlo.rules import RULES, HloContext, HloRule, missing_rules, register_rules
+from spiky_ir.hlo.schema import HloModule
+from spiky_ir.hlo.text import module_text
+from spiky_ir.hlo.wire import WireError
+
+register_rules()
+
+__all__ = [
+    "RULES", "HloArtifact", "HloContext", "HloModule", "HloRule", "WireError", "emit_hlo",
+    "missing_rules", "module_text", "register_rules",
+]

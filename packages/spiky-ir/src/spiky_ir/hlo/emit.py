@@ -1,0 +1,164 @@
+"""IR graph → ``xla.HloModuleProto`` following the conventions the Neuron toolchain expects.
+
+The module has reducer computations first and the entry computation ``main`` last; ids
+are unique module-wide; layouts are row-major. Every parameter carries the frontend
+attribute ``neff_input_names=<input name>`` (``<name>.must_alias_input`` when the input is
+updated in place, declared in ``input_output_alias``). The root is a ``copy`` (one result)
+or a ``tuple`` (several) with ``neff_output_names=output0,output1,...``; a result that is a
+bare parameter, or repeats an earlier result, gets its own ``copy``.
+
+>>> from spiky_ir import DType, Graph, TensorType
+>>> g = Graph()
+>>> x = g.add_input("x", TensorType((2, 3), DType.float32))
+>>> g.set_outputs([g.add_op("exp", [x])])
+>>> art = emit_hlo(g)
+>>> art.input_names, art.output_names
+(('x',), ('output0',))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+
+from spiky_ir.errors import IRError
+from spiky_ir.hlo import schema as s
+from spiky_ir.hlo.builder import ComputationBuilder, HloValue, ModuleBuilder, array_shape
+from spiky_ir.hlo.rules import HloContext, register_rules
+from spiky_ir.ir import Graph
+from spiky_ir.ops import get_op
+
+ENTRY_NAME = "main"
+INPUT_NAMES_ATTR = "neff_input_names"
+OUTPUT_NAMES_ATTR = "neff_output_names"
+MUST_ALIAS_SUFFIX = ".must_alias_input"
+
+
+@dataclass(frozen=True)
+class HloArtifact:
+    """An emitted module: the proto message, its bytes, and the NEFF I/O names."""
+
+    module: s.HloModule
+    input_names: tuple[str, ...]
+    """``neff_input_names`` of each parameter, in parameter order."""
+    output_names: tuple[str, ...]
+    aliases: Mapping[int, int] = field(default_factory=dict)
+    """Output index → parameter number of each in-place updated input."""
+
+    @cached_property
+    def proto(self) -> bytes:
+        """The binary serialized ``xla.HloModuleProto`` (what ``neuronx-cc`` reads)."""
+        return self.module.encode()
+
+    @cached_property
+    def text(self) -> str:
+        """The HLO text form (for dumps; XLA's parser reads it back)."""
+        from spiky_ir.hlo.text import module_text
+
+        return module_text(self.module)
+
+
+def emit_hlo(graph: Graph, *, name: str | None = None, inplace: Mapping[str, int] | None = None) -> HloArtifact:
+    """Emit ``graph`` (static shapes) as an HLO module.
+
+    ``inplace`` maps a graph input's name to the index of the output that updates it in
+    place; that input becomes ``<name>.must_alias_input`` and a ``MUST_ALIAS`` entry of
+    ``input_output_alias``.
+    """
+    register_rules()
+    for value in graph.inputs:
+        if not value.type.is_static:
+            raise IRError(
+                f"graph input %{value.name}: {value.type} is symbolic; specialize the graph before emitting HLO"
+            )
+    if not graph.outputs:
+        raise IRError(f"graph '{graph.name}' has no outputs; nothing to emit")
+    aliases = _check_inplace(graph, dict(inplace or {}))
+
+    module = ModuleBuilder()
+    main = ComputationBuilder(module, ENTRY_NAME)
+    env: dict[int, HloValue] = {}
+    input_names: list[str] = []
+    for number, value in enumerate(graph.inputs):
+        neff_name = value.name + (MUST_ALIAS_SUFFIX if number in aliases.values() else "")
+        input_names.append(neff_name)
+        env[id(value)] = main.parameter(number, value.type.dtype, value.type.static_shape(), neff_name,
+                                        {INPUT_NAMES_ATTR: neff_name})
+    for node in graph.nodes:
+        rule = get_op(node.op).extra.get("hlo")
+        if rule is None:
+            raise IRError(f"op '{node.op}' has no HLO rule (node {node.describe()}); add one in spiky_ir/hlo/rules.py")
+        main.metadata = s.OpMetadata(op_type=node.op, op_name=",".join(v.name for v in node.outputs))
+        results = rule(HloContext(main, node), node, [env[id(v)] for v in node.inputs])
+        if len(results) != len(node.outputs):
+            raise IRError(f"HLO rule of '{node.op}' returned {len(results)} values for {len(node.outputs)} results")
+        for value, result in zip(node.outputs, results, strict=True):
+            expected = (value.type.dtype, value.type.static_shape())
+            if (result.dtype, result.dims) != expected:
+                raise IRError(
+                    f"HLO rule of '{node.op}' produced {result.dtype.value}{list(result.dims)} for %{value.name}, "
+                    f"the IR says {value.type}: this is a spiky-ir bug"
+                )
+            env[id(value)] = result
+    main.metadata = None
+
+    output_names = tuple(f"output{i}" for i in range(len(graph.outputs)))
+    attrs = {OUTPUT_NAMES_ATTR: ",".join(output_names)}
+    if len(graph.outputs) == 1:
+        root = main.copy(env[id(graph.outputs[0])], attrs)
+    else:
+        seen: set[int] = set()
+        elements = []
+        for value in graph.outputs:
+            hlo = env[id(value)]
+            if hlo.instruction.opcode == "parameter" or hlo.id in seen:
+                hlo = main.copy(hlo)
+            seen.add(hlo.id)
+            elements.append(hlo)
+        root = main.tuple(elements, attrs)
+    entry = main.finish(root)
+    program_shape = s.ProgramShape(
+        parameters=[array_shape(v.type.dtype, v.type.static_shape()) for v in graph.inputs],
+        result=root.shape,
+        parameter_names=list(input_names),
+    )
+    entry.program_shape = program_shape
+    alias_proto = None
+    if aliases:
+        alias_proto = s.InputOutputAlias(entries=[
+            s.AliasEntry(output_shape_index=[out] if len(graph.outputs) > 1 else [], parameter_number=param,
+                         kind=s.MUST_ALIAS)
+            for out, param in sorted(aliases.items())
+        ])
+    proto = s.HloModule(
+        name=name or graph.name,
+        entry_computation_name=ENTRY_NAME,
+        computations=[*module.reducers, entry],
+        host_program_shape=program_shape,
+        id=1,
+        entry_computation_id=entry.id,
+        input_output_alias=alias_proto,
+    )
+    return HloArtifact(proto, tuple(input_names), output_names, aliases)
+
+
+def _check_inplace(graph: Graph, inplace: dict[str, int]) -> dict[int, int]:
+    """Output index → parameter number, after checking names, indices and types."""
+    by_name = {v.name: i for i, v in enumerate(graph.inputs)}
+    aliases: dict[int, int] = {}
+    for input_name, out in inplace.items():
+        if input_name not in by_name:
+            raise IRError(f"inplace input {input_name!r} is not an input of graph '{graph.name}'; "
+                          f"inputs: {', '.join(by_name)}")
+        if not 0 <= out < len(graph.outputs):
+            raise IRError(f"inplace input {input_name!r} names output {out}; graph '{graph.name}' "
+                          f"has {len(graph.outputs)} outputs")
+        if out in aliases:
+            raise IRError(f"output {out} of graph '{graph.name}' is aliased by two inputs")
+        param = by_name[input_name]
+        if graph.inputs[param].type != graph.outputs[out].type:
+            raise IRError(f"inplace input {input_name!r} ({graph.inputs[param].type}) cannot alias output {out} "
+                          f"({graph.outputs[out].type}): types differ")
+        aliases[out] = param
+    return aliases
