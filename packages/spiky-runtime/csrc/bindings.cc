@@ -21,7 +21,10 @@
 #include <vector>
 
 #include "buffer.h"
+#include "bundle.h"
+#include "call.h"
 #include "device.h"
+#include "device_tensor.h"
 #include "errors.h"
 #include "model.h"
 #include "pool.h"
@@ -128,28 +131,37 @@ py::tuple shape_tuple(const std::vector<std::int64_t>& shape) {
 
 // ---------------------------------------------------------------- host executables
 
-// Owns a Python callable on behalf of C++ code that may drop it without the GIL (a
-// concurrent unload) or after the interpreter is gone (then it is deliberately leaked).
-class PyCallableRef {
+bool python_finalizing() {
+#if PY_VERSION_HEX >= 0x030D0000
+  return Py_IsFinalizing() != 0;
+#else
+  return _Py_IsFinalizing() != 0;
+#endif
+}
+
+// Owns a Python object on behalf of C++ code that may drop it without the GIL (a concurrent
+// unload, a pipeline thread done with an input array) or after the interpreter is gone
+// (then it is deliberately leaked).
+class PyRef {
  public:
-  explicit PyCallableRef(py::object fn) : fn_(fn.release().ptr()) {}
-  ~PyCallableRef() {
-    if (!Py_IsInitialized()) return;
+  explicit PyRef(py::object obj) : obj_(obj.release().ptr()) {}
+  ~PyRef() {
+    if (!Py_IsInitialized() || python_finalizing()) return;
     py::gil_scoped_acquire gil;
-    Py_DECREF(fn_);
+    Py_DECREF(obj_);
   }
-  PyCallableRef(const PyCallableRef&) = delete;
-  PyCallableRef& operator=(const PyCallableRef&) = delete;
-  py::handle get() const { return fn_; }
+  PyRef(const PyRef&) = delete;
+  PyRef& operator=(const PyRef&) = delete;
+  py::handle get() const { return obj_; }
 
  private:
-  PyObject* fn_;
+  PyObject* obj_;
 };
 
 // Runs fn(list of read-only input views) and copies its outputs into the output memory
 // after checking count, shape and dtype against the model's output specs.
 HostExecutable make_host_executable(py::object fn, std::string name) {
-  auto ref = std::make_shared<PyCallableRef>(std::move(fn));
+  auto ref = std::make_shared<PyRef>(std::move(fn));
   return [ref, name = std::move(name)](const std::vector<ConstTensor>& inputs,
                                        const std::vector<MutableTensor>& outputs) {
     const std::string ctx = "model '" + name + "': ";
@@ -235,14 +247,128 @@ std::string device_label(const Device& d) {
   return d.driver_name() + ":" + std::to_string(d.index());
 }
 
+// ---------------------------------------------------------------- calls
+
+// A numpy array that takes ownership of call output memory (no copy).
+py::array to_numpy_array(HostArray&& host) {
+  void* data = host.data.release();
+  py::capsule owner(data, [](void* p) { std::free(p); });
+  return py::array(to_numpy(host.spec.dtype()), np_shape(host.spec), data, owner);
+}
+
+// Converts a Python sequence of numpy arrays / DeviceTensors into call inputs. With
+// `keep` the inputs hold their arrays until uploaded (pipelined calls outlive this frame).
+std::vector<CallInput> call_inputs(const py::object& arrays, const std::string& context,
+                                   bool keep, std::vector<py::array>* holders) {
+  if (py::isinstance<py::array>(arrays) || !py::isinstance<py::sequence>(arrays)) {
+    throw InvalidArgument(context + "takes a sequence (list or tuple) of numpy arrays or "
+                          "DeviceTensors, got " + type_name(arrays));
+  }
+  auto seq = arrays.cast<py::sequence>();
+  std::vector<CallInput> inputs;
+  for (std::size_t i = 0; i < seq.size(); ++i) {
+    const std::string ctx = context + "input " + std::to_string(i) + ": ";
+    py::object item = seq[i];
+    if (py::isinstance<DeviceTensor>(item)) {
+      auto tensor = item.cast<std::shared_ptr<DeviceTensor>>();
+      inputs.push_back(CallInput{tensor->spec(), nullptr, nullptr, tensor});
+      continue;
+    }
+    if (!py::isinstance<py::array>(item)) {
+      throw InvalidArgument(ctx + "expected a numpy.ndarray or DeviceTensor, got " +
+                            type_name(item));
+    }
+    py::array arr = c_contiguous(item.cast<py::array>());
+    CallInput in{spec_of(arr, ctx), arr.data(), nullptr, nullptr};
+    if (keep) in.keepalive = std::make_shared<PyRef>(arr);
+    holders->push_back(std::move(arr));
+    inputs.push_back(std::move(in));
+  }
+  return inputs;
+}
+
+// Python face of a submitted call: waits without the GIL, converts results once.
+class Future {
+ public:
+  explicit Future(std::shared_ptr<Call> call) : call_(std::move(call)) {}
+  bool done() const { return call_->done().is_set(); }
+  void wait() const {
+    without_gil([&] { call_->done().wait(); });
+  }
+  py::list result() {
+    wait();
+    if (!cached_) {
+      py::list out;
+      if (call_->options().to_host) {
+        for (auto& host : call_->host_outputs()) out.append(to_numpy_array(std::move(host)));
+        call_->host_outputs().clear();
+      } else {
+        for (const auto& t : call_->device_outputs()) out.append(py::cast(t));
+      }
+      cached_ = out;
+    }
+    return py::reinterpret_borrow<py::list>(*cached_);
+  }
+  const Call& call() const { return *call_; }
+
+ private:
+  std::shared_ptr<Call> call_;
+  std::optional<py::list> cached_;
+};
+
+Future submit_call(const Bundle& bundle, const py::object& arrays, bool to_host, bool unpad) {
+  std::vector<py::array> holders;
+  const bool pipelined = bundle.pipelined();
+  auto call = bundle.make_call(call_inputs(arrays, bundle.context(), pipelined, &holders),
+                               CallOptions{to_host, unpad});
+  Executor& executor = bundle.device()->executor();
+  if (pipelined) {
+    without_gil([&] { executor.submit(call); });
+  } else {
+    without_gil([&] {
+      try {
+        executor.run_sync(*call);
+      } catch (const std::exception&) {
+        // Stored in the call (done() carries it); result() raises it, as in pipelined mode.
+      }
+    });
+  }
+  return Future(std::move(call));
+}
+
+std::vector<DynamicDim> dynamic_dims(const py::handle& obj, const std::string& context) {
+  std::vector<DynamicDim> out;
+  if (obj.is_none()) return out;
+  if (!py::isinstance<py::dict>(obj)) {
+    throw InvalidArgument(context + "expected a dict {dim: symbol}, got " + type_name(obj));
+  }
+  for (auto item : obj.cast<py::dict>()) {
+    const auto dim = item.first.cast<std::int64_t>();
+    out.push_back(DynamicDim{to_size(dim, context + "dim"), py::str(item.second)});
+  }
+  return out;
+}
+
+std::vector<std::vector<DynamicDim>> dims_list(const py::object& obj, std::size_t count,
+                                               const std::string& context) {
+  if (obj.is_none()) return std::vector<std::vector<DynamicDim>>(count);
+  std::vector<std::vector<DynamicDim>> out;
+  auto seq = obj.cast<py::sequence>();
+  for (std::size_t i = 0; i < seq.size(); ++i) {
+    out.push_back(dynamic_dims(seq[i], context + "[" + std::to_string(i) + "]: "));
+  }
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "Native engine of spiky_runtime (drivers, memory pool, executor, stats).";
   py::register_exception_translator(&translate_exception);
   // Host models hold Python callables: drop the device registry while Python still runs.
+  // Pipeline threads finish their calls first (they may need the GIL: it is released here).
   py::module_::import("atexit").attr("register")(
-      py::cpp_function([] { Device::clear_registry(); }));
+      py::cpp_function([] { without_gil([] { Device::clear_registry(); }); }));
 
   m.def("device_count", &Device::device_count, py::arg("driver") = "host",
         "Number of devices the driver can open (host: 1).");
@@ -279,6 +405,8 @@ PYBIND11_MODULE(_core, m) {
       .def_readonly("total_h2d_time_ms", &StatsSnapshot::total_h2d_time_ms)
       .def_readonly("total_exec_time_ms", &StatsSnapshot::total_exec_time_ms)
       .def_readonly("total_d2h_time_ms", &StatsSnapshot::total_d2h_time_ms)
+      .def_readonly("total_pad_time_ms", &StatsSnapshot::total_pad_time_ms)
+      .def_readonly("pad_ratio", &StatsSnapshot::pad_ratio)
       .def("__repr__", &StatsSnapshot::to_string);
 
   py::class_<Device, std::shared_ptr<Device>>(m, "Device", "A device: driver, pool and stats.")
@@ -334,6 +462,24 @@ PYBIND11_MODULE(_core, m) {
       .def("stats", [](Device& d) { return d.stats().snapshot(); })
       .def("record_compile", [](Device& d) { d.stats().record_compile(); })
       .def("reset_stats", &Device::reset_stats)
+      .def("synchronize", [](Device& d) { without_gil([&] { d.synchronize(); }); })
+      .def(
+          "to_device",
+          [](Device& d, const py::array& arr) {
+            py::array data = c_contiguous(arr);
+            const ConstTensor host{spec_of(data, "Device.to_device: "), data.data()};
+            return without_gil([&] { return d.to_device(host); });
+          },
+          py::arg("array"))
+      .def("start_trace", [](Device& d) { d.timeline().start(); })
+      .def("stop_trace",
+           [](Device& d) {
+             return without_gil([&] { return d.timeline().stop(); });
+           })
+      .def_property_readonly("tracing", [](Device& d) { return d.timeline().enabled(); })
+      .def_property(
+          "split_large_blocks", [](Device& d) { return d.pool().split_large_blocks(); },
+          [](Device& d, bool on) { d.pool().set_split_large_blocks(on); })
       .def("__eq__",
            [](const Device& a, const py::object& b) {
              return py::isinstance<Device>(b) && &a == &b.cast<const Device&>();
@@ -390,6 +536,107 @@ PYBIND11_MODULE(_core, m) {
                device_label(*b.device()) + (b.freed() ? ", freed" : "") + ")";
       });
 
+  py::class_<DeviceTensor, std::shared_ptr<DeviceTensor>>(
+      m, "DeviceTensor", "A tensor in device memory, possibly still being produced by a call.")
+      .def_property_readonly("shape",
+                             [](const DeviceTensor& t) { return shape_tuple(t.spec().shape()); })
+      .def_property_readonly("dtype", [](const DeviceTensor& t) { return to_numpy(t.spec().dtype()); })
+      .def_property_readonly("nbytes", [](const DeviceTensor& t) { return t.spec().nbytes(); })
+      .def_property_readonly("device", &DeviceTensor::device)
+      .def("ready", &DeviceTensor::is_ready)
+      .def("wait", [](const DeviceTensor& t) { without_gil([&] { t.wait(); }); })
+      .def("numpy",
+           [](const DeviceTensor& t) {
+             py::array out(to_numpy(t.spec().dtype()), np_shape(t.spec()));
+             void* ptr = out.mutable_data();
+             without_gil([&] { t.read(ptr); });
+             return out;
+           })
+      .def("__repr__", [](const DeviceTensor& t) {
+        return "DeviceTensor(shape=" + TensorSpec::shape_to_string(t.spec().shape()) +
+               ", dtype=" + dtype_name(t.spec().dtype()) + ", device=" + device_label(*t.device()) +
+               (t.is_ready() ? "" : ", pending") + ")";
+      });
+
+  py::class_<Future>(m, "Future", "A submitted bundle call.")
+      .def("done", &Future::done)
+      .def("wait", &Future::wait)
+      .def("result", &Future::result)
+      .def_property_readonly("bucket", [](const Future& f) { return f.call().bucket(); })
+      .def("__repr__", [](const Future& f) {
+        return "Future(bucket=" + std::to_string(f.call().bucket().value_or(-1)) +
+               (f.done() ? ", done" : ", pending") + ")";
+      });
+
+  py::class_<Bundle, std::shared_ptr<Bundle>>(
+      m, "Bundle", "The buckets of one graph: picks a bucket per call, pads and unpads on device.")
+      .def(py::init([](const py::dict& buckets, const py::object& input_dims,
+                       const py::object& output_dims, std::optional<std::vector<double>> fill_values,
+                       std::string name, bool pipelined) {
+             std::map<std::int64_t, std::shared_ptr<Model>> models;
+             for (auto item : buckets) {
+               if (!py::isinstance<Model>(item.second)) {
+                 throw InvalidArgument("Bundle '" + name + "': bucket " +
+                                       std::string(py::str(item.first)) + " maps to " +
+                                       type_name(item.second) + ", expected a Model");
+               }
+               models.emplace(item.first.cast<std::int64_t>(),
+                              item.second.cast<std::shared_ptr<Model>>());
+             }
+             std::size_t n_in = 0;
+             std::size_t n_out = 0;
+             if (!models.empty()) {
+               n_in = models.begin()->second->inputs().size();
+               n_out = models.begin()->second->outputs().size();
+             }
+             const std::string ctx = "Bundle '" + name + "': ";
+             return std::make_shared<Bundle>(
+                 name, std::move(models), dims_list(input_dims, n_in, ctx + "input_dims"),
+                 dims_list(output_dims, n_out, ctx + "output_dims"),
+                 fill_values.value_or(std::vector<double>{}), pipelined);
+           }),
+           py::arg("buckets"), py::arg("input_dims") = py::none(),
+           py::arg("output_dims") = py::none(), py::arg("fill_values") = py::none(),
+           py::arg("name") = "bundle", py::arg("pipelined") = false)
+      .def_property_readonly("name", &Bundle::name)
+      .def_property_readonly("pipelined", &Bundle::pipelined)
+      .def_property_readonly("device", &Bundle::device)
+      .def_property_readonly("buckets",
+                             [](const Bundle& b) {
+                               std::vector<std::int64_t> out;
+                               for (const auto& entry : b.buckets()) out.push_back(entry.first);
+                               return out;
+                             })
+      .def("model", [](const Bundle& b, std::int64_t bucket) {
+             auto it = b.buckets().find(bucket);
+             if (it == b.buckets().end()) {
+               throw InvalidArgument(b.context() + "no bucket " + std::to_string(bucket));
+             }
+             return it->second;
+           }, py::arg("bucket"))
+      .def(
+          "select_bucket",
+          [](const Bundle& b, const std::vector<TensorSpec>& specs) { return b.select_bucket(specs); },
+          py::arg("specs"))
+      .def("submit", &submit_call, py::arg("arrays"), py::arg("to_host") = true,
+           py::arg("unpad") = true)
+      .def(
+          "run",
+          [](const Bundle& b, const py::object& arrays, bool unpad) {
+            return submit_call(b, arrays, true, unpad).result();
+          },
+          py::arg("arrays"), py::arg("unpad") = true)
+      .def("__repr__", [](const Bundle& b) {
+        std::string out = "Bundle(name='" + b.name() + "', buckets=[";
+        bool first = true;
+        for (const auto& entry : b.buckets()) {
+          out += (first ? "" : ", ") + std::to_string(entry.first);
+          first = false;
+        }
+        return out + "], pipelined=" + (b.pipelined() ? "True" : "False") + ", device=" +
+               device_label(*b.device()) + ")";
+      });
+
   py::class_<Model, std::shared_ptr<Model>>(m, "Model", "A model loaded on a device.")
       .def_property_readonly("name", &Model::name)
       .def_property_readonly("inputs", &Model::inputs)
@@ -418,14 +665,10 @@ PYBIND11_MODULE(_core, m) {
               inputs.push_back(ConstTensor{spec_of(keep.back(), ctx), keep.back().data()});
             }
             model.check_inputs(inputs);
+            std::vector<HostArray> outs =
+                without_gil([&] { return model.run(inputs, bucket); });
             py::list results;
-            std::vector<MutableTensor> outputs;
-            for (const TensorSpec& spec : model.outputs()) {
-              py::array out(to_numpy(spec.dtype()), np_shape(spec));
-              outputs.push_back(MutableTensor{spec, out.mutable_data()});
-              results.append(out);
-            }
-            without_gil([&] { model.run(inputs, outputs, bucket); });
+            for (auto& host : outs) results.append(to_numpy_array(std::move(host)));
             return results;
           },
           py::arg("arrays"), py::arg("bucket") = py::none())

@@ -22,15 +22,15 @@ void Buffer::check_range(const char* what, std::size_t offset, std::size_t nbyte
 
 void Buffer::write(const void* src, std::size_t nbytes, std::size_t offset) {
   check_range("Buffer.write", offset, nbytes);
-  block_->with_handle("Buffer.write", [&](MemHandle h) {
-    device_->driver().write(h, offset, src, nbytes);
+  block_->with_ref("Buffer.write", [&](const DeviceRef& r) {
+    device_->driver().write(r.handle, r.offset + offset, src, nbytes);
   });
 }
 
 void Buffer::read(void* dst, std::size_t nbytes, std::size_t offset) const {
   check_range("Buffer.read", offset, nbytes);
-  block_->with_handle("Buffer.read", [&](MemHandle h) {
-    device_->driver().read(h, offset, dst, nbytes);
+  block_->with_ref("Buffer.read", [&](const DeviceRef& r) {
+    device_->driver().read(r.handle, r.offset + offset, dst, nbytes);
   });
 }
 
@@ -45,14 +45,16 @@ void Buffer::copy_from(const Buffer& src, std::size_t src_offset, std::size_t ds
   src.check_range("Buffer.copy_from (source)", src_offset, nbytes);
   check_range("Buffer.copy_from (destination)", dst_offset, nbytes);
   if (&src == this) {
-    block_->with_handle("Buffer.copy_from", [&](MemHandle h) {
-      device_->driver().copy(h, src_offset, h, dst_offset, nbytes);
+    block_->with_ref("Buffer.copy_from", [&](const DeviceRef& r) {
+      device_->driver().copy(r.handle, r.offset + src_offset, r.handle, r.offset + dst_offset,
+                             nbytes);
     });
     return;
   }
-  src.block_->with_handle("Buffer.copy_from (source)", [&](MemHandle s) {
-    block_->with_handle("Buffer.copy_from (destination)", [&](MemHandle d) {
-      device_->driver().copy(s, src_offset, d, dst_offset, nbytes);
+  src.block_->with_ref("Buffer.copy_from (source)", [&](const DeviceRef& s) {
+    block_->with_ref("Buffer.copy_from (destination)", [&](const DeviceRef& d) {
+      device_->driver().copy(s.handle, s.offset + src_offset, d.handle, d.offset + dst_offset,
+                             nbytes);
     });
   });
 }

@@ -26,6 +26,8 @@ class Buffer {
   void copy_from(const Buffer& src, std::size_t src_offset, std::size_t dst_offset,
                  std::size_t nbytes);
   void free() { block_->release(); }
+  // The pool block (device ref) behind this buffer, for device-side work by the executor.
+  const Block& block() const { return *block_; }
 
  private:
   void check_range(const char* what, std::size_t offset, std::size_t nbytes) const;

@@ -1,11 +1,13 @@
 #include "device.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <map>
 #include <mutex>
 #include <utility>
 
 #include "buffer.h"
+#include "device_tensor.h"
 #include "errors.h"
 #include "host_driver.h"
 #include "model.h"
@@ -108,12 +110,24 @@ void Device::clear_registry() {
     std::lock_guard<std::mutex> lock(reg.mutex);
     victims.swap(reg.devices);
   }
+  for (auto& [key, device] : victims) device->executor().shutdown();
 }
 
 Device::Device(std::shared_ptr<Driver> driver)
     : driver_(std::move(driver)),
       pool_(std::make_shared<MemoryPool>(driver_)),
-      executor_(*driver_, *pool_, stats_) {}
+      executor_(*driver_, *pool_, stats_, timeline_) {}
+
+std::shared_ptr<DeviceTensor> Device::to_device(const ConstTensor& host) {
+  const std::size_t nbytes = host.spec.nbytes();
+  auto buffer = std::make_shared<Buffer>(shared_from_this(),
+                                         pool_->allocate(std::max<std::size_t>(nbytes, 1)), nbytes);
+  if (nbytes) buffer->write(host.data, nbytes, 0);
+  auto tensor = std::make_shared<DeviceTensor>(shared_from_this(), host.spec);
+  tensor->set_buffer(std::move(buffer));
+  tensor->set_ready();
+  return tensor;
+}
 
 std::shared_ptr<Buffer> Device::allocate(std::size_t nbytes) {
   return std::make_shared<Buffer>(shared_from_this(), pool_->allocate(nbytes), nbytes);

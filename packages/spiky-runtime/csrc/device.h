@@ -19,10 +19,12 @@
 #include "executor.h"
 #include "pool.h"
 #include "stats.h"
+#include "timeline.h"
 
 namespace spiky::runtime {
 
 class Buffer;
+class DeviceTensor;
 class Model;
 
 class Device : public std::enable_shared_from_this<Device> {
@@ -35,6 +37,8 @@ class Device : public std::enable_shared_from_this<Device> {
                                      std::optional<std::int64_t> capacity_bytes);
   static int device_count(const std::string& driver);
   static std::vector<std::string> driver_names();
+  // Finishes the work in flight on every registered device, stops their pipeline threads and
+  // drops the registry. Called at interpreter exit (with the GIL released).
   static void clear_registry();
 
   explicit Device(std::shared_ptr<Driver> driver);
@@ -50,17 +54,23 @@ class Device : public std::enable_shared_from_this<Device> {
   // Resets the execution stats and the pool's cumulative counters (current byte counts
   // stay: they describe memory that is still held).
   void reset_stats();
+  // Blocks until every call submitted to this device's stream has finished.
+  void synchronize() { executor_.synchronize(); }
+  // Copies host memory to a new device tensor (synchronous H2D through the pool).
+  std::shared_ptr<DeviceTensor> to_device(const ConstTensor& host);
 
   Driver& driver() { return *driver_; }
   MemoryPool& pool() { return *pool_; }
   RuntimeStats& stats() { return stats_; }
   Executor& executor() { return executor_; }
+  Timeline& timeline() { return timeline_; }
 
  private:
   std::shared_ptr<Driver> driver_;
   std::shared_ptr<MemoryPool> pool_;
   RuntimeStats stats_;
-  Executor executor_;
+  Timeline timeline_;
+  Executor executor_;  // last: its threads use the members above until it is destroyed
 };
 
 }  // namespace spiky::runtime

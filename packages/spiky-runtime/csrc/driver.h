@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "strided.h"
 #include "tensor_spec.h"
 
 namespace spiky::runtime {
@@ -22,6 +23,15 @@ namespace spiky::runtime {
 // Opaque device-memory and model identifiers; 0 is never a valid value.
 using MemHandle = std::uint64_t;
 using ModelId = std::uint64_t;
+
+// A byte range of one device allocation: what the pool hands out (a block may be a slice
+// of a larger allocation when the pool splits) and what models execute on. On nrt a
+// DeviceRef maps to nrt_tensor_allocate_slice(handle, offset, nbytes).
+struct DeviceRef {
+  MemHandle handle = 0;
+  std::size_t offset = 0;
+  std::size_t nbytes = 0;
+};
 
 // A model executable that runs on the host: reads its inputs and writes every byte of its
 // outputs (whose specs are the model's output specs). Used by the host driver.
@@ -62,12 +72,22 @@ class Driver {
   virtual void read(MemHandle src, std::size_t src_offset, void* dst, std::size_t nbytes) = 0;
   virtual void copy(MemHandle src, std::size_t src_offset, MemHandle dst,
                     std::size_t dst_offset, std::size_t nbytes) = 0;
+  // Device-side strided copy and fill (padding, unpadding). Offsets are added to the
+  // strided addresses; the whole extent is bounds-checked before any byte moves. A C-API
+  // driver implements them row by row: copy_strided with one nrt_tensor_copy per contiguous
+  // row, fill_strided with nrt_tensor_memset (zero pattern) or nrt_tensor_write of a host
+  // row holding the repeated pattern.
+  virtual void copy_strided(MemHandle src, std::size_t src_offset, MemHandle dst,
+                            std::size_t dst_offset, const StridedCopy& op) = 0;
+  virtual void fill_strided(MemHandle dst, std::size_t dst_offset, const StridedFill& op) = 0;
 
   virtual ModelId load_model(ModelDescriptor descriptor) = 0;
   virtual void unload_model(ModelId model) = 0;
   // Runs a loaded model on device buffers holding its inputs; fills its output buffers.
-  virtual void execute(ModelId model, const std::vector<MemHandle>& inputs,
-                       const std::vector<MemHandle>& outputs) = 0;
+  // Each ref must hold at least the byte size of its spec. Blocking; may run concurrently
+  // with copies of other buffers.
+  virtual void execute(ModelId model, const std::vector<DeviceRef>& inputs,
+                       const std::vector<DeviceRef>& outputs) = 0;
 };
 
 }  // namespace spiky::runtime

@@ -1,80 +1,354 @@
 #include "executor.h"
 
 #include <algorithm>
-#include <chrono>
-#include <memory>
 #include <string>
+#include <utility>
 
+#include "device.h"
 #include "errors.h"
 #include "model.h"
+#include "strided.h"
 
 namespace spiky::runtime {
 namespace {
 
-using Clock = std::chrono::steady_clock;
+using Clock = Call::Clock;
 
 double ms_between(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double, std::milli>(b - a).count();
 }
 
-// Zero-element tensors still get a (minimal) device buffer so every model argument has
-// a valid handle; devices reject empty allocations.
-std::size_t device_bytes(const TensorSpec& spec) { return std::max<std::size_t>(spec.nbytes(), 1); }
+// Zero-element tensors still get a (minimal) device buffer so every model argument has a
+// valid handle; devices reject empty allocations.
+std::size_t device_bytes(std::size_t nbytes) { return std::max<std::size_t>(nbytes, 1); }
+
+// Adds the time from construction to destruction to a timing field.
+class PhaseTimer {
+ public:
+  explicit PhaseTimer(double& sink) : sink_(sink), start_(Clock::now()) {}
+  ~PhaseTimer() { sink_ += ms_between(start_, Clock::now()); }
+  PhaseTimer(const PhaseTimer&) = delete;
+  PhaseTimer& operator=(const PhaseTimer&) = delete;
+
+ private:
+  double& sink_;
+  Clock::time_point start_;
+};
 
 }  // namespace
 
-void Executor::run(const Model& model, const std::vector<ConstTensor>& inputs,
-                   const std::vector<MutableTensor>& outputs, std::optional<std::int64_t> bucket) {
-  const auto start = Clock::now();
-  model.check_inputs(inputs);
-  if (outputs.size() != model.outputs().size()) {
-    throw InvalidArgument(model.context() + "expected " + std::to_string(model.outputs().size()) +
-                          " output arrays, got " + std::to_string(outputs.size()));
+HostMemory allocate_host(std::size_t nbytes) {
+  const std::size_t padded = (device_bytes(nbytes) + 63) / 64 * 64;
+  HostMemory mem(std::aligned_alloc(64, padded));
+  if (!mem) {
+    throw OutOfMemory("host memory: cannot allocate " + std::to_string(nbytes) +
+                      " bytes for call outputs; free host memory or use smaller batches");
   }
-  for (std::size_t i = 0; i < outputs.size(); ++i) {
-    if (outputs[i].spec != model.outputs()[i]) {
-      throw InvalidArgument(model.context() + "output " + std::to_string(i) + ": expected " +
-                            model.outputs()[i].describe() + ", got " +
-                            outputs[i].spec.describe());
+  return mem;
+}
+
+Call::Call(std::shared_ptr<const Model> model, std::optional<std::int64_t> bucket,
+           std::vector<CallInput> inputs, std::vector<std::vector<std::byte>> fill_patterns,
+           std::vector<TensorSpec> output_specs, CallOptions options)
+    : model_(std::move(model)),
+      bucket_(bucket),
+      inputs_(std::move(inputs)),
+      fill_patterns_(std::move(fill_patterns)),
+      output_specs_(std::move(output_specs)),
+      options_(options) {
+  if (!options_.to_host) {
+    for (const auto& spec : output_specs_) {
+      device_outputs_.push_back(std::make_shared<DeviceTensor>(model_->device(), spec));
     }
   }
+}
 
-  // Scratch buffers owned here alone; they return to the pool when this scope ends,
-  // including when the driver or the model throws.
-  std::vector<std::unique_ptr<Block>> in_blocks;
-  std::vector<std::unique_ptr<Block>> out_blocks;
-  std::vector<MemHandle> in_handles;
-  std::vector<MemHandle> out_handles;
-  for (const auto& t : inputs) {
-    in_blocks.push_back(pool_.allocate(device_bytes(t.spec)));
-    in_handles.push_back(in_blocks.back()->handle());
-  }
-  for (const auto& t : outputs) {
-    out_blocks.push_back(pool_.allocate(device_bytes(t.spec)));
-    out_handles.push_back(out_blocks.back()->handle());
-  }
+Executor::~Executor() { shutdown(); }
 
-  const auto h2d_start = Clock::now();
-  for (std::size_t i = 0; i < inputs.size(); ++i) {
-    driver_.write(in_handles[i], 0, inputs[i].data, inputs[i].spec.nbytes());
-  }
-  const auto exec_start = Clock::now();
-  driver_.execute(model.id(), in_handles, out_handles);
-  const auto d2h_start = Clock::now();
-  for (std::size_t i = 0; i < outputs.size(); ++i) {
-    driver_.read(out_handles[i], 0, outputs[i].data, outputs[i].spec.nbytes());
-  }
-  const auto d2h_end = Clock::now();
-  in_blocks.clear();
-  out_blocks.clear();
-  const auto end = Clock::now();
+// ---------------------------------------------------------------- stages
 
-  ExecutionTimings t;
-  t.h2d_ms = ms_between(h2d_start, exec_start);
-  t.exec_ms = ms_between(exec_start, d2h_start);
-  t.d2h_ms = ms_between(d2h_start, d2h_end);
-  t.total_ms = ms_between(start, end);
-  stats_.record_execution(t, bucket);
+void Executor::upload(Call& call) {
+  const Model& model = call.model();
+  const std::string& name = model.name();
+  const std::int64_t bucket = call.bucket().value_or(-1);
+  call.in_blocks_.resize(call.inputs_.size());
+  call.in_refs_.resize(call.inputs_.size());
+  for (std::size_t i = 0; i < call.inputs_.size(); ++i) {
+    CallInput& in = call.inputs_[i];
+    const TensorSpec& padded = model.inputs()[i];
+    const std::size_t itemsize = dtype_itemsize(padded.dtype());
+    call.timings_.actual_elements += in.spec.numel();
+    call.timings_.padded_elements += padded.numel();
+    const bool same = in.spec.shape() == padded.shape();
+
+    if (in.device) {
+      // Device input: wait for its producer (rethrows its error), then use or pad it.
+      in.device->wait();
+      auto buf = in.device->buffer();
+      const DeviceRef src = buf->block().ref();
+      if (same) {
+        call.in_refs_[i] = DeviceRef{src.handle, src.offset, device_bytes(padded.nbytes())};
+        continue;  // `in.device` keeps the memory alive until execute is done
+      }
+      call.in_blocks_[i] = pool_.allocate(device_bytes(padded.nbytes()));
+      const DeviceRef dst = call.in_blocks_[i]->ref();
+      TimelineSpan span(timeline_, "pad", call.id(), name, bucket);
+      PhaseTimer timer(call.timings_.pad_ms);
+      const PadPlan plan = plan_pad(in.spec.shape(), padded.shape(), itemsize, call.fill_patterns_[i]);
+      if (plan.prefix) {
+        driver_.copy(src.handle, src.offset, dst.handle, dst.offset, in.spec.nbytes());
+      } else {
+        driver_.copy_strided(src.handle, src.offset, dst.handle, dst.offset, plan.copy);
+      }
+      for (const auto& fill : plan.fills) driver_.fill_strided(dst.handle, dst.offset, fill);
+      call.in_refs_[i] = dst;
+      continue;
+    }
+
+    call.in_blocks_[i] = pool_.allocate(device_bytes(padded.nbytes()));
+    const DeviceRef dst = call.in_blocks_[i]->ref();
+    call.in_refs_[i] = dst;
+    if (same) {
+      TimelineSpan span(timeline_, "H2D", call.id(), name, bucket);
+      PhaseTimer timer(call.timings_.h2d_ms);
+      if (in.spec.nbytes()) driver_.write(dst.handle, dst.offset, in.host, in.spec.nbytes());
+    } else {
+      const PadPlan plan = plan_pad(in.spec.shape(), padded.shape(), itemsize, call.fill_patterns_[i]);
+      if (plan.prefix) {
+        // The actual bytes are the head of the padded layout: write them in place.
+        {
+          TimelineSpan span(timeline_, "H2D", call.id(), name, bucket);
+          PhaseTimer timer(call.timings_.h2d_ms);
+          if (in.spec.nbytes()) driver_.write(dst.handle, dst.offset, in.host, in.spec.nbytes());
+        }
+        TimelineSpan span(timeline_, "pad", call.id(), name, bucket);
+        PhaseTimer timer(call.timings_.pad_ms);
+        for (const auto& fill : plan.fills) driver_.fill_strided(dst.handle, dst.offset, fill);
+      } else {
+        // Inner dims padded: H2D into a compact staging buffer, strided copy on device.
+        std::unique_ptr<Block> staging = pool_.allocate(device_bytes(in.spec.nbytes()));
+        const DeviceRef st = staging->ref();
+        {
+          TimelineSpan span(timeline_, "H2D", call.id(), name, bucket);
+          PhaseTimer timer(call.timings_.h2d_ms);
+          if (in.spec.nbytes()) driver_.write(st.handle, st.offset, in.host, in.spec.nbytes());
+        }
+        TimelineSpan span(timeline_, "pad", call.id(), name, bucket);
+        PhaseTimer timer(call.timings_.pad_ms);
+        driver_.copy_strided(st.handle, st.offset, dst.handle, dst.offset, plan.copy);
+        for (const auto& fill : plan.fills) driver_.fill_strided(dst.handle, dst.offset, fill);
+      }
+    }
+    in.host = nullptr;
+    in.keepalive.reset();  // the host array may go now
+  }
+}
+
+void Executor::execute(Call& call) {
+  const Model& model = call.model();
+  std::vector<DeviceRef> out_refs;
+  call.out_blocks_.clear();
+  for (const TensorSpec& spec : model.outputs()) {
+    call.out_blocks_.push_back(pool_.allocate(device_bytes(spec.nbytes())));
+    out_refs.push_back(call.out_blocks_.back()->ref());
+  }
+  {
+    TimelineSpan span(timeline_, "execute", call.id(), model.name(), call.bucket().value_or(-1));
+    PhaseTimer timer(call.timings_.exec_ms);
+    driver_.execute(model.id(), call.in_refs_, out_refs);
+  }
+  // Inputs are consumed: their buffers go back to the pool, device inputs are released.
+  call.in_refs_.clear();
+  call.in_blocks_.clear();
+  for (auto& in : call.inputs_) in.device.reset();
+}
+
+void Executor::unpad(Call& call) {
+  const Model& model = call.model();
+  for (std::size_t j = 0; j < call.out_blocks_.size(); ++j) {
+    const TensorSpec& padded = model.outputs()[j];
+    const TensorSpec& actual = call.output_specs_[j];
+    if (actual.shape() == padded.shape() || is_prefix_layout(actual.shape(), padded.shape())) {
+      continue;  // the output is (the head of) the padded buffer as is
+    }
+    TimelineSpan span(timeline_, "unpad", call.id(), model.name(), call.bucket().value_or(-1));
+    PhaseTimer timer(call.timings_.pad_ms);
+    std::unique_ptr<Block> compact = pool_.allocate(device_bytes(actual.nbytes()));
+    const DeviceRef src = call.out_blocks_[j]->ref();
+    const DeviceRef dst = compact->ref();
+    driver_.copy_strided(src.handle, src.offset, dst.handle, dst.offset,
+                         plan_unpad(actual.shape(), padded.shape(), dtype_itemsize(actual.dtype())));
+    call.out_blocks_[j] = std::move(compact);
+  }
+  if (!call.options_.to_host) {
+    for (std::size_t j = 0; j < call.out_blocks_.size(); ++j) {
+      const std::size_t nbytes = call.output_specs_[j].nbytes();
+      call.device_outputs_[j]->set_buffer(std::make_shared<Buffer>(
+          model.device(), std::move(call.out_blocks_[j]), nbytes));
+    }
+    call.out_blocks_.clear();
+  }
+}
+
+void Executor::download(Call& call) {
+  const Model& model = call.model();
+  TimelineSpan span(timeline_, "D2H", call.id(), model.name(), call.bucket().value_or(-1));
+  PhaseTimer timer(call.timings_.d2h_ms);
+  for (std::size_t j = 0; j < call.out_blocks_.size(); ++j) {
+    const TensorSpec& spec = call.output_specs_[j];
+    HostMemory mem = allocate_host(spec.nbytes());
+    const DeviceRef src = call.out_blocks_[j]->ref();
+    if (spec.nbytes()) driver_.read(src.handle, src.offset, mem.get(), spec.nbytes());
+    call.host_outputs_.push_back(HostArray{spec, std::move(mem)});
+  }
+  call.out_blocks_.clear();
+}
+
+void Executor::finish(Call& call, std::exception_ptr error) {
+  // Everything the call still owns goes back before anyone is woken.
+  call.in_refs_.clear();
+  call.in_blocks_.clear();
+  call.out_blocks_.clear();
+  for (auto& in : call.inputs_) {
+    in.device.reset();
+    in.keepalive.reset();
+  }
+  if (!error) {
+    call.timings_.total_ms = ms_between(*call.first_start_, Clock::now());
+    stats_.record_execution(call.timings_, call.bucket());
+  } else {
+    call.host_outputs_.clear();
+  }
+  for (auto& out : call.device_outputs_) out->set_ready(error);
+  call.done_.set(error);
+}
+
+// ---------------------------------------------------------------- synchronous
+
+void Executor::run_sync(Call& call) {
+  call.set_id(next_call_++);
+  call.first_start_ = Clock::now();
+  try {
+    TimelineSpan span(timeline_, "call", call.id(), call.model().name(), call.bucket().value_or(-1));
+    upload(call);
+    execute(call);
+    unpad(call);
+    if (call.options_.to_host) download(call);
+  }
+  SPIKY_RETHROW_FORCED_UNWIND
+  catch (...) {
+    finish(call, std::current_exception());
+    throw;
+  }
+  finish(call, nullptr);
+}
+
+// ---------------------------------------------------------------- pipelined
+
+void Executor::submit(const std::shared_ptr<Call>& call) {
+  call->set_id(next_call_++);
+  std::unique_lock<std::mutex> lock(mutex_);
+  cv_.wait(lock, [this] { return inflight_ < kMaxInflight; });
+  ++inflight_;
+  if (!copy_) {
+    copy_ = std::make_unique<Worker>("copy", &timeline_);
+    exec_ = std::make_unique<Worker>("execute", &timeline_);
+  }
+  copy_->post([this, call] { upload_task(call); });
+}
+
+void Executor::release_slot() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    --slots_used_;
+  }
+  cv_.notify_all();
+}
+
+void Executor::upload_task(const std::shared_ptr<Call>& call) {
+  {
+    // Double buffering: wait until an earlier call's inputs were consumed by execute.
+    std::unique_lock<std::mutex> lock(mutex_);
+    cv_.wait(lock, [this] { return slots_used_ < kStagingDepth; });
+    ++slots_used_;
+  }
+  call->first_start_ = Clock::now();
+  try {
+    upload(*call);
+  }
+  SPIKY_RETHROW_FORCED_UNWIND
+  catch (...) {
+    release_slot();
+    finish(*call, std::current_exception());
+    std::lock_guard<std::mutex> lock(mutex_);
+    --inflight_;
+    cv_.notify_all();
+    return;
+  }
+  std::lock_guard<std::mutex> lock(mutex_);
+  exec_->post([this, call] { execute_task(call); });
+}
+
+void Executor::execute_task(const std::shared_ptr<Call>& call) {
+  std::exception_ptr error;
+  try {
+    execute(*call);
+  }
+  SPIKY_RETHROW_FORCED_UNWIND
+  catch (...) {
+    error = std::current_exception();
+  }
+  release_slot();
+  if (!error) {
+    try {
+      unpad(*call);
+      if (call->options_.to_host) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        copy_->post([this, call] { download_task(call); });
+        return;
+      }
+    }
+    SPIKY_RETHROW_FORCED_UNWIND
+    catch (...) {
+      error = std::current_exception();
+    }
+  }
+  finish(*call, error);
+  std::lock_guard<std::mutex> lock(mutex_);
+  --inflight_;
+  cv_.notify_all();
+}
+
+void Executor::download_task(const std::shared_ptr<Call>& call) {
+  std::exception_ptr error;
+  try {
+    download(*call);
+  }
+  SPIKY_RETHROW_FORCED_UNWIND
+  catch (...) {
+    error = std::current_exception();
+  }
+  finish(*call, error);
+  std::lock_guard<std::mutex> lock(mutex_);
+  --inflight_;
+  cv_.notify_all();
+}
+
+void Executor::synchronize() {
+  std::unique_lock<std::mutex> lock(mutex_);
+  cv_.wait(lock, [this] { return inflight_ == 0; });
+}
+
+void Executor::shutdown() {
+  std::unique_ptr<Worker> copy;
+  std::unique_ptr<Worker> exec;
+  {
+    std::unique_lock<std::mutex> lock(mutex_);
+    cv_.wait(lock, [this] { return inflight_ == 0; });
+    copy = std::move(copy_);
+    exec = std::move(exec_);
+  }
+  // Joined outside the lock: a worker finishing its last task may still take it.
 }
 
 }  // namespace spiky::runtime

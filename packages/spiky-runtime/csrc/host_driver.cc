@@ -120,6 +120,20 @@ void HostDriver::copy(MemHandle src, std::size_t src_offset, MemHandle dst,
   if (nbytes) std::memmove(d.data + dst_offset, s.data + src_offset, nbytes);
 }
 
+void HostDriver::copy_strided(MemHandle src, std::size_t src_offset, MemHandle dst,
+                              std::size_t dst_offset, const StridedCopy& op) {
+  if (op.empty()) return;
+  Region s = region(src, src_offset, op.src_extent(), "host driver copy_strided (source)");
+  Region d = region(dst, dst_offset, op.dst_extent(), "host driver copy_strided (destination)");
+  spiky::runtime::copy_strided(d.data + dst_offset, s.data + src_offset, op);
+}
+
+void HostDriver::fill_strided(MemHandle dst, std::size_t dst_offset, const StridedFill& op) {
+  if (op.empty()) return;
+  Region d = region(dst, dst_offset, op.extent(), "host driver fill_strided");
+  spiky::runtime::fill_strided(d.data + dst_offset, op);
+}
+
 ModelId HostDriver::load_model(ModelDescriptor descriptor) {
   if (!descriptor.host_executable || !*descriptor.host_executable) {
     throw InvalidArgument("host driver: model '" + descriptor.name +
@@ -146,8 +160,8 @@ void HostDriver::unload_model(ModelId model) {
   // The executable may own foreign resources (a Python callable): drop it outside the lock.
 }
 
-void HostDriver::execute(ModelId model, const std::vector<MemHandle>& inputs,
-                         const std::vector<MemHandle>& outputs) {
+void HostDriver::execute(ModelId model, const std::vector<DeviceRef>& inputs,
+                         const std::vector<DeviceRef>& outputs) {
   std::shared_ptr<const ModelDescriptor> desc;
   {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -164,19 +178,34 @@ void HostDriver::execute(ModelId model, const std::vector<MemHandle>& inputs,
                           std::to_string(inputs.size()) + " and " +
                           std::to_string(outputs.size()));
   }
+  auto check_ref = [&](const DeviceRef& ref, const TensorSpec& spec, const char* what,
+                       std::size_t i) {
+    if (ref.nbytes < spec.nbytes()) {
+      throw InvalidArgument("host driver: model '" + desc->name + "' " + what + " " +
+                            std::to_string(i) + " needs " + std::to_string(spec.nbytes()) +
+                            " bytes (" + spec.describe() + "), the buffer holds " +
+                            std::to_string(ref.nbytes));
+    }
+  };
+  for (std::size_t i = 0; i < inputs.size(); ++i) check_ref(inputs[i], desc->inputs[i], "input", i);
+  for (std::size_t i = 0; i < outputs.size(); ++i) {
+    check_ref(outputs[i], desc->outputs[i], "output", i);
+  }
   std::vector<ConstTensor> in;
   in.reserve(inputs.size());
   for (std::size_t i = 0; i < inputs.size(); ++i) {
     const TensorSpec& spec = desc->inputs[i];
-    Region r = region(inputs[i], 0, spec.nbytes(), "host driver execute (input)");
-    in.push_back(ConstTensor{spec, r.data});
+    Region r = region(inputs[i].handle, inputs[i].offset, spec.nbytes(),
+                      "host driver execute (input)");
+    in.push_back(ConstTensor{spec, r.data + inputs[i].offset});
   }
   std::vector<MutableTensor> out;
   out.reserve(outputs.size());
   for (std::size_t i = 0; i < outputs.size(); ++i) {
     const TensorSpec& spec = desc->outputs[i];
-    Region r = region(outputs[i], 0, spec.nbytes(), "host driver execute (output)");
-    out.push_back(MutableTensor{spec, r.data});
+    Region r = region(outputs[i].handle, outputs[i].offset, spec.nbytes(),
+                      "host driver execute (output)");
+    out.push_back(MutableTensor{spec, r.data + outputs[i].offset});
   }
   // No lock held: the executable may take as long as it likes and may call back in.
   (*desc->host_executable)(in, out);

@@ -34,10 +34,14 @@ class HostDriver final : public Driver {
   void copy(MemHandle src, std::size_t src_offset, MemHandle dst, std::size_t dst_offset,
             std::size_t nbytes) override;
 
+  void copy_strided(MemHandle src, std::size_t src_offset, MemHandle dst, std::size_t dst_offset,
+                    const StridedCopy& op) override;
+  void fill_strided(MemHandle dst, std::size_t dst_offset, const StridedFill& op) override;
+
   ModelId load_model(ModelDescriptor descriptor) override;
   void unload_model(ModelId model) override;
-  void execute(ModelId model, const std::vector<MemHandle>& inputs,
-               const std::vector<MemHandle>& outputs) override;
+  void execute(ModelId model, const std::vector<DeviceRef>& inputs,
+               const std::vector<DeviceRef>& outputs) override;
 
  private:
   struct FreeDeleter {

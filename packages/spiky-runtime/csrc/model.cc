@@ -40,9 +40,16 @@ void Model::check_inputs(const std::vector<ConstTensor>& inputs) const {
   }
 }
 
-void Model::run(const std::vector<ConstTensor>& inputs, const std::vector<MutableTensor>& outputs,
-                std::optional<std::int64_t> bucket) const {
-  device_->executor().run(*this, inputs, outputs, bucket);
+std::vector<HostArray> Model::run(const std::vector<ConstTensor>& inputs,
+                                  std::optional<std::int64_t> bucket) const {
+  check_inputs(inputs);
+  std::vector<CallInput> call_inputs;
+  std::vector<std::vector<std::byte>> fills(inputs.size());
+  for (const auto& t : inputs) call_inputs.push_back(CallInput{t.spec, t.data, nullptr, nullptr});
+  Call call(shared_from_this(), bucket, std::move(call_inputs), std::move(fills), outputs_,
+            CallOptions{});
+  device_->executor().run_sync(call);
+  return std::move(call.host_outputs());
 }
 
 }  // namespace spiky::runtime

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "call.h"
 #include "driver.h"
 #include "tensor_spec.h"
 
@@ -15,7 +16,7 @@ namespace spiky::runtime {
 
 class Device;
 
-class Model {
+class Model : public std::enable_shared_from_this<Model> {
  public:
   Model(std::shared_ptr<Device> device, ModelId id, std::string name,
         std::vector<TensorSpec> inputs, std::vector<TensorSpec> outputs);
@@ -35,9 +36,10 @@ class Model {
   void check_input_count(std::size_t count) const;
   void check_inputs(const std::vector<ConstTensor>& inputs) const;
 
-  // Host arrays in, host arrays out (outputs must match outputs()); see Executor::run.
-  void run(const std::vector<ConstTensor>& inputs, const std::vector<MutableTensor>& outputs,
-           std::optional<std::int64_t> bucket) const;
+  // Host arrays in (checked against inputs()), host arrays out, synchronously on the calling
+  // thread; `bucket` only labels the run in the stats. See Executor::run_sync.
+  std::vector<HostArray> run(const std::vector<ConstTensor>& inputs,
+                             std::optional<std::int64_t> bucket) const;
 
  private:
   std::shared_ptr<Device> device_;

@@ -17,6 +17,11 @@ void RuntimeStats::record_execution(const ExecutionTimings& t,
   data_.total_h2d_time_ms += t.h2d_ms;
   data_.total_exec_time_ms += t.exec_ms;
   data_.total_d2h_time_ms += t.d2h_ms;
+  data_.total_pad_time_ms += t.pad_ms;
+  pad_ratio_sum_ += t.actual_elements > 0 ? static_cast<double>(t.padded_elements) /
+                                               static_cast<double>(t.actual_elements)
+                                         : 1.0;
+  data_.pad_ratio = pad_ratio_sum_ / static_cast<double>(data_.total_executions);
   if (bucket) ++data_.bucket_hits[*bucket];
 }
 
@@ -28,6 +33,7 @@ void RuntimeStats::record_compile() {
 void RuntimeStats::reset() {
   std::lock_guard<std::mutex> lock(mutex_);
   data_ = StatsSnapshot{};
+  pad_ratio_sum_ = 0.0;
 }
 
 StatsSnapshot RuntimeStats::snapshot() const {
@@ -52,7 +58,8 @@ std::string StatsSnapshot::to_string() const {
      << ", max_execution_time_ms=" << max_execution_time_ms
      << ", total_h2d_time_ms=" << total_h2d_time_ms
      << ", total_exec_time_ms=" << total_exec_time_ms
-     << ", total_d2h_time_ms=" << total_d2h_time_ms << ")";
+     << ", total_d2h_time_ms=" << total_d2h_time_ms
+     << ", total_pad_time_ms=" << total_pad_time_ms << ", pad_ratio=" << pad_ratio << ")";
   return os.str();
 }
 

@@ -20,15 +20,23 @@ struct StatsSnapshot {
   double total_h2d_time_ms = 0.0;
   double total_exec_time_ms = 0.0;
   double total_d2h_time_ms = 0.0;
+  double total_pad_time_ms = 0.0;        // padding inputs and unpadding outputs on device
+  // Mean over executions of (input elements after padding) / (input elements given):
+  // 1.0 when nothing is padded; 0 until the first run.
+  double pad_ratio = 0.0;
 
   std::string to_string() const;
 };
 
+// One call, as recorded when it completes (whatever thread finishes it).
 struct ExecutionTimings {
   double h2d_ms = 0.0;
+  double pad_ms = 0.0;  // pad + unpad
   double exec_ms = 0.0;
   double d2h_ms = 0.0;
-  double total_ms = 0.0;
+  double total_ms = 0.0;  // first stage start to last stage end
+  std::int64_t actual_elements = 0;
+  std::int64_t padded_elements = 0;
 };
 
 class RuntimeStats {
@@ -41,6 +49,7 @@ class RuntimeStats {
  private:
   mutable std::mutex mutex_;
   StatsSnapshot data_;
+  double pad_ratio_sum_ = 0.0;
 };
 
 }  // namespace spiky::runtime

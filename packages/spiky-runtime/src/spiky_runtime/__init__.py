@@ -20,7 +20,10 @@ from __future__ import annotations
 
 from spiky_runtime._core import (
     Buffer,
+    Bundle,
     Device,
+    DeviceTensor,
+    Future,
     Model,
     RuntimeStats,
     TensorSpec,
@@ -28,6 +31,7 @@ from spiky_runtime._core import (
     driver_names,
 )
 from spiky_runtime.errors import InvalidArgumentError, OutOfMemoryError, SpikyRuntimeError
+from spiky_runtime.profile import profile
 
 __version__ = "0.1.0"
 
@@ -41,7 +45,11 @@ __all__ = [
     # models and statistics
     "TensorSpec",
     "Model",
+    "Bundle",
+    "Future",
+    "DeviceTensor",
     "RuntimeStats",
+    "profile",
     # errors
     "SpikyRuntimeError",
     "OutOfMemoryError",

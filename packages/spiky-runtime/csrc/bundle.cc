@@ -1,0 +1,277 @@
+#include "bundle.h"
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <set>
+#include <utility>
+
+#include "device.h"
+#include "errors.h"
+
+namespace spiky::runtime {
+namespace {
+
+template <typename T>
+std::vector<std::byte> bytes_of(T value) {
+  std::vector<std::byte> out(sizeof(T));
+  std::memcpy(out.data(), &value, sizeof(T));
+  return out;
+}
+
+template <typename T>
+std::vector<std::byte> integer_pattern(double value, const std::string& context, DType dtype) {
+  if (!std::isfinite(value) || std::floor(value) != value ||
+      value < static_cast<double>(std::numeric_limits<T>::min()) ||
+      value > static_cast<double>(std::numeric_limits<T>::max())) {
+    throw InvalidArgument(context + "fill value " + std::to_string(value) +
+                          " is not representable as " + dtype_name(dtype) +
+                          "; expected an integer in range");
+  }
+  return bytes_of(static_cast<T>(value));
+}
+
+// IEEE binary16 bits of a float, round to nearest even.
+std::uint16_t half_bits(float f) {
+  std::uint32_t x = 0;
+  std::memcpy(&x, &f, sizeof(x));
+  const std::uint32_t sign = (x >> 16) & 0x8000u;
+  const std::uint32_t exp = (x >> 23) & 0xffu;
+  std::uint32_t mant = x & 0x7fffffu;
+  if (exp == 0xffu) return static_cast<std::uint16_t>(sign | 0x7c00u | (mant ? 0x200u : 0u));
+  const int e = static_cast<int>(exp) - 127 + 15;
+  if (e >= 0x1f) return static_cast<std::uint16_t>(sign | 0x7c00u);  // overflow -> inf
+  if (e <= 0) {
+    if (e < -10) return static_cast<std::uint16_t>(sign);  // underflow -> 0
+    mant |= 0x800000u;
+    const int shift = 14 - e;
+    std::uint32_t half = mant >> shift;
+    const std::uint32_t rem = mant & ((1u << shift) - 1);
+    const std::uint32_t mid = 1u << (shift - 1);
+    if (rem > mid || (rem == mid && (half & 1u))) ++half;
+    return static_cast<std::uint16_t>(sign | half);
+  }
+  std::uint32_t half = (static_cast<std::uint32_t>(e) << 10) | (mant >> 13);
+  const std::uint32_t rem = mant & 0x1fffu;
+  if (rem > 0x1000u || (rem == 0x1000u && (half & 1u))) ++half;  // may carry into inf: fine
+  return static_cast<std::uint16_t>(sign | half);
+}
+
+}  // namespace
+
+std::vector<std::byte> fill_pattern(double value, DType dtype, const std::string& context) {
+  switch (dtype) {
+    case DType::kBool:
+      if (value != 0.0 && value != 1.0) {
+        throw InvalidArgument(context + "fill value " + std::to_string(value) +
+                              " is not a bool; expected 0 or 1");
+      }
+      return bytes_of(static_cast<std::uint8_t>(value != 0.0));
+    case DType::kInt8: return integer_pattern<std::int8_t>(value, context, dtype);
+    case DType::kInt16: return integer_pattern<std::int16_t>(value, context, dtype);
+    case DType::kInt32: return integer_pattern<std::int32_t>(value, context, dtype);
+    case DType::kInt64: {
+      // 2^63 is not an int64 although the double compare below would let it through.
+      if (value >= 9223372036854775808.0) {
+        throw InvalidArgument(context + "fill value " + std::to_string(value) +
+                              " is not representable as int64; expected an integer in range");
+      }
+      return integer_pattern<std::int64_t>(value, context, dtype);
+    }
+    case DType::kUInt8: return integer_pattern<std::uint8_t>(value, context, dtype);
+    case DType::kFloat16: return bytes_of(half_bits(static_cast<float>(value)));
+    case DType::kFloat32: return bytes_of(static_cast<float>(value));
+    case DType::kFloat64: return bytes_of(value);
+  }
+  throw Error("internal error: DType without a fill pattern");
+}
+
+Bundle::Bundle(std::string name, std::map<std::int64_t, std::shared_ptr<Model>> buckets,
+               std::vector<std::vector<DynamicDim>> input_dims,
+               std::vector<std::vector<DynamicDim>> output_dims, std::vector<double> fill_values,
+               bool pipelined)
+    : name_(std::move(name)),
+      buckets_(std::move(buckets)),
+      input_dims_(std::move(input_dims)),
+      output_dims_(std::move(output_dims)),
+      fill_values_(std::move(fill_values)),
+      pipelined_(pipelined) {
+  const std::string ctx = context();
+  if (buckets_.empty()) throw InvalidArgument(ctx + "needs at least one bucket, got none");
+  const Model& first = *buckets_.begin()->second;
+  if (input_dims_.size() != first.inputs().size()) {
+    throw InvalidArgument(ctx + "input_dims has " + std::to_string(input_dims_.size()) +
+                          " entries; expected one per model input (" +
+                          std::to_string(first.inputs().size()) + ")");
+  }
+  if (output_dims_.size() != first.outputs().size()) {
+    throw InvalidArgument(ctx + "output_dims has " + std::to_string(output_dims_.size()) +
+                          " entries; expected one per model output (" +
+                          std::to_string(first.outputs().size()) + ")");
+  }
+  if (fill_values_.empty()) fill_values_.assign(first.inputs().size(), 0.0);
+  if (fill_values_.size() != first.inputs().size()) {
+    throw InvalidArgument(ctx + "fill_values has " + std::to_string(fill_values_.size()) +
+                          " entries; expected one per model input (" +
+                          std::to_string(first.inputs().size()) + ") or none");
+  }
+  std::set<std::string> input_symbols;
+  for (const auto& dims : input_dims_) {
+    for (const auto& d : dims) input_symbols.insert(d.symbol);
+  }
+  for (std::size_t j = 0; j < output_dims_.size(); ++j) {
+    for (const auto& d : output_dims_[j]) {
+      if (!input_symbols.count(d.symbol)) {
+        throw InvalidArgument(ctx + "output " + std::to_string(j) + " dim " +
+                              std::to_string(d.dim) + " uses symbol '" + d.symbol +
+                              "' that no input has; its size could not be known");
+      }
+    }
+  }
+
+  // Every bucket's model must be the same graph specialised to that bucket size.
+  auto check_family = [&](const std::vector<TensorSpec>& specs,
+                          const std::vector<TensorSpec>& ref_specs,
+                          const std::vector<std::vector<DynamicDim>>& dyn, const char* kind,
+                          std::int64_t bucket, const Model& model) {
+    if (specs.size() != ref_specs.size()) {
+      throw InvalidArgument(ctx + "bucket " + std::to_string(bucket) + " (model '" +
+                            model.name() + "') has " + std::to_string(specs.size()) + " " + kind +
+                            "s, expected " + std::to_string(ref_specs.size()));
+    }
+    for (std::size_t i = 0; i < specs.size(); ++i) {
+      const std::string where = ctx + "bucket " + std::to_string(bucket) + " (model '" +
+                                model.name() + "') " + kind + " " + std::to_string(i) + ": ";
+      const auto& shape = specs[i].shape();
+      if (specs[i].dtype() != ref_specs[i].dtype() || shape.size() != ref_specs[i].shape().size()) {
+        throw InvalidArgument(where + specs[i].describe() + " differs in dtype or rank from " +
+                              ref_specs[i].describe() + " of the other buckets");
+      }
+      std::vector<bool> dynamic(shape.size(), false);
+      for (const auto& d : dyn[i]) {
+        if (d.dim >= shape.size()) {
+          throw InvalidArgument(where + "dynamic dim " + std::to_string(d.dim) +
+                                " is out of range for " + specs[i].describe());
+        }
+        dynamic[d.dim] = true;
+        if (shape[d.dim] != bucket) {
+          throw InvalidArgument(where + "dynamic dim " + std::to_string(d.dim) + " ('" +
+                                d.symbol + "') is " + std::to_string(shape[d.dim]) +
+                                "; expected the bucket size " + std::to_string(bucket));
+        }
+      }
+      for (std::size_t k = 0; k < shape.size(); ++k) {
+        if (!dynamic[k] && shape[k] != ref_specs[i].shape()[k]) {
+          throw InvalidArgument(where + "static dim " + std::to_string(k) + " is " +
+                                std::to_string(shape[k]) + " but " +
+                                std::to_string(ref_specs[i].shape()[k]) +
+                                " in the other buckets; declare it dynamic or fix the models");
+        }
+      }
+    }
+  };
+  for (const auto& [bucket, model] : buckets_) {
+    if (!model) throw InvalidArgument(ctx + "bucket " + std::to_string(bucket) + " has no model");
+    if (bucket < 0) {
+      throw InvalidArgument(ctx + "bucket size " + std::to_string(bucket) + " is negative");
+    }
+    if (model->device() != first.device()) {
+      throw InvalidArgument(ctx + "bucket " + std::to_string(bucket) +
+                            " is loaded on another device; load every bucket on one device");
+    }
+    check_family(model->inputs(), first.inputs(), input_dims_, "input", bucket, *model);
+    check_family(model->outputs(), first.outputs(), output_dims_, "output", bucket, *model);
+  }
+  for (std::size_t i = 0; i < fill_values_.size(); ++i) {
+    fill_patterns_.push_back(fill_pattern(fill_values_[i], first.inputs()[i].dtype(),
+                                          ctx + "input " + std::to_string(i) + ": "));
+  }
+}
+
+const std::shared_ptr<Device>& Bundle::device() const { return buckets_.begin()->second->device(); }
+
+std::map<std::string, std::int64_t> Bundle::symbol_values(
+    const std::vector<TensorSpec>& inputs) const {
+  const std::string ctx = context();
+  const Model& first = *buckets_.begin()->second;
+  if (inputs.size() != first.inputs().size()) {
+    throw InvalidArgument(ctx + "expected " + std::to_string(first.inputs().size()) +
+                          " inputs, got " + std::to_string(inputs.size()));
+  }
+  std::map<std::string, std::int64_t> values;
+  for (std::size_t i = 0; i < inputs.size(); ++i) {
+    const TensorSpec& ref = first.inputs()[i];
+    const auto& shape = inputs[i].shape();
+    const std::string where = ctx + "input " + std::to_string(i) + ": ";
+    if (inputs[i].dtype() != ref.dtype() || shape.size() != ref.shape().size()) {
+      throw InvalidArgument(where + "expected dtype " + dtype_name(ref.dtype()) + " and " +
+                            std::to_string(ref.shape().size()) + " dims, got " +
+                            inputs[i].describe());
+    }
+    std::vector<bool> dynamic(shape.size(), false);
+    for (const auto& d : input_dims_[i]) {
+      dynamic[d.dim] = true;
+      auto [it, inserted] = values.emplace(d.symbol, shape[d.dim]);
+      if (!inserted && it->second != shape[d.dim]) {
+        throw InvalidArgument(where + "dim " + std::to_string(d.dim) + " ('" + d.symbol +
+                              "') is " + std::to_string(shape[d.dim]) + " but '" + d.symbol +
+                              "' is " + std::to_string(it->second) +
+                              " in an earlier input; expected equal sizes");
+      }
+    }
+    for (std::size_t k = 0; k < shape.size(); ++k) {
+      if (!dynamic[k] && shape[k] != ref.shape()[k]) {
+        throw InvalidArgument(where + "static dim " + std::to_string(k) + " is " +
+                              std::to_string(shape[k]) + ", expected " +
+                              std::to_string(ref.shape()[k]) + " (shape " +
+                              TensorSpec::shape_to_string(shape) + " vs compiled " +
+                              TensorSpec::shape_to_string(ref.shape()) + ")");
+      }
+    }
+  }
+  return values;
+}
+
+std::int64_t Bundle::select_bucket(const std::vector<TensorSpec>& inputs) const {
+  std::int64_t need = 0;
+  std::string worst;
+  for (const auto& [symbol, value] : symbol_values(inputs)) {
+    if (value > need) {
+      need = value;
+      worst = symbol;
+    }
+  }
+  auto it = buckets_.lower_bound(need);
+  if (it == buckets_.end()) {
+    throw InvalidArgument(context() + "no bucket fits: '" + worst + "' = " + std::to_string(need) +
+                          " exceeds the largest bucket " + std::to_string(buckets_.rbegin()->first) +
+                          "; compile a bucket >= " + std::to_string(need));
+  }
+  return it->first;
+}
+
+std::shared_ptr<Call> Bundle::make_call(std::vector<CallInput> inputs, CallOptions options) const {
+  std::vector<TensorSpec> specs;
+  for (const auto& in : inputs) specs.push_back(in.spec);
+  const std::int64_t bucket = select_bucket(specs);
+  const std::map<std::string, std::int64_t> values = symbol_values(specs);
+  const std::shared_ptr<Model>& model = buckets_.at(bucket);
+  for (std::size_t i = 0; i < inputs.size(); ++i) {
+    if (inputs[i].device && inputs[i].device->device() != model->device()) {
+      throw InvalidArgument(context() + "input " + std::to_string(i) +
+                            " is a device tensor of another device; copy it through the host");
+    }
+  }
+  std::vector<TensorSpec> outputs;
+  for (std::size_t j = 0; j < model->outputs().size(); ++j) {
+    std::vector<std::int64_t> shape = model->outputs()[j].shape();
+    if (options.unpad) {
+      for (const auto& d : output_dims_[j]) shape[d.dim] = values.at(d.symbol);
+    }
+    outputs.emplace_back(std::move(shape), model->outputs()[j].dtype());
+  }
+  return std::make_shared<Call>(model, bucket, std::move(inputs), fill_patterns_,
+                                std::move(outputs), options);
+}
+
+}  // namespace spiky::runtime

@@ -1,0 +1,69 @@
+// Bundle: the compiled buckets of one graph (bucket size -> loaded model) plus the dynamic
+// dims of each input and output.
+//
+// Dynamic dims carry a symbol name ("s0"); every symbol of a bucket's model is compiled at the
+// bucket size. A call reads each symbol's value from its inputs' shapes (equal wherever the
+// symbol appears), takes the smallest bucket >= the largest value, writes the inputs into
+// bucket-sized device buffers padded with zeros or the input's fill value, and unpads every
+// output dim declared dynamic to its symbol's value (or leaves outputs padded on request).
+// Which output dims to unpad is declared here, never guessed from sizes.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "call.h"
+#include "model.h"
+
+namespace spiky::runtime {
+
+class Device;
+
+struct DynamicDim {
+  std::size_t dim;
+  std::string symbol;
+};
+
+class Bundle {
+ public:
+  // Throws InvalidArgument naming the bucket/input/dim when the models do not form one
+  // family: same device, counts, dtypes and ranks; dynamic dims == the bucket size; static
+  // dims equal across buckets; every output symbol used by some input.
+  Bundle(std::string name, std::map<std::int64_t, std::shared_ptr<Model>> buckets,
+         std::vector<std::vector<DynamicDim>> input_dims,
+         std::vector<std::vector<DynamicDim>> output_dims, std::vector<double> fill_values,
+         bool pipelined);
+
+  const std::string& name() const { return name_; }
+  bool pipelined() const { return pipelined_; }
+  const std::map<std::int64_t, std::shared_ptr<Model>>& buckets() const { return buckets_; }
+  const std::vector<std::vector<DynamicDim>>& input_dims() const { return input_dims_; }
+  const std::vector<std::vector<DynamicDim>>& output_dims() const { return output_dims_; }
+  const std::vector<double>& fill_values() const { return fill_values_; }
+  const std::shared_ptr<Device>& device() const;
+  std::string context() const { return "bundle '" + name_ + "': "; }
+
+  // The bucket a call with these input specs runs in (checks them first).
+  std::int64_t select_bucket(const std::vector<TensorSpec>& inputs) const;
+  // A ready-to-run call: inputs checked, bucket chosen, output shapes derived.
+  std::shared_ptr<Call> make_call(std::vector<CallInput> inputs, CallOptions options) const;
+
+ private:
+  std::map<std::string, std::int64_t> symbol_values(const std::vector<TensorSpec>& inputs) const;
+
+  std::string name_;
+  std::map<std::int64_t, std::shared_ptr<Model>> buckets_;
+  std::vector<std::vector<DynamicDim>> input_dims_;
+  std::vector<std::vector<DynamicDim>> output_dims_;
+  std::vector<double> fill_values_;
+  std::vector<std::vector<std::byte>> fill_patterns_;
+  bool pipelined_;
+};
+
+// The bytes of `value` as one element of `dtype`; InvalidArgument if not representable.
+std::vector<std::byte> fill_pattern(double value, DType dtype, const std::string& context);
+
+}  // namespace spiky::runtime
