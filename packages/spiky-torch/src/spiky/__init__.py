@@ -9,11 +9,13 @@
 True
 """
 
+from spiky import cache
 from spiky._compile import compile
 from spiky.errors import (
     IRError,
     LoweringError,
     OutOfMemoryError,
+    SpikyCompileError,
     SpikyConfigError,
     SpikyError,
     SpikyOptionError,
@@ -36,8 +38,8 @@ __version__ = "0.1.0"
 configure_logs_from_env()
 
 __all__ = [
-    "IRError", "LoweringError", "OutOfMemoryError", "SpikyConfigError", "SpikyError",
+    "IRError", "LoweringError", "OutOfMemoryError", "SpikyCompileError", "SpikyConfigError", "SpikyError",
     "SpikyOptionError", "SpikyRuntimeError", "SpikyShapeError", "SpikyTargetError", "__version__",
-    "clear_memory_pool", "compile", "configure_logs", "device_count", "get_memory_stats", "get_stats",
+    "cache", "clear_memory_pool", "compile", "configure_logs", "device_count", "get_memory_stats", "get_stats",
     "reset_stats", "trim_memory_pool",
 ]

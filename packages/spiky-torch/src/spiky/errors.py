@@ -26,8 +26,19 @@ class SpikyTargetError(SpikyError, RuntimeError):
     """The requested target cannot run here; the message says what is missing."""
 
 
+class SpikyCompileError(SpikyError, RuntimeError):
+    """``neuronx-cc`` failed (exit code, missing NEFF, timeout); the message ends with the log's tail.
+
+    ``log_path`` is the full compiler log (kept in the cache's staging area for inspection).
+    """
+
+    def __init__(self, message: str, log_path: str | None = None) -> None:
+        super().__init__(message)
+        self.log_path = log_path
+
+
 __all__ = [
     "IRError", "InvalidArgumentError", "LoweringError", "OutOfMemoryError", "ShapeError",
-    "SpikyConfigError", "SpikyError", "SpikyOptionError", "SpikyRuntimeError", "SpikyShapeError",
+    "SpikyCompileError", "SpikyConfigError", "SpikyError", "SpikyOptionError", "SpikyRuntimeError", "SpikyShapeError",
     "SpikyTargetError",
 ]

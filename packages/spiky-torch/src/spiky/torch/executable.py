@@ -1,10 +1,20 @@
-"""A lowered graph loaded on the runtime: what the backend hands back to aot_autograd."""
+"""A lowered graph loaded on the runtime: what the backend hands back to aot_autograd.
+
+Compiling goes through the on-disk compile cache (:mod:`spiky.cache`):
+
+- host target: the artifact is the IR text plus its HLO module (proto and text; XLA:CPU
+  can run it). A miss emits the HLO and counts a compile in ``spiky.get_stats()``; a hit
+  skips HLO emission and counts in ``spiky.cache.stats().hits`` instead.
+- neuron target (:func:`compile_neuron`): HLO → ``neuronx-cc`` → NEFF, compiled once per
+  key across processes; loading NEFFs waits for the runtime's nrt driver.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import logging
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,12 +23,22 @@ import torch
 from torch import fx
 
 import spiky_runtime as rt
+from spiky.cache import COMPILE_LOG, HLO_PROTO, HLO_TEXT, CacheEntry, CacheKey, CompileCache
+from spiky.torch.config import BackendConfig, current_config
+from spiky.torch.neuronx_cc import NeuronCompiler, compile_neff, detect_target, find_neuronx_cc
 from spiky.torch.options import Options
 from spiky.torch.targets import runtime_device
-from spiky_ir import Graph, execute, print_graph
+from spiky_ir import Graph, IRError, execute, print_graph
+from spiky_ir import __version__ as ir_version
 from spiky_ir.fx import lower_fx
+from spiky_ir.hlo import emit_hlo
 
 log = logging.getLogger("spiky.compile")
+
+HOST_PIPELINE = "spiky-ir-hlo"
+"""The ``compiler`` of host cache entries; its version is spiky-ir's."""
+_NOT_IN_KEY = frozenset({"dump_ir_dir"})
+"""Options that do not change the compiled artifact (every other option is part of the key)."""
 
 
 def _spec(value_type: Any) -> rt.TensorSpec:
@@ -30,9 +50,14 @@ class CompiledGraph:
 
     _boxed_call = True
 
-    def __init__(self, graph: Graph, device: rt.Device, kernel_name: str) -> None:
+    def __init__(
+        self, graph: Graph, device: rt.Device, kernel_name: str, cache_entry: CacheEntry | None = None,
+        cache_hit: bool = False,
+    ) -> None:
         self.graph = graph
         self.kernel_name = kernel_name
+        self.cache_entry = cache_entry
+        self.cache_hit = cache_hit
         self.model = device.load_host_model(
             lambda arrays: execute(graph, arrays),
             [_spec(v.type) for v in graph.inputs],
@@ -52,21 +77,114 @@ def _to_numpy(value: Any) -> np.ndarray[Any, Any]:
     return value.detach().contiguous().numpy()
 
 
+def kernel_name_of(ir_text: str) -> str:
+    return "kernel_" + hashlib.sha256(ir_text.encode()).hexdigest()[:12]
+
+
+def cache_key(
+    ir_text: str,
+    target: str,
+    options: Options,
+    config: BackendConfig,
+    *,
+    compiler: NeuronCompiler | None = None,
+    buckets: Mapping[str, Sequence[int]] | None = None,
+) -> CacheKey:
+    """The cache key of one graph: IR, target, compiler + version + args, options, buckets, spiky version."""
+    from spiky import __version__ as spiky_version
+
+    relevant = tuple(sorted((k, repr(v)) for k, v in options.values.items() if k not in _NOT_IN_KEY))
+    return CacheKey(
+        ir_text=ir_text,
+        target=target,
+        compiler=compiler.path if compiler is not None else HOST_PIPELINE,
+        compiler_version=compiler.version if compiler is not None else ir_version,
+        compiler_args=config.additional_compiler_args if compiler is not None else "",
+        options=relevant,
+        buckets=tuple(sorted((k, tuple(v)) for k, v in (buckets or {}).items())),
+        spiky_version=spiky_version,
+    )
+
+
+def _host_builder(graph: Graph, kernel_name: str) -> Any:
+    def build(directory: Path) -> dict[str, Any]:
+        start = time.perf_counter()
+        try:
+            artifact = emit_hlo(graph, name=kernel_name)
+        except IRError as exc:
+            # The host target runs the IR itself; a graph without an HLO form still runs here.
+            log.info("%s has no HLO form (%s); caching the IR only", kernel_name, exc)
+            (directory / COMPILE_LOG).write_text(f"host target: no HLO module: {exc}\n")
+            return {"hlo": {"available": False, "reason": str(exc)}}
+        (directory / HLO_PROTO).write_bytes(artifact.proto)
+        (directory / HLO_TEXT).write_text(artifact.text)
+        ms = (time.perf_counter() - start) * 1e3
+        (directory / COMPILE_LOG).write_text(f"host target: HLO module emitted in {ms:.1f} ms\n")
+        return {"hlo": {"available": True, "inputs": list(artifact.input_names),
+                        "outputs": list(artifact.output_names)}}
+
+    return build
+
+
 def compile_graph(gm: fx.GraphModule, target: str, options: Options) -> CompiledGraph:
-    """Lower ``gm`` to IR and load it on ``target``'s device."""
+    """Lower ``gm`` to IR, find or build its cache entry, and load it on ``target``'s device."""
     start = time.perf_counter()
     graph = lower_fx(gm)
     text = print_graph(graph)
-    kernel_name = "kernel_" + hashlib.sha256(text.encode()).hexdigest()[:12]
+    kernel_name = kernel_name_of(text)
     if options["dump_ir_dir"] is not None:
         directory = Path(options["dump_ir_dir"])
         directory.mkdir(parents=True, exist_ok=True)
         (directory / f"{kernel_name}.ir.txt").write_text(text)
+    config = current_config()
     device = runtime_device(target)
-    compiled = CompiledGraph(graph, device, kernel_name)
-    device.record_compile()
+    key = cache_key(text, target, options, config)
+    entry, hit = CompileCache(config.nkipy_cache).get_or_build(
+        key, _host_builder(graph, kernel_name), kernel_name=kernel_name
+    )
+    compiled = CompiledGraph(graph, device, kernel_name, entry, hit)
+    if not hit:
+        device.record_compile()
     log.info(
-        "compiled %s (%d nodes) for target %s in %.1f ms",
-        kernel_name, len(graph.nodes), target, (time.perf_counter() - start) * 1e3,
+        "%s %s (%d nodes) for target %s in %.1f ms (cache entry %s)",
+        "loaded" if hit else "compiled", kernel_name, len(graph.nodes), target,
+        (time.perf_counter() - start) * 1e3, entry.key[:12],
     )
     return compiled
+
+
+def compile_neuron(
+    graph: Graph,
+    options: Options,
+    config: BackendConfig | None = None,
+    *,
+    compiler: NeuronCompiler | None = None,
+    neuron_target: str | None = None,
+    buckets: Mapping[str, Sequence[int]] | None = None,
+    timeout: float | None = None,
+    progress: bool | None = None,
+) -> tuple[CacheEntry, bool]:
+    """The cached NEFF of ``graph`` (static shapes): emit HLO, run ``neuronx-cc`` once per key.
+
+    Returns ``(entry, hit)``; ``entry.file("model.neff")`` is the NEFF. Concurrent callers
+    (ranks) with the same key compile once; the others wait and reuse the entry.
+    """
+    config = config or current_config()
+    compiler = compiler or find_neuronx_cc()
+    chip = detect_target(neuron_target)
+    text = print_graph(graph)
+    kernel_name = kernel_name_of(text)
+    key = cache_key(text, f"neuron-{chip}", options, config, compiler=compiler, buckets=buckets)
+
+    def build(directory: Path) -> dict[str, Any]:
+        artifact = emit_hlo(graph, name=kernel_name)
+        (directory / HLO_TEXT).write_text(artifact.text)
+        result = compile_neff(compiler, directory, artifact.proto, target=chip,
+                              extra_args=config.additional_compiler_args, timeout=timeout, progress=progress)
+        return {"neff": {"inputs": list(artifact.input_names), "outputs": list(artifact.output_names),
+                         "compile_seconds": round(result.seconds, 3), "argv": list(result.argv)}}
+
+    entry, hit = CompileCache(config.nkipy_cache).get_or_build(key, build, kernel_name=kernel_name)
+    log.info("%s NEFF for %s (%s) in cache entry %s", "reused" if hit else "compiled", kernel_name, chip,
+             entry.key[:12])
+    return entry, hit
