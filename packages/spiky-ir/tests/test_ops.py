@@ -161,7 +161,7 @@ def test_matmul_contraction_mismatch() -> None:
         ("transpose", {"axes": (0, 0)}, r"not a permutation"),
         ("transpose", {"axes": (1, 0), "bogus": 1}, r"has no attribute\(s\) \['bogus'\]"),
         ("reshape", {"shape": (5, 2)}, r"element counts differ"),
-        ("reshape", {"shape": 12}, r"must be ints"),
+        ("reshape", {"shape": 12}, r"must be dims"),
         ("broadcast_to", {"shape": (2, 4, 3)}, r"cannot broadcast"),
     ],
 )

@@ -14,20 +14,28 @@ the node's name instead of producing wrong numbers later.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import fx
 
 from spiky_ir.dtypes import DType
 from spiky_ir.errors import LoweringError, SpikyError
 from spiky_ir.ir import Attr, Graph, TensorType, Value
+from spiky_ir.symbolic import Dim, canonical, dim_add
 from spiky_ir.verify import verify
 
 aten = torch.ops.aten
+c10d = torch.ops._c10d_functional
 
-Lowering = Callable[["LoweringContext", fx.Node], Value]
+Lowered = Value | tuple[Value, ...] | Dim | None
+"""What a lowering produces for its FX node: a value, several (multi-result ops), a
+dim (SymInt-valued nodes), or nothing (assertion nodes)."""
+Lowering = Callable[["LoweringContext", fx.Node], Lowered]
 LOWERINGS: dict[Any, Lowering] = {}
 """ATen overload → lowering; read it to see what lowers."""
 
@@ -76,26 +84,43 @@ class LoweringContext:
 
     def __init__(self, graph: Graph) -> None:
         self.graph = graph
-        self.env: dict[fx.Node, Value] = {}
+        self.env: dict[fx.Node, Any] = {}
         self.node: fx.Node | None = None
 
     # -- operands ---------------------------------------------------------------------------
 
+    def _map(self, raw: Any) -> Any:
+        if isinstance(raw, fx.Node):
+            return self.env[raw]
+        if isinstance(raw, list | tuple):
+            return type(raw)(self._map(r) for r in raw)
+        if isinstance(raw, torch.SymInt | torch.SymBool | torch.SymFloat):
+            return _sym_dim(raw)
+        return raw
+
     def arg(self, node: fx.Node, index: int, kw: str | None = None) -> Any:
-        """Positional argument ``index`` (or keyword ``kw``) of ``node``, FX nodes as Values."""
+        """Positional argument ``index`` (or keyword ``kw``) of ``node``, FX nodes mapped to
+        their IR values (lists too) and SymInts to dims."""
         if index < len(node.args):
             raw = node.args[index]
         elif kw is not None and kw in node.kwargs:
             raw = node.kwargs[kw]
         else:
             raise LoweringError(f"{source_of(node)} lacks argument #{index} ({kw or 'positional'})")
-        return self.env[raw] if isinstance(raw, fx.Node) else raw
+        return self._map(raw)
 
     def kwarg(self, node: fx.Node, index: int, kw: str, default: Any) -> Any:
         """Like :meth:`arg` but with a default when the argument is absent."""
         if index < len(node.args) or kw in node.kwargs:
             return self.arg(node, index, kw)
         return default
+
+    def value(self, node: fx.Node, index: int, kw: str | None = None) -> Value:
+        """Argument ``index`` which must be a tensor."""
+        v = self.arg(node, index, kw)
+        if not isinstance(v, Value):
+            raise LoweringError(f"{source_of(node)}: argument #{index} is {v!r}, not a tensor")
+        return v
 
     def tensor(self, value: Any, like: Value | None = None) -> Value:
         """``value`` as an IR value: Python scalars become constants of torch's weak type."""
@@ -106,14 +131,28 @@ class LoweringContext:
         raise LoweringError(f"{self._where()} has operand {value!r} that is not a tensor or scalar")
 
     def const(self, value: bool | int | float, dtype: DType) -> Value:
+        if dtype is DType.bool:
+            value = bool(value)
+        elif dtype.is_integer:
+            value = int(value)
+        elif not isinstance(value, float):
+            value = float(value)
         return self.op("constant", attrs={"value": value, "dtype": dtype})
 
     # -- building ---------------------------------------------------------------------------
 
     def op(self, name: str, *inputs: Value, attrs: dict[str, Attr] | None = None) -> Value:
-        source = source_of(self.node) if self.node is not None else None
-        hint = self.node.name if self.node is not None else name
-        return self.graph.add_op(name, inputs, attrs, name=hint, source=source)
+        return self.graph.add_node(name, inputs, attrs, name=self._hint(name), source=self._source()).output
+
+    def ops(self, name: str, *inputs: Value, attrs: dict[str, Attr] | None = None) -> tuple[Value, ...]:
+        """A multi-result op; returns all its results."""
+        return self.graph.add_node(name, inputs, attrs, name=self._hint(name), source=self._source()).outputs
+
+    def _hint(self, name: str) -> str:
+        return self.node.name if self.node is not None else name
+
+    def _source(self) -> str | None:
+        return source_of(self.node) if self.node is not None else None
 
     def binary(self, name: str, a: Any, b: Any) -> Value:
         """A binary op where either side may be a Python scalar (weakly typed, as in torch)."""
@@ -122,8 +161,48 @@ class LoweringContext:
         like = a if isinstance(a, Value) else b
         return self.op(name, self.tensor(a, like), self.tensor(b, like))
 
+    def astype(self, value: Value, dtype: DType) -> Value:
+        return value if value.type.dtype is dtype else self.op("astype", value, attrs={"dtype": dtype})
+
+    def reshape(self, value: Value, shape: Sequence[Dim]) -> Value:
+        shape = tuple(canonical(d) for d in shape)
+        return value if value.type.shape == shape else self.op("reshape", value, attrs={"shape": shape})
+
+    def broadcast(self, value: Value, shape: Sequence[Dim]) -> Value:
+        shape = tuple(shape)
+        return value if value.type.shape == shape else self.op("broadcast_to", value, attrs={"shape": shape})
+
+    def reduce(self, name: str, value: Value, axes: Sequence[int], keepdims: bool, **attrs: Attr) -> Value:
+        return self.op(name, value, attrs={"axes": tuple(axes), "keepdims": keepdims, **attrs})
+
+    def transpose(self, value: Value, axes: Sequence[int]) -> Value:
+        axes = tuple(axes)
+        if axes == tuple(range(len(axes))):
+            return value
+        return self.op("transpose", value, attrs={"axes": axes})
+
+    def slice(self, value: Value, axis: int, start: Dim, stop: Dim, step: int = 1) -> Value:
+        shape = value.type.shape
+        starts = tuple(start if i == axis else 0 for i in range(len(shape)))
+        stops = tuple(stop if i == axis else d for i, d in enumerate(shape))
+        steps = tuple(step if i == axis else 1 for i in range(len(shape)))
+        if starts == (0,) * len(shape) and stops == shape and step == 1:
+            return value
+        return self.op("slice", value, attrs={"start": starts, "stop": stops, "step": steps})
+
+    def full(self, shape: Sequence[Dim], value: bool | int | float, dtype: DType) -> Value:
+        return self.op("full", attrs={"shape": tuple(shape), "value": _scalar_attr(value, dtype), "dtype": dtype})
+
     def _where(self) -> str:
         return source_of(self.node) if self.node is not None else "<graph>"
+
+
+def _scalar_attr(value: Any, dtype: DType) -> bool | int | float:
+    if dtype is DType.bool:
+        return bool(value)
+    if dtype.is_integer:
+        return int(value)
+    return float(value)
 
 
 def _scalar_dtype(value: bool | int | float, like: Value | None) -> DType:
@@ -139,66 +218,148 @@ def _scalar_dtype(value: bool | int | float, like: Value | None) -> DType:
     return t if t.is_floating else DType.float32
 
 
-def _fake_type(node: fx.Node) -> TensorType:
-    val = node.meta.get("val")
+def _sym_dim(value: Any) -> Dim:
+    """A torch SymInt (or int) as an IR dim: its sympy expression in canonical form."""
+    if isinstance(value, int):
+        return value
+    expr = value.node.expr
+    if getattr(expr, "is_Integer", False):
+        return int(expr)
+    try:
+        return canonical(str(expr))
+    except SpikyError:
+        raise LoweringError(
+            f"symbolic size {expr} is not an integer polynomial of the input sizes; spiky-ir "
+            "dims support +, - and *; mark fewer dims dynamic or compile with static shapes"
+        ) from None
+
+
+def _fake_type(node: fx.Node, val: Any = None) -> TensorType:
+    val = node.meta.get("val") if val is None else val
     if not isinstance(val, torch.Tensor):
         kind = type(val).__name__
-        raise LoweringError(
-            f"{source_of(node)} carries a {kind}, not a tensor; symbolic sizes and non-tensor "
-            "values are not lowered by this version of spiky-ir"
-        )
-    shape: list[int] = []
-    for d in val.shape:
-        if not isinstance(d, int):
-            raise LoweringError(f"{source_of(node)} has a symbolic dim {d}; compile with static shapes")
-        shape.append(d)
-    return TensorType(tuple(shape), ir_dtype(val.dtype))
+        raise LoweringError(f"{source_of(node)} carries a {kind}, not a tensor")
+    return TensorType(tuple(_sym_dim(d) for d in val.shape), ir_dtype(val.dtype))
 
 
-def lower_fx(gm: fx.GraphModule, name: str = "main") -> Graph:
-    """Lower an ATen-level FX graph (as aot_autograd produces it) to a verified IR graph."""
+def _is_sym(val: Any) -> bool:
+    return isinstance(val, torch.SymInt | torch.SymBool | torch.SymFloat | int | float | bool)
+
+
+OutputSlot = int | None
+"""Where one FX output comes from: an index into the IR graph's outputs, or ``None``
+for an FX output that is ``None`` (a backward graph's gradient of a non-leaf)."""
+
+
+@dataclass
+class LoweredGraph:
+    """An FX graph's IR and how its outputs map back to the FX output list."""
+
+    graph: Graph
+    output_slots: list[OutputSlot]
+
+
+def lower_fx_graph(gm: fx.GraphModule, name: str = "main") -> LoweredGraph:
+    """Lower an ATen-level FX graph (as aot_autograd produces it), keeping ``None`` outputs.
+
+    Tensor placeholders become graph inputs; SymInt placeholders become symbolic dims
+    (named by the SymInt's symbol) and are not inputs of the IR graph.
+    """
     graph = Graph(name=name)
     ctx = LoweringContext(graph)
+    slots: list[OutputSlot] = []
     for node in gm.graph.nodes:
         ctx.node = node
+        val = node.meta.get("val")
         if node.op == "placeholder":
-            ctx.env[node] = graph.add_input(node.name, _fake_type(node))
+            if isinstance(val, torch.Tensor):
+                ctx.env[node] = graph.add_input(node.name, _fake_type(node))
+            elif _is_sym(val):
+                ctx.env[node] = _sym_dim(val)
+            else:
+                kind = type(val).__name__
+                raise LoweringError(f"graph input '{node.name}' is a {kind}; only tensors and SymInts lower")
         elif node.op == "call_function":
             lowering = LOWERINGS.get(node.target)
+            if lowering is None and _is_sym(val) and not isinstance(val, torch.Tensor):
+                ctx.env[node] = _sym_dim(val) if isinstance(val, torch.SymInt | int) else val
+                continue
             if lowering is None:
                 raise LoweringError(
                     f"{source_of(node)} has no spiky-ir lowering; lowered ops: "
-                    f"{len(LOWERINGS)} (see spiky_ir.fx.LOWERINGS)"
+                    f"{len(LOWERINGS)} (see spiky_ir.fx.LOWERINGS, or run python -m spiky_ir.coverage)"
                 )
             ctx.env[node] = _checked(ctx, node, lowering(ctx, node))
         elif node.op == "output":
             outs = node.args[0] if isinstance(node.args[0], list | tuple) else (node.args[0],)
-            values = []
+            values: list[Value] = []
             for out in outs:
-                if not isinstance(out, fx.Node):
-                    raise LoweringError(f"graph output {out!r} is not a tensor; not lowered yet")
-                values.append(ctx.env[out])
+                mapped = ctx.env[out] if isinstance(out, fx.Node) else out
+                if mapped is None:
+                    slots.append(None)
+                elif isinstance(mapped, Value):
+                    slots.append(len(values))
+                    values.append(mapped)
+                else:
+                    raise LoweringError(
+                        f"graph output {out} is {mapped!r}, not a tensor; symbolic-size outputs "
+                        "are not lowered (compile with static shapes)"
+                    )
             graph.set_outputs(values)
         else:
-            raise LoweringError(f"FX node '{node.name}' of kind '{node.op}' is not lowered yet")
+            raise LoweringError(f"FX node '{node.name}' of kind '{node.op}' is not lowered (only ATen graphs are)")
     verify(graph)
-    return graph
+    return LoweredGraph(graph, slots)
 
 
-def _checked(ctx: LoweringContext, node: fx.Node, value: Value) -> Value:
-    """Match ``value`` to the FX node's fake tensor: cast to its dtype, reject shape mismatches."""
-    expected = _fake_type(node)
+def lower_fx(gm: fx.GraphModule, name: str = "main") -> Graph:
+    """Lower an ATen-level FX graph whose outputs are all tensors to a verified IR graph."""
+    lowered = lower_fx_graph(gm, name)
+    if None in lowered.output_slots:
+        raise LoweringError(
+            f"graph '{name}' returns None at output(s) "
+            f"{[i for i, s in enumerate(lowered.output_slots) if s is None]}; use lower_fx_graph"
+        )
+    return lowered.graph
+
+
+def _checked(ctx: LoweringContext, node: fx.Node, result: Lowered) -> Lowered:
+    """Match results to the FX node's fake tensors: cast to their dtypes, reject shape mismatches."""
+    val = node.meta.get("val")
+    if isinstance(result, tuple):
+        if not isinstance(val, list | tuple) or len(val) != len(result):
+            raise LoweringError(f"lowering of {source_of(node)} returned {len(result)} values; torch says {val!r}")
+        return tuple(_check_one(ctx, node, r, v) for r, v in zip(result, val, strict=True))
+    if isinstance(result, Value):
+        return _check_one(ctx, node, result, val)
+    return result
+
+
+def _check_one(ctx: LoweringContext, node: fx.Node, value: Value, val: Any) -> Value:
+    expected = _fake_type(node, val)
     if value.type.shape != expected.shape:
         raise LoweringError(
             f"lowering of {source_of(node)} produced shape {value.type.shape}, "
             f"torch says {expected.shape}: this is a spiky-ir bug, please report it"
         )
-    if value.type.dtype != expected.dtype:
-        value = ctx.op("astype", value, attrs={"dtype": expected.dtype})
-    return value
+    return ctx.astype(value, expected.dtype)
 
 
 # --- the lowering table ----------------------------------------------------------------------
+
+
+def _rank_dim(d: int, rank: int) -> int:
+    return d % rank if rank else 0
+
+
+def _dims_arg(ctx: LoweringContext, node: fx.Node, index: int, kw: str, rank: int) -> tuple[int, ...]:
+    """A ``dim`` argument that may be an int, a list, or None/[] for all dims."""
+    dims = ctx.kwarg(node, index, kw, None)
+    if dims is None or dims == []:
+        return tuple(range(rank))
+    if isinstance(dims, int):
+        dims = [dims]
+    return tuple(sorted({_rank_dim(int(d), rank) for d in dims}))
 
 
 def _binary_lowering(ir_op: str, *targets: Any) -> None:
@@ -210,22 +371,63 @@ def _binary_lowering(ir_op: str, *targets: Any) -> None:
 
 def _unary_lowering(ir_op: str, *targets: Any) -> None:
     def lower(ctx: LoweringContext, node: fx.Node) -> Value:
-        return ctx.op(ir_op, ctx.arg(node, 0))
+        return ctx.op(ir_op, ctx.value(node, 0))
 
     lowers(*targets)(lower)
 
 
 _binary_lowering("multiply", aten.mul.Tensor, aten.mul.Scalar)
 _binary_lowering("divide", aten.div.Tensor, aten.div.Scalar)
+_binary_lowering("power", aten.pow.Tensor_Tensor, aten.pow.Tensor_Scalar, aten.pow.Scalar)
+_binary_lowering("maximum", aten.maximum.default)
+_binary_lowering("minimum", aten.minimum.default)
+_binary_lowering("remainder", aten.remainder.Tensor, aten.remainder.Scalar)
+_binary_lowering("floor_divide", aten.floor_divide.default)
+_binary_lowering("arctan2", aten.atan2.default)
+_binary_lowering("equal", aten.eq.Tensor, aten.eq.Scalar)
+_binary_lowering("not_equal", aten.ne.Tensor, aten.ne.Scalar)
+_binary_lowering("less", aten.lt.Tensor, aten.lt.Scalar)
+_binary_lowering("less_equal", aten.le.Tensor, aten.le.Scalar)
+_binary_lowering("greater", aten.gt.Tensor, aten.gt.Scalar)
+_binary_lowering("greater_equal", aten.ge.Tensor, aten.ge.Scalar)
+_binary_lowering("logical_and", aten.logical_and.default)
+_binary_lowering("logical_or", aten.logical_or.default)
+_binary_lowering("logical_xor", aten.logical_xor.default)
+_binary_lowering("bitwise_and", aten.bitwise_and.Tensor, aten.bitwise_and.Scalar)
+_binary_lowering("bitwise_or", aten.bitwise_or.Tensor, aten.bitwise_or.Scalar)
+_binary_lowering("bitwise_xor", aten.bitwise_xor.Tensor, aten.bitwise_xor.Scalar)
+
 _unary_lowering("negative", aten.neg.default)
+_unary_lowering("abs", aten.abs.default)
+_unary_lowering("sign", aten.sign.default)
+_unary_lowering("ceil", aten.ceil.default)
+_unary_lowering("floor", aten.floor.default)
+_unary_lowering("round", aten.round.default)
+_unary_lowering("trunc", aten.trunc.default)
 _unary_lowering("exp", aten.exp.default)
+_unary_lowering("expm1", aten.expm1.default)
+_unary_lowering("log", aten.log.default)
+_unary_lowering("log1p", aten.log1p.default)
+_unary_lowering("sqrt", aten.sqrt.default)
+_unary_lowering("rsqrt", aten.rsqrt.default)
+_unary_lowering("reciprocal", aten.reciprocal.default)
+_unary_lowering("sin", aten.sin.default)
+_unary_lowering("cos", aten.cos.default)
+_unary_lowering("tan", aten.tan.default)
 _unary_lowering("tanh", aten.tanh.default)
 _unary_lowering("sigmoid", aten.sigmoid.default)
+_unary_lowering("erf", aten.erf.default)
+_unary_lowering("logical_not", aten.logical_not.default)
+_unary_lowering("bitwise_not", aten.bitwise_not.default)
+_unary_lowering("isnan", aten.isnan.default)
+_unary_lowering("isinf", aten.isinf.default)
 
 
 def _scaled(ctx: LoweringContext, value: Any, alpha: Any) -> Any:
     if alpha == 1:
         return value
+    if not isinstance(value, Value):
+        return value * alpha
     return ctx.binary("multiply", value, alpha)
 
 
@@ -241,20 +443,45 @@ def _sub(ctx: LoweringContext, node: fx.Node) -> Value:
     return ctx.binary("subtract", ctx.arg(node, 0), other)
 
 
+@lowers(aten.rsub.Tensor, aten.rsub.Scalar)
+def _rsub(ctx: LoweringContext, node: fx.Node) -> Value:
+    other = _scaled(ctx, ctx.arg(node, 0), ctx.kwarg(node, 2, "alpha", 1))
+    return ctx.binary("subtract", ctx.arg(node, 1), other)
+
+
+@lowers(aten.div.Tensor_mode, aten.div.Scalar_mode)
+def _div_mode(ctx: LoweringContext, node: fx.Node) -> Value:
+    a, b = ctx.arg(node, 0), ctx.arg(node, 1)
+    mode = ctx.kwarg(node, 2, "rounding_mode", None)
+    if mode is None:
+        return ctx.binary("divide", a, b)
+    if mode == "floor":
+        return ctx.binary("floor_divide", a, b)
+    if mode == "trunc":
+        like = a if isinstance(a, Value) else b
+        if like.type.dtype.is_floating:
+            return ctx.op("trunc", ctx.binary("divide", a, b))
+        # Integer truncating division, exact in float64 for |values| < 2**53.
+        a64 = ctx.astype(ctx.tensor(a, like), DType.float64)
+        b64 = ctx.astype(ctx.tensor(b, like), DType.float64)
+        return ctx.op("trunc", ctx.op("divide", a64, b64))
+    raise LoweringError(f"{source_of(node)}: rounding_mode={mode!r} is not None, 'trunc' or 'floor'")
+
+
 @lowers(aten.relu.default)
 def _relu(ctx: LoweringContext, node: fx.Node) -> Value:
-    return ctx.binary("maximum", ctx.arg(node, 0), 0)
+    return ctx.binary("maximum", ctx.value(node, 0), 0)
 
 
 @lowers(aten.silu.default)
 def _silu(ctx: LoweringContext, node: fx.Node) -> Value:
-    x = ctx.arg(node, 0)
+    x = ctx.value(node, 0)
     return ctx.op("multiply", x, ctx.op("sigmoid", x))
 
 
 @lowers(aten.gelu.default)
 def _gelu(ctx: LoweringContext, node: fx.Node) -> Value:
-    x = ctx.arg(node, 0)
+    x = ctx.value(node, 0)
     approximate = ctx.kwarg(node, 1, "approximate", "none")
     if approximate == "none":
         # 0.5 * x * (1 + erf(x / sqrt(2)))
@@ -270,14 +497,103 @@ def _gelu(ctx: LoweringContext, node: fx.Node) -> Value:
     return ctx.op("multiply", half_x, ctx.binary("add", inner, 1.0))
 
 
-@lowers(aten.mm.default, aten.bmm.default, aten.matmul.default)
+@lowers(aten.clamp.default, aten.clamp.Tensor)
+def _clamp(ctx: LoweringContext, node: fx.Node) -> Value:
+    x: Any = ctx.value(node, 0)
+    lo, hi = ctx.kwarg(node, 1, "min", None), ctx.kwarg(node, 2, "max", None)
+    if lo is not None:
+        x = ctx.binary("maximum", x, lo)
+    if hi is not None:
+        x = ctx.binary("minimum", x, hi)
+    return x  # type: ignore[no-any-return]
+
+
+@lowers(aten.where.self)
+def _where(ctx: LoweringContext, node: fx.Node) -> Value:
+    cond, a, b = ctx.value(node, 0), ctx.arg(node, 1), ctx.arg(node, 2)
+    like = a if isinstance(a, Value) else b if isinstance(b, Value) else None
+    return ctx.op("where", ctx.astype(cond, DType.bool), ctx.tensor(a, like), ctx.tensor(b, like))
+
+
+# -- reductions --
+
+
+def _reduction(ir_op: str, *targets: Any, dtype_arg: int | None = None) -> None:
+    def lower(ctx: LoweringContext, node: fx.Node) -> Value:
+        x = ctx.value(node, 0)
+        dtype: Any = ctx.kwarg(node, dtype_arg, "dtype", None) if dtype_arg is not None else node.kwargs.get("dtype")
+        if dtype is not None:
+            x = ctx.astype(x, ir_dtype(dtype))
+        axes = _dims_arg(ctx, node, 1, "dim", x.type.rank) if len(node.args) > 1 or "dim" in node.kwargs \
+            else tuple(range(x.type.rank))
+        keepdim = bool(ctx.kwarg(node, 2, "keepdim", False))
+        return ctx.reduce(ir_op, x, axes, keepdim)
+
+    lowers(*targets)(lower)
+
+
+_reduction("sum", aten.sum.dim_IntList, dtype_arg=3)
+_reduction("sum", aten.sum.default, dtype_arg=1)
+_reduction("mean", aten.mean.dim, dtype_arg=3)
+_reduction("mean", aten.mean.default, dtype_arg=1)
+_reduction("prod", aten.prod.dim_int, dtype_arg=3)
+_reduction("prod", aten.prod.default, dtype_arg=1)
+_reduction("max", aten.amax.default, aten.max.default)
+_reduction("min", aten.amin.default, aten.min.default)
+_reduction("any", aten.any.dim, aten.any.dims, aten.any.default)
+_reduction("all", aten.all.dim, aten.all.dims, aten.all.default)
+
+
+@lowers(aten.var.correction)
+def _var(ctx: LoweringContext, node: fx.Node) -> Value:
+    x = ctx.value(node, 0)
+    axes = _dims_arg(ctx, node, 1, "dim", x.type.rank)
+    raw: Any = node.kwargs.get("correction")
+    correction = 1.0 if raw is None else float(raw)
+    keepdim = bool(node.kwargs.get("keepdim", False))
+    return ctx.reduce("var", x, axes, keepdim, correction=correction)
+
+
+@lowers(aten.argmax.default, aten.argmin.default)
+def _argmax(ctx: LoweringContext, node: fx.Node) -> Value:
+    x = ctx.value(node, 0)
+    dim = ctx.kwarg(node, 1, "dim", None)
+    keepdim = bool(ctx.kwarg(node, 2, "keepdim", False))
+    name = "argmax" if node.target is aten.argmax.default else "argmin"
+    if dim is None:
+        flat = ctx.reshape(x, (_numel(x),))
+        out = ctx.op(name, flat, attrs={"axis": 0, "keepdims": False})
+        return ctx.reshape(out, _fake_type(node).shape)
+    return ctx.op(name, x, attrs={"axis": _rank_dim(dim, x.type.rank), "keepdims": keepdim})
+
+
+def _numel(x: Value) -> Dim:
+    from spiky_ir.symbolic import dims_product
+
+    return dims_product(x.type.shape)
+
+
+@lowers(aten.max.dim, aten.min.dim)
+def _max_dim(ctx: LoweringContext, node: fx.Node) -> tuple[Value, Value]:
+    x = ctx.value(node, 0)
+    dim = _rank_dim(ctx.arg(node, 1, "dim"), x.type.rank)
+    keepdim = bool(ctx.kwarg(node, 2, "keepdim", False))
+    kind = "max" if node.target is aten.max.dim else "min"
+    values = ctx.reduce(kind, x, (dim,), keepdim)
+    return values, ctx.op(f"arg{kind}", x, attrs={"axis": dim, "keepdims": keepdim})
+
+
+# -- linalg --
+
+
+@lowers(aten.mm.default, aten.bmm.default, aten.matmul.default, aten.dot.default)
 def _matmul(ctx: LoweringContext, node: fx.Node) -> Value:
-    return ctx.op("matmul", ctx.arg(node, 0), ctx.arg(node, 1))
+    return ctx.op("matmul", ctx.value(node, 0), ctx.value(node, 1))
 
 
-@lowers(aten.addmm.default)
+@lowers(aten.addmm.default, aten.baddbmm.default)
 def _addmm(ctx: LoweringContext, node: fx.Node) -> Value:
-    bias, a, b = ctx.arg(node, 0), ctx.arg(node, 1), ctx.arg(node, 2)
+    bias, a, b = ctx.value(node, 0), ctx.value(node, 1), ctx.value(node, 2)
     beta = ctx.kwarg(node, 3, "beta", 1)
     alpha = ctx.kwarg(node, 4, "alpha", 1)
     product = _scaled(ctx, ctx.op("matmul", a, b), alpha)
@@ -286,33 +602,698 @@ def _addmm(ctx: LoweringContext, node: fx.Node) -> Value:
     return ctx.binary("add", _scaled(ctx, bias, beta), product)
 
 
+# -- shape and layout --
+
+
 @lowers(aten.permute.default)
 def _permute(ctx: LoweringContext, node: fx.Node) -> Value:
-    x: Value = ctx.arg(node, 0)
+    x = ctx.value(node, 0)
     rank = x.type.rank
-    axes = tuple(int(d) % rank for d in ctx.arg(node, 1, "dims")) if rank else ()
-    return ctx.op("transpose", x, attrs={"axes": axes})
+    return ctx.op("transpose", x, attrs={"axes": tuple(_rank_dim(int(d), rank) for d in ctx.arg(node, 1, "dims"))})
 
 
 @lowers(aten.t.default)
 def _t(ctx: LoweringContext, node: fx.Node) -> Value:
-    x: Value = ctx.arg(node, 0)
-    axes = tuple(reversed(range(x.type.rank)))
-    return ctx.op("transpose", x, attrs={"axes": axes})
+    x = ctx.value(node, 0)
+    return ctx.op("transpose", x, attrs={"axes": tuple(reversed(range(x.type.rank)))})
 
 
-@lowers(aten.view.default, aten.reshape.default, aten._unsafe_view.default)
+@lowers(aten.transpose.int)
+def _transpose(ctx: LoweringContext, node: fx.Node) -> Value:
+    x = ctx.value(node, 0)
+    rank = x.type.rank
+    a, b = _rank_dim(ctx.arg(node, 1), rank), _rank_dim(ctx.arg(node, 2), rank)
+    axes = list(range(rank))
+    axes[a], axes[b] = axes[b], axes[a]
+    return ctx.op("transpose", x, attrs={"axes": tuple(axes)})
+
+
+@lowers(aten.view.default, aten.reshape.default, aten._unsafe_view.default, aten.squeeze.default,
+        aten.squeeze.dim, aten.squeeze.dims, aten.unsqueeze.default, aten.flatten.using_ints,
+        aten.view_copy.default)
 def _view(ctx: LoweringContext, node: fx.Node) -> Value:
     # The fake tensor holds the target shape with any -1 already resolved.
-    shape = _fake_type(node).static_shape()
-    return ctx.op("reshape", ctx.arg(node, 0), attrs={"shape": shape})
+    return ctx.reshape(ctx.value(node, 0), _fake_type(node).shape)
 
 
-@lowers(aten.clone.default, aten.alias.default, aten.detach.default)
+@lowers(aten.expand.default, aten.expand_copy.default)
+def _expand(ctx: LoweringContext, node: fx.Node) -> Value:
+    return ctx.broadcast(ctx.value(node, 0), _fake_type(node).shape)
+
+
+@lowers(aten.clone.default, aten.alias.default, aten.detach.default, aten.lift_fresh_copy.default,
+        c10d.wait_tensor.default)
 def _identity(ctx: LoweringContext, node: fx.Node) -> Value:
     # Values are immutable in the IR, so a copy is the value itself.
-    value: Value = ctx.arg(node, 0)
-    return value
+    return ctx.value(node, 0)
+
+
+@lowers(aten._to_copy.default)
+def _to_copy(ctx: LoweringContext, node: fx.Node) -> Value:
+    return ctx.astype(ctx.value(node, 0), _fake_type(node).dtype)
+
+
+@lowers(aten.copy.default)
+def _copy(ctx: LoweringContext, node: fx.Node) -> Value:
+    dst, src = ctx.value(node, 0), ctx.value(node, 1)
+    return ctx.broadcast(ctx.astype(src, dst.type.dtype), dst.type.shape)
+
+
+@lowers(aten.cat.default)
+def _cat(ctx: LoweringContext, node: fx.Node) -> Value:
+    tensors: list[Value] = list(ctx.arg(node, 0))
+    rank = _fake_type(node).rank
+    # torch's legacy rule: 1-D empty tensors are skipped whatever the others' rank.
+    tensors = [t for t in tensors if not (t.type.shape == (0,) and rank != 1)] or tensors[:1]
+    dim = _rank_dim(ctx.kwarg(node, 1, "dim", 0), rank)
+    if len(tensors) == 1:
+        return tensors[0]
+    return ctx.op("concatenate", *tensors, attrs={"axis": dim})
+
+
+@lowers(aten.split.Tensor, aten.split_with_sizes.default)
+def _split(ctx: LoweringContext, node: fx.Node) -> tuple[Value, ...]:
+    x = ctx.value(node, 0)
+    dim = _rank_dim(ctx.kwarg(node, 2, "dim", 0), x.type.rank)
+    val = node.meta["val"]
+    sizes = tuple(_sym_dim(v.shape[dim]) for v in val)
+    if len(sizes) == 1:
+        return (x,)
+    return ctx.ops("split", x, attrs={"sizes": sizes, "axis": dim})
+
+
+def _slice_bounds(size: Dim, start: Any, end: Any) -> tuple[Dim, Dim]:
+    """torch's slice bounds (None, negative and out-of-range ends) made explicit."""
+    start = 0 if start is None else start
+    if end is None or (isinstance(end, int) and end >= 2**62):
+        end = size
+    if isinstance(size, int):
+        if isinstance(start, int):
+            start = min(max(start + size if start < 0 else start, 0), size)
+        if isinstance(end, int):
+            end = min(max(end + size if end < 0 else end, 0), size)
+        if isinstance(start, int) and isinstance(end, int):
+            end = max(end, start)
+    elif isinstance(end, int) and end < 0:
+        end = dim_add(size, end)
+    return start, end
+
+
+@lowers(aten.slice.Tensor)
+def _slice(ctx: LoweringContext, node: fx.Node) -> Value:
+    x = ctx.value(node, 0)
+    dim = _rank_dim(ctx.kwarg(node, 1, "dim", 0), x.type.rank)
+    start, end = _slice_bounds(x.type.shape[dim], ctx.kwarg(node, 2, "start", None), ctx.kwarg(node, 3, "end", None))
+    return ctx.slice(x, dim, start, end, int(ctx.kwarg(node, 4, "step", 1)))
+
+
+@lowers(aten.select.int)
+def _select(ctx: LoweringContext, node: fx.Node) -> Value:
+    x = ctx.value(node, 0)
+    dim = _rank_dim(ctx.arg(node, 1, "dim"), x.type.rank)
+    index = ctx.arg(node, 2, "index")
+    size = x.type.shape[dim]
+    if isinstance(index, int) and index < 0:
+        index = dim_add(size, index)
+    one = ctx.slice(x, dim, index, dim_add(index, 1))
+    return ctx.op("squeeze", one, attrs={"axes": (dim,)})
+
+
+@lowers(aten.flip.default)
+def _flip(ctx: LoweringContext, node: fx.Node) -> Value:
+    x = ctx.value(node, 0)
+    axes = tuple(sorted({_rank_dim(d, x.type.rank) for d in ctx.arg(node, 1, "dims")}))
+    return ctx.op("flip", x, attrs={"axes": axes}) if axes else x
+
+
+@lowers(aten.repeat.default)
+def _repeat(ctx: LoweringContext, node: fx.Node) -> Value:
+    x = ctx.value(node, 0)
+    reps = tuple(int(r) for r in ctx.arg(node, 1, "repeats"))
+    x = ctx.reshape(x, (1,) * (len(reps) - x.type.rank) + x.type.shape)
+    return ctx.op("tile", x, attrs={"reps": reps})
+
+
+@lowers(aten.constant_pad_nd.default)
+def _pad(ctx: LoweringContext, node: fx.Node) -> Value:
+    x = ctx.value(node, 0)
+    pads = [int(p) for p in ctx.arg(node, 1, "pad")]
+    value = ctx.kwarg(node, 2, "value", 0)
+    rank = x.type.rank
+    lo, hi = [0] * rank, [0] * rank
+    for i in range(len(pads) // 2):
+        axis = rank - 1 - i
+        lo[axis], hi[axis] = pads[2 * i], pads[2 * i + 1]
+    # Negative padding crops.
+    for axis in range(rank):
+        if lo[axis] < 0 or hi[axis] < 0:
+            size = x.type.shape[axis]
+            stop = dim_add(size, hi[axis]) if hi[axis] < 0 else size
+            x = ctx.slice(x, axis, max(-lo[axis], 0), stop)
+            lo[axis], hi[axis] = max(lo[axis], 0), max(hi[axis], 0)
+    if not any(lo) and not any(hi):
+        return x
+    return ctx.op("pad", x, attrs={"lo": tuple(lo), "hi": tuple(hi), "value": _scalar_attr(value, x.type.dtype)})
+
+
+@lowers(aten.tril.default, aten.triu.default)
+def _tril(ctx: LoweringContext, node: fx.Node) -> Value:
+    op = "tril" if node.target is aten.tril.default else "triu"
+    return ctx.op(op, ctx.value(node, 0), attrs={"k": int(ctx.kwarg(node, 1, "diagonal", 0))})
+
+
+# -- creation --
+
+
+@lowers(aten.full.default, aten.full_like.default, aten.new_full.default)
+def _full(ctx: LoweringContext, node: fx.Node) -> Value:
+    t = _fake_type(node)
+    index = 2 if node.target is aten.new_full.default else 1
+    value = ctx.arg(node, index, "fill_value")
+    if isinstance(value, Value):
+        raise LoweringError(f"{source_of(node)}: a tensor fill value is not supported; use expand")
+    return ctx.full(t.shape, value, t.dtype)
+
+
+@lowers(aten.empty.memory_format, aten.empty_strided.default, aten.zeros.default, aten.zeros_like.default,
+        aten.new_zeros.default, aten.new_empty.default, aten.empty_like.default)
+def _zeros(ctx: LoweringContext, node: fx.Node) -> Value:
+    # Uninitialised memory may hold anything; zeros keeps results deterministic.
+    t = _fake_type(node)
+    return ctx.op("zeros", attrs={"shape": t.shape, "dtype": t.dtype})
+
+
+@lowers(aten.ones.default, aten.ones_like.default, aten.new_ones.default)
+def _ones(ctx: LoweringContext, node: fx.Node) -> Value:
+    t = _fake_type(node)
+    return ctx.full(t.shape, 1, t.dtype)
+
+
+@lowers(aten.scalar_tensor.default)
+def _scalar_tensor(ctx: LoweringContext, node: fx.Node) -> Value:
+    t = _fake_type(node)
+    return ctx.const(ctx.arg(node, 0), t.dtype)
+
+
+@lowers(aten.arange.start_step, aten.arange.start, aten.arange.default)
+def _arange(ctx: LoweringContext, node: fx.Node) -> Value:
+    t = _fake_type(node)
+    if node.target is aten.arange.default:
+        start, step = 0, 1
+    else:
+        start = ctx.arg(node, 0)
+        step = ctx.kwarg(node, 2, "step", 1) if node.target is aten.arange.start_step else 1
+    if not isinstance(start, int | float) or not isinstance(step, int | float):
+        raise LoweringError(f"{source_of(node)}: arange start/step must be static numbers, got {start!r}, {step!r}")
+    return ctx.op("arange", attrs={"start": start, "step": step, "size": t.shape[0], "dtype": t.dtype})
+
+
+# -- indexing --
+
+
+def _normalized_index(ctx: LoweringContext, idx: Value, size: Dim) -> Value:
+    """Negative indices wrap (as in torch)."""
+    wrapped = ctx.op("add", idx, ctx.const(size if isinstance(size, int) else 0, idx.type.dtype))
+    if not isinstance(size, int):
+        raise LoweringError(f"{ctx._where()}: negative-index wrapping over symbolic dim {size!r} is not supported")
+    negative = ctx.op("less", idx, ctx.const(0, idx.type.dtype))
+    return ctx.op("where", negative, wrapped, idx)
+
+
+def _linear_index(ctx: LoweringContext, x: Value, indices: list[Value | None]) -> tuple[Value, int, int, Value]:
+    """Collapse adjacent advanced indices into one index over one merged dim.
+
+    Returns ``(x reshaped, first indexed dim, number of indexed dims, linear index)``.
+    """
+    dims = [i for i, idx in enumerate(indices) if idx is not None]
+    if any(idx is not None and idx.type.dtype is DType.bool for idx in indices):
+        raise LoweringError(
+            f"{ctx._where()}: boolean-mask indexing has a data-dependent shape; use torch.where instead"
+        )
+    if dims != list(range(dims[0], dims[-1] + 1)):
+        raise LoweringError(f"{ctx._where()}: advanced indices at non-adjacent dims {dims} are not supported")
+    first, count = dims[0], len(dims)
+    shape = x.type.shape
+    if count == 1:
+        idx = indices[first]
+        assert idx is not None
+        return x, first, 1, idx
+    linear: Value | None = None
+    for d in dims:
+        idx = indices[d]
+        assert idx is not None
+        idx = _normalized_index(ctx, ctx.astype(idx, DType.int64), shape[d])
+        linear = idx if linear is None else ctx.op(
+            "add", ctx.binary("multiply", linear, _static_int(ctx, shape[d])), idx)
+    from spiky_ir.symbolic import dims_product
+
+    merged = (*shape[:first], dims_product(shape[first:first + count]), *shape[first + count:])
+    assert linear is not None
+    return ctx.reshape(x, merged), first, count, linear
+
+
+def _static_int(ctx: LoweringContext, dim: Dim) -> int:
+    if not isinstance(dim, int):
+        raise LoweringError(f"{ctx._where()}: needs a static size, got symbolic {dim!r}")
+    return dim
+
+
+@lowers(aten.index.Tensor)
+def _index(ctx: LoweringContext, node: fx.Node) -> Value:
+    x = ctx.value(node, 0)
+    indices: list[Value | None] = list(ctx.arg(node, 1, "indices"))
+    indices += [None] * (x.type.rank - len(indices))
+    merged, first, _count, idx = _linear_index(ctx, x, indices)
+    out = ctx.op("take", merged, idx, attrs={"axis": first})
+    return ctx.reshape(out, _fake_type(node).shape)
+
+
+@lowers(aten.index_select.default)
+def _index_select(ctx: LoweringContext, node: fx.Node) -> Value:
+    x = ctx.value(node, 0)
+    axis = _rank_dim(ctx.arg(node, 1, "dim"), x.type.rank)
+    return ctx.op("take", x, ctx.value(node, 2, "index"), attrs={"axis": axis})
+
+
+@lowers(aten.embedding.default)
+def _embedding(ctx: LoweringContext, node: fx.Node) -> Value:
+    return ctx.op("take", ctx.value(node, 0), ctx.value(node, 1), attrs={"axis": 0})
+
+
+@lowers(aten.gather.default)
+def _gather(ctx: LoweringContext, node: fx.Node) -> Value:
+    x = ctx.value(node, 0)
+    return ctx.op("take_along_axis", x, ctx.value(node, 2, "index"),
+                  attrs={"axis": _rank_dim(ctx.arg(node, 1, "dim"), x.type.rank)})
+
+
+@lowers(aten.scatter.src, aten.scatter.value, aten.scatter_add.default)
+def _scatter(ctx: LoweringContext, node: fx.Node) -> Value:
+    x, index = ctx.value(node, 0), ctx.value(node, 2, "index")
+    src = ctx.arg(node, 3)
+    if not isinstance(src, Value):
+        src = ctx.full(index.type.shape, src, x.type.dtype)
+    op = "scatter_add" if node.target is aten.scatter_add.default else "scatter"
+    return ctx.op(op, x, index, src, attrs={"axis": _rank_dim(ctx.arg(node, 1, "dim"), x.type.rank)})
+
+
+@lowers(aten.index_put.default)
+def _index_put(ctx: LoweringContext, node: fx.Node) -> Value:
+    x = ctx.value(node, 0)
+    indices: list[Value | None] = list(ctx.arg(node, 1, "indices"))
+    values = ctx.value(node, 2, "values")
+    accumulate = bool(ctx.kwarg(node, 3, "accumulate", False))
+    indices += [None] * (x.type.rank - len(indices))
+    merged, first, _count, idx = _linear_index(ctx, x, indices)
+    if first != 0:
+        raise LoweringError(f"{source_of(node)}: index_put with leading full slices is not supported yet")
+    idx = _normalized_index(ctx, ctx.astype(idx, DType.int64), merged.type.shape[0])
+    # Rows of ``merged`` picked by idx (any shape) receive values broadcast to idx.shape + row shape.
+    rows = merged.type.shape[1:]
+    upd_shape = idx.type.shape + rows
+    updates = ctx.broadcast(ctx.astype(values, x.type.dtype), upd_shape)
+    flat_n = _numel(idx)
+    updates = ctx.reshape(updates, (flat_n, *rows))
+    flat_idx = ctx.reshape(idx, (flat_n,) + (1,) * len(rows))
+    flat_idx = ctx.broadcast(flat_idx, (flat_n, *rows))
+    op = "scatter_add" if accumulate else "scatter"
+    out = ctx.op(op, merged, flat_idx, updates, attrs={"axis": 0})
+    return ctx.reshape(out, x.type.shape)
+
+
+def _positions(ctx: LoweringContext, shape: Sequence[Dim], axis: int, start: Dim, step: int) -> Value:
+    """int64 tensor of ``shape`` holding ``start + step * i`` for position i along ``axis``."""
+    iota = ctx.op("iota", attrs={"shape": tuple(shape), "axis": axis, "dtype": DType.int64})
+    scaled = ctx.binary("multiply", iota, step) if step != 1 else iota
+    return ctx.binary("add", scaled, _static_int(ctx, start)) if start != 0 else scaled
+
+
+@lowers(aten.slice_scatter.default)
+def _slice_scatter(ctx: LoweringContext, node: fx.Node) -> Value:
+    x, src = ctx.value(node, 0), ctx.value(node, 1)
+    dim = _rank_dim(ctx.kwarg(node, 2, "dim", 0), x.type.rank)
+    start, _end = _slice_bounds(x.type.shape[dim], ctx.kwarg(node, 3, "start", None), ctx.kwarg(node, 4, "end", None))
+    step = int(ctx.kwarg(node, 5, "step", 1))
+    index = _positions(ctx, src.type.shape, dim, start, step)
+    return ctx.op("scatter", x, index, ctx.astype(src, x.type.dtype), attrs={"axis": dim})
+
+
+@lowers(aten.select_scatter.default)
+def _select_scatter(ctx: LoweringContext, node: fx.Node) -> Value:
+    x, src = ctx.value(node, 0), ctx.value(node, 1)
+    dim = _rank_dim(ctx.arg(node, 2, "dim"), x.type.rank)
+    index = ctx.arg(node, 3, "index")
+    if isinstance(index, int) and index < 0:
+        index += _static_int(ctx, x.type.shape[dim])
+    src = ctx.op("expand_dims", ctx.astype(src, x.type.dtype), attrs={"axis": dim})
+    return ctx.op("scatter", x, _positions(ctx, src.type.shape, dim, index, 1), src, attrs={"axis": dim})
+
+
+@lowers(aten.topk.default)
+def _topk(ctx: LoweringContext, node: fx.Node) -> tuple[Value, ...]:
+    x = ctx.value(node, 0)
+    k = ctx.arg(node, 1, "k")
+    dim = _rank_dim(ctx.kwarg(node, 2, "dim", -1), x.type.rank)
+    largest = bool(ctx.kwarg(node, 3, "largest", True))
+    return ctx.ops("topk", x, attrs={"k": int(k), "axis": dim, "largest": largest})
+
+
+# -- nn --
+
+
+def _half_to_f32(ctx: LoweringContext, x: Value) -> Value:
+    return ctx.astype(x, DType.float32) if x.type.dtype in (DType.float16, DType.bfloat16) else x
+
+
+@lowers(aten._softmax.default)
+def _softmax(ctx: LoweringContext, node: fx.Node) -> Value:
+    x = ctx.value(node, 0)
+    if ctx.kwarg(node, 2, "half_to_float", False):
+        x = ctx.astype(x, DType.float32)
+    return ctx.op("softmax", x, attrs={"axis": _rank_dim(ctx.arg(node, 1, "dim"), x.type.rank)})
+
+
+@lowers(aten._log_softmax.default)
+def _log_softmax(ctx: LoweringContext, node: fx.Node) -> Value:
+    x = _half_to_f32(ctx, ctx.value(node, 0))
+    axis = _rank_dim(ctx.arg(node, 1, "dim"), x.type.rank)
+    shifted = ctx.op("subtract", x, ctx.reduce("max", x, (axis,), True))
+    lse = ctx.op("log", ctx.reduce("sum", ctx.op("exp", shifted), (axis,), True))
+    return ctx.op("subtract", shifted, lse)
+
+
+@lowers(aten._softmax_backward_data.default)
+def _softmax_backward(ctx: LoweringContext, node: fx.Node) -> Value:
+    grad, out = ctx.value(node, 0), ctx.value(node, 1)
+    axis = _rank_dim(ctx.arg(node, 2, "dim"), grad.type.rank)
+    inner = ctx.reduce("sum", ctx.op("multiply", grad, out), (axis,), True)
+    return ctx.op("multiply", out, ctx.op("subtract", grad, inner))
+
+
+@lowers(aten._log_softmax_backward_data.default)
+def _log_softmax_backward(ctx: LoweringContext, node: fx.Node) -> Value:
+    grad, out = ctx.value(node, 0), ctx.value(node, 1)
+    axis = _rank_dim(ctx.arg(node, 2, "dim"), grad.type.rank)
+    total = ctx.reduce("sum", grad, (axis,), True)
+    return ctx.op("subtract", grad, ctx.op("multiply", ctx.op("exp", out), total))
+
+
+def _stat_shape(node: fx.Node, index: int) -> tuple[Dim, ...]:
+    return _fake_type(node, node.meta["val"][index]).shape
+
+
+@lowers(aten.native_layer_norm.default)
+def _layer_norm(ctx: LoweringContext, node: fx.Node) -> tuple[Value, Value, Value]:
+    x = ctx.value(node, 0)
+    n = len(ctx.arg(node, 1, "normalized_shape"))
+    weight, bias = ctx.arg(node, 2), ctx.arg(node, 3)
+    eps = float(ctx.arg(node, 4, "eps"))
+    xf = _half_to_f32(ctx, x)
+    axes = tuple(range(x.type.rank - n, x.type.rank))
+    mean = ctx.reduce("mean", xf, axes, True)
+    var = ctx.reduce("var", xf, axes, True, correction=0.0)
+    rstd = ctx.op("rsqrt", ctx.binary("add", var, eps))
+    out = ctx.op("multiply", ctx.op("subtract", xf, mean), rstd)
+    if weight is not None:
+        out = ctx.op("multiply", out, weight)
+    if bias is not None:
+        out = ctx.op("add", out, bias)
+    return (ctx.astype(out, x.type.dtype), ctx.reshape(mean, _stat_shape(node, 1)),
+            ctx.reshape(rstd, _stat_shape(node, 2)))
+
+
+def _channel(ctx: LoweringContext, v: Value, rank: int) -> Value:
+    """A per-channel vector (C,) shaped to broadcast against (N, C, ...)."""
+    return ctx.reshape(v, (v.type.shape[0],) + (1,) * (rank - 2))
+
+
+@lowers(aten._native_batch_norm_legit_no_training.default)
+def _batch_norm_eval(ctx: LoweringContext, node: fx.Node) -> tuple[Value, Value, Value]:
+    x = ctx.value(node, 0)
+    weight, bias = ctx.arg(node, 1), ctx.arg(node, 2)
+    mean, var = ctx.value(node, 3), ctx.value(node, 4)
+    eps = float(ctx.arg(node, 6, "eps"))
+    rank = x.type.rank
+    xf = _half_to_f32(ctx, x)
+    scale = ctx.op("rsqrt", ctx.binary("add", _channel(ctx, var, rank), eps))
+    out = ctx.op("multiply", ctx.op("subtract", xf, _channel(ctx, mean, rank)), scale)
+    if weight is not None:
+        out = ctx.op("multiply", out, _channel(ctx, weight, rank))
+    if bias is not None:
+        out = ctx.op("add", out, _channel(ctx, bias, rank))
+    empty = [_fake_type(node, v) for v in node.meta["val"][1:]]
+    save_mean, save_rstd = (ctx.op("zeros", attrs={"shape": t.shape, "dtype": t.dtype}) for t in empty)
+    return ctx.astype(out, x.type.dtype), save_mean, save_rstd
+
+
+@lowers(aten.native_group_norm.default)
+def _group_norm(ctx: LoweringContext, node: fx.Node) -> tuple[Value, Value, Value]:
+    x = ctx.value(node, 0)
+    weight, bias = ctx.arg(node, 1), ctx.arg(node, 2)
+    groups, eps = int(ctx.arg(node, 6, "group")), float(ctx.arg(node, 7, "eps"))
+    shape = x.type.shape
+    n, c = shape[0], _static_int(ctx, shape[1])
+    xf = _half_to_f32(ctx, x)
+    from spiky_ir.symbolic import dims_product
+
+    grouped = ctx.reshape(xf, (n, groups, dims_product((c // groups, *shape[2:]))))
+    mean = ctx.reduce("mean", grouped, (2,), True)
+    var = ctx.reduce("var", grouped, (2,), True, correction=0.0)
+    rstd = ctx.op("rsqrt", ctx.binary("add", var, eps))
+    out = ctx.reshape(ctx.op("multiply", ctx.op("subtract", grouped, mean), rstd), shape)
+    if weight is not None:
+        out = ctx.op("multiply", out, _channel(ctx, weight, len(shape)))
+    if bias is not None:
+        out = ctx.op("add", out, _channel(ctx, bias, len(shape)))
+    return (ctx.astype(out, x.type.dtype), ctx.reshape(mean, _stat_shape(node, 1)),
+            ctx.reshape(rstd, _stat_shape(node, 2)))
+
+
+@lowers(aten.convolution.default)
+def _convolution(ctx: LoweringContext, node: fx.Node) -> Value:
+    x, w, bias = ctx.value(node, 0), ctx.value(node, 1), ctx.arg(node, 2)
+    stride, padding, dilation = (list(ctx.arg(node, i)) for i in (3, 4, 5))
+    transposed, groups = ctx.arg(node, 6), int(ctx.arg(node, 8))
+    nd = w.type.rank - 2
+    if transposed:
+        raise LoweringError(f"{source_of(node)}: transposed convolution is not lowered yet")
+    if nd not in (1, 2):
+        raise LoweringError(f"{source_of(node)}: {nd}-d convolution is not lowered (conv1d and conv2d are)")
+    unbatched = x.type.rank == nd + 1
+    if unbatched:
+        x = ctx.op("expand_dims", x, attrs={"axis": 0})
+
+    def full(v: list[int]) -> tuple[int, ...]:
+        return tuple(int(a) for a in (v * nd if len(v) == 1 else v))
+
+    pads = full(padding)
+    out = ctx.op(f"conv{nd}d", x, w, attrs={
+        "stride": full(stride), "pad_lo": pads, "pad_hi": pads, "dilation": full(dilation), "groups": groups})
+    if bias is not None:
+        out = ctx.op("add", out, _channel(ctx, bias, out.type.rank))
+    if unbatched:
+        out = ctx.op("squeeze", out, attrs={"axes": (0,)})
+    return out
+
+
+def _pool_params(ctx: LoweringContext, node: fx.Node) -> tuple[tuple[int, ...], ...]:
+    kernel = tuple(int(k) for k in ctx.arg(node, 1, "kernel_size"))
+    kernel = kernel * 2 if len(kernel) == 1 else kernel
+    stride = tuple(int(s) for s in ctx.kwarg(node, 2, "stride", []) or kernel)
+    stride = stride * 2 if len(stride) == 1 else stride
+    padding = tuple(int(p) for p in ctx.kwarg(node, 3, "padding", [0]))
+    padding = padding * 2 if len(padding) == 1 else padding
+    return kernel, stride, padding
+
+
+def _windows(ctx: LoweringContext, xp: Value, out_hw: Sequence[int], kernel: Sequence[int],
+             stride: Sequence[int], dilation: Sequence[int]) -> list[tuple[int, int, Value]]:
+    """Every kernel tap of a 2-D window over the (padded) last two dims, as strided slices."""
+    taps = []
+    rank = xp.type.rank
+    for kh in range(kernel[0]):
+        for kw in range(kernel[1]):
+            starts = [0] * rank
+            stops = list(xp.type.shape)
+            steps = [1] * rank
+            for i, k in ((0, kh), (1, kw)):
+                axis = rank - 2 + i
+                starts[axis] = k * dilation[i]
+                stops[axis] = starts[axis] + (out_hw[i] - 1) * stride[i] + 1
+                steps[axis] = stride[i]
+            tap = ctx.op("slice", xp, attrs={"start": tuple(starts), "stop": tuple(stops), "step": tuple(steps)})
+            taps.append((kh, kw, tap))
+    return taps
+
+
+def _pool_padding(x: Value, out_hw: Sequence[int], kernel: Sequence[int], stride: Sequence[int],
+                  padding: Sequence[int], dilation: Sequence[int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    rank = x.type.rank
+    lo, hi = [0] * rank, [0] * rank
+    for i in range(2):
+        size = x.type.shape[rank - 2 + i]
+        assert isinstance(size, int)
+        need = (out_hw[i] - 1) * stride[i] + (kernel[i] - 1) * dilation[i] + 1
+        lo[rank - 2 + i] = padding[i]
+        hi[rank - 2 + i] = max(need - size - padding[i], 0)
+    return tuple(lo), tuple(hi)
+
+
+@lowers(aten.max_pool2d_with_indices.default)
+def _max_pool2d(ctx: LoweringContext, node: fx.Node) -> tuple[Value, Value]:
+    x = ctx.value(node, 0)
+    kernel, stride, padding = _pool_params(ctx, node)
+    dilation = tuple(int(d) for d in ctx.kwarg(node, 4, "dilation", [1]))
+    dilation = dilation * 2 if len(dilation) == 1 else dilation
+    out_t = _fake_type(node, node.meta["val"][0])
+    out_hw = [_static_int(ctx, d) for d in out_t.shape[-2:]]
+    width = _static_int(ctx, x.type.shape[-1])
+    lo, hi = _pool_padding(x, out_hw, kernel, stride, padding, dilation)
+    lowest = -math.inf if x.type.dtype.is_floating else int(np.iinfo(x.type.dtype.to_numpy()).min)
+    xp = ctx.op("pad", x, attrs={"lo": lo, "hi": hi, "value": lowest}) if any(lo + hi) else x
+    best: Value | None = None
+    best_idx: Value | None = None
+    oh = ctx.op("iota", attrs={"shape": tuple(out_hw), "axis": 0, "dtype": DType.int64})
+    ow = ctx.op("iota", attrs={"shape": tuple(out_hw), "axis": 1, "dtype": DType.int64})
+    for kh, kw, tap in _windows(ctx, xp, out_hw, kernel, stride, dilation):
+        # Flat index into the unpadded input of this tap at every output position.
+        row = ctx.binary("add", ctx.binary("multiply", oh, stride[0]), kh * dilation[0] - padding[0])
+        col = ctx.binary("add", ctx.binary("multiply", ow, stride[1]), kw * dilation[1] - padding[1])
+        flat = ctx.op("add", ctx.binary("multiply", row, width), col)
+        if best is None or best_idx is None:
+            best, best_idx = tap, ctx.broadcast(flat, tap.type.shape)
+            continue
+        # torch takes a later tap when it is greater or NaN (first maximum wins ties).
+        take = ctx.op("logical_or", ctx.op("greater", tap, best), ctx.op("isnan", tap))
+        best = ctx.op("where", take, tap, best)
+        best_idx = ctx.op("where", take, flat, best_idx)
+    assert best is not None and best_idx is not None
+    return best, best_idx
+
+
+@lowers(aten.max_pool2d_with_indices_backward.default)
+def _max_pool2d_backward(ctx: LoweringContext, node: fx.Node) -> Value:
+    grad, x, indices = ctx.value(node, 0), ctx.value(node, 1), ctx.value(node, 7, "indices")
+    lead = x.type.shape[:-2]
+    from spiky_ir.symbolic import dims_product
+
+    plane = dims_product(x.type.shape[-2:])
+    outs = dims_product(grad.type.shape[-2:])
+    zeros = ctx.op("zeros", attrs={"shape": (*lead, plane), "dtype": grad.type.dtype})
+    out = ctx.op("scatter_add", zeros, ctx.reshape(indices, (*lead, outs)), ctx.reshape(grad, (*lead, outs)),
+                 attrs={"axis": len(lead)})
+    return ctx.reshape(out, x.type.shape)
+
+
+@lowers(aten.avg_pool2d.default)
+def _avg_pool2d(ctx: LoweringContext, node: fx.Node) -> Value:
+    x = ctx.value(node, 0)
+    kernel, stride, padding = _pool_params(ctx, node)
+    count_include_pad = bool(ctx.kwarg(node, 5, "count_include_pad", True))
+    divisor_override = ctx.kwarg(node, 6, "divisor_override", None)
+    out_t = _fake_type(node)
+    out_hw = [_static_int(ctx, d) for d in out_t.shape[-2:]]
+    lo, hi = _pool_padding(x, out_hw, kernel, stride, padding, (1, 1))
+    xf = _half_to_f32(ctx, x)
+    xp = ctx.op("pad", xf, attrs={"lo": lo, "hi": hi, "value": 0.0}) if any(lo + hi) else xf
+    total: Value | None = None
+    for _kh, _kw, tap in _windows(ctx, xp, out_hw, kernel, stride, (1, 1)):
+        total = tap if total is None else ctx.op("add", total, tap)
+    assert total is not None
+    if divisor_override:
+        return ctx.binary("divide", total, float(divisor_override))
+    # The divisor counts window taps inside the input (or inside input + padding).
+    hw = tuple(_static_int(ctx, d) for d in x.type.shape[-2:])
+    ones = ctx.full(hw, 1.0, xf.type.dtype)
+    if count_include_pad:
+        ones = ctx.op("pad", ones, attrs={"lo": tuple(padding), "hi": tuple(padding), "value": 1.0})
+        extra_hi = tuple(h - p for h, p in zip(hi[-2:], padding, strict=True))
+        ones = ctx.op("pad", ones, attrs={"lo": (0, 0), "hi": extra_hi, "value": 0.0})
+    else:
+        ones = ctx.op("pad", ones, attrs={"lo": lo[-2:], "hi": hi[-2:], "value": 0.0})
+    count: Value | None = None
+    for _kh, _kw, tap in _windows(ctx, ones, out_hw, kernel, stride, (1, 1)):
+        count = tap if count is None else ctx.op("add", count, tap)
+    assert count is not None
+    return ctx.op("divide", total, count)
+
+
+@lowers(aten._adaptive_avg_pool2d.default)
+def _adaptive_avg_pool2d(ctx: LoweringContext, node: fx.Node) -> Value:
+    x = ctx.value(node, 0)
+    out_hw = [int(d) for d in ctx.arg(node, 1, "output_size")]
+    h, w = (_static_int(ctx, d) for d in x.type.shape[-2:])
+    if h % out_hw[0] or w % out_hw[1]:
+        raise LoweringError(
+            f"{source_of(node)}: adaptive_avg_pool2d from {h}x{w} to {out_hw[0]}x{out_hw[1]} has uneven "
+            "windows; only sizes that divide evenly are lowered"
+        )
+    lead = x.type.shape[:-2]
+    blocks = ctx.reshape(x, (*lead, out_hw[0], h // out_hw[0], out_hw[1], w // out_hw[1]))
+    rank = blocks.type.rank
+    return ctx.reduce("mean", blocks, (rank - 3, rank - 1), False)
+
+
+@lowers(aten.threshold_backward.default)
+def _threshold_backward(ctx: LoweringContext, node: fx.Node) -> Value:
+    grad, x = ctx.value(node, 0), ctx.value(node, 1)
+    threshold = ctx.arg(node, 2, "threshold")
+    below = ctx.binary("less_equal", x, threshold)
+    return ctx.op("where", below, ctx.const(0, grad.type.dtype), grad)
+
+
+@lowers(aten.sigmoid_backward.default)
+def _sigmoid_backward(ctx: LoweringContext, node: fx.Node) -> Value:
+    grad, out = ctx.value(node, 0), ctx.value(node, 1)
+    return ctx.op("multiply", grad, ctx.op("multiply", out, ctx.binary("subtract", 1, out)))
+
+
+@lowers(aten.tanh_backward.default)
+def _tanh_backward(ctx: LoweringContext, node: fx.Node) -> Value:
+    grad, out = ctx.value(node, 0), ctx.value(node, 1)
+    return ctx.op("multiply", grad, ctx.binary("subtract", 1, ctx.op("multiply", out, out)))
+
+
+# -- collectives (executed by spiky-dist) --
+
+
+@lowers(c10d.all_reduce.default)
+def _all_reduce(ctx: LoweringContext, node: fx.Node) -> Value:
+    return ctx.op("all_reduce", ctx.value(node, 0),
+                  attrs={"reduce_op": str(ctx.arg(node, 1)), "group_name": str(ctx.arg(node, 2))})
+
+
+@lowers(c10d.all_gather_into_tensor.default)
+def _all_gather(ctx: LoweringContext, node: fx.Node) -> Value:
+    return ctx.op("all_gather", ctx.value(node, 0),
+                  attrs={"group_size": int(ctx.arg(node, 1)), "group_name": str(ctx.arg(node, 2))})
+
+
+@lowers(c10d.reduce_scatter_tensor.default)
+def _reduce_scatter(ctx: LoweringContext, node: fx.Node) -> Value:
+    return ctx.op("reduce_scatter", ctx.value(node, 0), attrs={
+        "reduce_op": str(ctx.arg(node, 1)), "group_size": int(ctx.arg(node, 2)), "group_name": str(ctx.arg(node, 3))})
+
+
+@lowers(c10d.all_to_all_single.default)
+def _all_to_all(ctx: LoweringContext, node: fx.Node) -> Value:
+    out_splits = ctx.arg(node, 1) or []
+    in_splits = ctx.arg(node, 2) or []
+    return ctx.op("all_to_all", ctx.value(node, 0), attrs={
+        "output_split_sizes": tuple(int(s) for s in out_splits),
+        "input_split_sizes": tuple(int(s) for s in in_splits), "group_name": str(ctx.arg(node, 3))})
+
+
+@lowers(operator.getitem)
+def _getitem(ctx: LoweringContext, node: fx.Node) -> Any:
+    return ctx.arg(node, 0)[ctx.arg(node, 1)]
+
+
+@lowers(aten._assert_scalar.default, aten.sym_constrain_range_for_size.default,
+        aten._assert_tensor_metadata.default)
+def _assertion(ctx: LoweringContext, node: fx.Node) -> None:
+    # Shape guards were checked by torch at trace time; the IR has no side effects.
+    return None
 
 
 def lowered_ops() -> Sequence[str]:

@@ -19,12 +19,10 @@ from typing import TypeAlias
 
 from spiky_ir.dtypes import DType
 from spiky_ir.errors import IRError
+from spiky_ir.symbolic import Dim, canonical
 
-Dim: TypeAlias = int | str
-"""A dimension: a static size or the name of a symbol (``"s0"``) bound later."""
-
-Attr: TypeAlias = int | float | bool | str | DType | tuple[int, ...] | None
-"""An op attribute value; tuples are int tuples (axes, shapes, permutations)."""
+Attr: TypeAlias = int | float | bool | str | DType | tuple[Dim, ...] | None
+"""An op attribute value; tuples hold ints (axes, permutations) or dims (shapes)."""
 
 
 @dataclass(frozen=True)
@@ -33,6 +31,11 @@ class TensorType:
 
     shape: tuple[Dim, ...]
     dtype: DType
+
+    def __post_init__(self) -> None:
+        # Symbolic dims are kept canonical so that equal shapes compare equal.
+        if not all(isinstance(d, int) for d in self.shape):
+            object.__setattr__(self, "shape", tuple(canonical(d) for d in self.shape))
 
     @property
     def rank(self) -> int:
@@ -111,7 +114,15 @@ class Graph:
         self._names.add(name)
         return name
 
-    def add_input(self, name: str, type_: TensorType) -> Value:
+    def add_input(self, name: str, type_: TensorType, *, exact: bool = False) -> Value:
+        """Add a graph input named ``name`` (made unique unless ``exact``, which raises on reuse)."""
+        if exact:
+            if name in self._names:
+                raise IRError(f"value name %{name} is already used in graph '{self.name}'")
+            self._names.add(name)
+            value = Value(name, type_)
+            self.inputs.append(value)
+            return value
         value = Value(self.fresh_name(name), type_)
         self.inputs.append(value)
         return value
@@ -124,8 +135,12 @@ class Graph:
         *,
         name: str | None = None,
         source: str | None = None,
+        result_names: Sequence[str] | None = None,
     ) -> Node:
-        """Append a node, inferring its result types from the op registry."""
+        """Append a node, inferring its result types from the op registry.
+
+        Result names derive from ``name`` (or the op) unless ``result_names`` gives them.
+        """
         from spiky_ir.ops import get_op
 
         opdef = get_op(op)
@@ -136,10 +151,22 @@ class Graph:
         except IRError as exc:
             where = f" from {source}" if source else ""
             raise type(exc)(f"{exc} (in node %{base} = {op}(...){where})") from None
-        node.outputs = tuple(
-            Value(self.fresh_name(base if len(result_types) == 1 else f"{base}_r{i}"), t, node)
-            for i, t in enumerate(result_types)
-        )
+        if result_names is not None:
+            if len(result_names) != len(result_types):
+                raise IRError(
+                    f"op '{op}' has {len(result_types)} results, got names {list(result_names)}"
+                )
+            for n in result_names:
+                if n in self._names:
+                    raise IRError(f"value name %{n} is already used in graph '{self.name}'")
+                self._names.add(n)
+            names = list(result_names)
+        else:
+            names = [
+                self.fresh_name(base if len(result_types) == 1 else f"{base}_r{i}")
+                for i in range(len(result_types))
+            ]
+        node.outputs = tuple(Value(n, t, node) for n, t in zip(names, result_types, strict=True))
         self.nodes.append(node)
         return node
 

@@ -11,6 +11,7 @@ from spiky_ir.dtypes import DType
 from spiky_ir.errors import IRError
 from spiky_ir.ir import Graph
 from spiky_ir.ops import get_op
+from spiky_ir.specialize import specialize_for
 
 Array = np.ndarray[Any, np.dtype[Any]]
 
@@ -18,7 +19,8 @@ Array = np.ndarray[Any, np.dtype[Any]]
 def execute(graph: Graph, inputs: Sequence[Array]) -> list[Array]:
     """Run ``graph`` on numpy arrays and return its outputs as new arrays.
 
-    Input shapes and dtypes must match the graph's (static) input types.
+    Input shapes and dtypes must match the graph's input types; symbolic dims are bound
+    from the arrays' shapes (see :func:`spiky_ir.specialize`).
 
     >>> import numpy as np
     >>> from spiky_ir import Graph, TensorType, DType, execute
@@ -30,6 +32,7 @@ def execute(graph: Graph, inputs: Sequence[Array]) -> list[Array]:
     """
     if len(inputs) != len(graph.inputs):
         raise IRError(f"graph '{graph.name}' takes {len(graph.inputs)} inputs, got {len(inputs)}")
+    graph = specialize_for(graph, inputs)
     env: dict[int, Array] = {}
     for value, array in zip(graph.inputs, inputs, strict=True):
         expected = value.type

@@ -28,9 +28,9 @@ from spiky.torch.config import BackendConfig, current_config
 from spiky.torch.neuronx_cc import NeuronCompiler, compile_neff, detect_target, find_neuronx_cc
 from spiky.torch.options import Options
 from spiky.torch.targets import runtime_device
-from spiky_ir import Graph, IRError, execute, print_graph
+from spiky_ir import Graph, IRError, execute, kernel_source, optimize, print_graph
 from spiky_ir import __version__ as ir_version
-from spiky_ir.fx import lower_fx
+from spiky_ir.fx import OutputSlot, lower_fx_graph
 from spiky_ir.hlo import emit_hlo
 
 log = logging.getLogger("spiky.compile")
@@ -52,8 +52,14 @@ class CompiledGraph:
 
     def __init__(
         self, graph: Graph, device: rt.Device, kernel_name: str, cache_entry: CacheEntry | None = None,
-        cache_hit: bool = False,
+        cache_hit: bool = False, output_slots: Sequence[OutputSlot] | None = None,
     ) -> None:
+        # An instance attribute too: aot_autograd wraps backward compilers with functools.wraps,
+        # which copies the instance __dict__ but not class attributes.
+        self._boxed_call = True
+        # Backward graphs return None for inputs that need no gradient; the IR graph
+        # returns only tensors and the slots put the Nones back.
+        self.output_slots = output_slots
         self.graph = graph
         self.kernel_name = kernel_name
         self.cache_entry = cache_entry
@@ -65,10 +71,12 @@ class CompiledGraph:
             kernel_name,
         )
 
-    def __call__(self, args: list[Any]) -> list[torch.Tensor]:
+    def __call__(self, args: list[Any]) -> list[torch.Tensor | None]:
         arrays = [_to_numpy(a) for a in args]
         args.clear()  # boxed convention: drop our references to the inputs early
-        return [torch.from_numpy(out) for out in self.model.run(arrays)]
+        outs = [torch.from_numpy(out) for out in self.model.run(arrays)]
+        slots = self.output_slots if self.output_slots is not None else range(len(outs))
+        return [None if slot is None else outs[slot] for slot in slots]
 
 
 def _to_numpy(value: Any) -> np.ndarray[Any, Any]:
@@ -129,20 +137,25 @@ def _host_builder(graph: Graph, kernel_name: str) -> Any:
 def compile_graph(gm: fx.GraphModule, target: str, options: Options) -> CompiledGraph:
     """Lower ``gm`` to IR, find or build its cache entry, and load it on ``target``'s device."""
     start = time.perf_counter()
-    graph = lower_fx(gm)
+    lowered = lower_fx_graph(gm)
+    graph = optimize(lowered.graph)  # fold constants, CSE, DCE (SPIKY_DUMP_PASSES dumps each)
     text = print_graph(graph)
     kernel_name = kernel_name_of(text)
     if options["dump_ir_dir"] is not None:
         directory = Path(options["dump_ir_dir"])
         directory.mkdir(parents=True, exist_ok=True)
         (directory / f"{kernel_name}.ir.txt").write_text(text)
+        try:  # what the model became, as a readable NKIPy/NumPy kernel
+            (directory / f"{kernel_name}.kernel.py").write_text(kernel_source(graph))
+        except IRError as exc:  # collective graphs have no standalone NumPy kernel
+            log.info("no kernel source for %s: %s", kernel_name, exc)
     config = current_config()
     device = runtime_device(target)
     key = cache_key(text, target, options, config)
     entry, hit = CompileCache(config.nkipy_cache).get_or_build(
         key, _host_builder(graph, kernel_name), kernel_name=kernel_name
     )
-    compiled = CompiledGraph(graph, device, kernel_name, entry, hit)
+    compiled = CompiledGraph(graph, device, kernel_name, entry, hit, lowered.output_slots)
     if not hit:
         device.record_compile()
     log.info(

@@ -1,0 +1,184 @@
+"""Whole models through torch.compile(backend="nkipy") on the host target, against eager.
+
+Forward models run in eval mode; the training table checks every parameter gradient
+(the backward graphs) against torch.autograd.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+import spiky.torch  # noqa: F401  (registers the backend)
+
+F = nn.functional
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim) + 0.1 * torch.randn(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+def rotary(x: torch.Tensor) -> torch.Tensor:
+    """Rotary position embedding on (B, H, T, D), written in plain torch."""
+    t, d = x.shape[-2], x.shape[-1]
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, d, 2).float() / d))
+    angles = torch.outer(torch.arange(t).float(), inv_freq)
+    cos, sin = angles.cos(), angles.sin()
+    x1, x2 = x[..., ::2], x[..., 1::2]
+    return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
+
+
+class GPTBlock(nn.Module):
+    def __init__(self, dim: int = 32, heads: int = 4) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm1, self.norm2 = RMSNorm(dim), RMSNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.up, self.down = nn.Linear(dim, 4 * dim), nn.Linear(4 * dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, c = x.shape
+        q, k, v = self.qkv(self.norm1(x)).split(c, dim=-1)
+        q, k, v = (z.view(b, t, self.heads, c // self.heads).transpose(1, 2) for z in (q, k, v))
+        y = F.scaled_dot_product_attention(rotary(q), rotary(k), v, is_causal=True)
+        x = x + self.proj(y.transpose(1, 2).reshape(b, t, c))
+        return x + self.down(F.silu(self.up(self.norm2(x))))
+
+
+class EmbeddingClassifier(nn.Module):
+    def __init__(self, vocab: int = 50, dim: int = 16, classes: int = 5) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.head(self.embed(tokens).mean(dim=1))
+        return logits.log_softmax(-1), logits.argmax(-1)
+
+
+def small_cnn() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, stride=2, padding=1, groups=2), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.AvgPool2d(2), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10),
+    )
+
+
+def _randomize_bn(model: nn.Module) -> nn.Module:
+    # Non-trivial running stats, so batch norm does more than the identity.
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    return model
+
+
+def _tokens(shape: tuple[int, ...]) -> torch.Tensor:
+    return torch.randint(0, 50, shape)
+
+
+# name → (model factory, input factory, (rtol, atol)). fp32 throughout.
+MODELS: dict[str, tuple[Callable[[], nn.Module], Callable[[], list[torch.Tensor]], tuple[float, float]]] = {
+    "small_cnn": (lambda: _randomize_bn(small_cnn()), lambda: [torch.randn(2, 3, 16, 16)], (1e-4, 1e-5)),
+    "transformer_encoder_layer": (
+        lambda: nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True),
+        lambda: [torch.randn(2, 7, 32)], (1e-4, 1e-5)),
+    "transformer_encoder_layer_gelu_norm_first": (
+        lambda: nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True, activation="gelu",
+                                           norm_first=True),
+        lambda: [torch.randn(3, 5, 32)], (1e-4, 1e-5)),
+    "gpt_block": (GPTBlock, lambda: [torch.randn(2, 9, 32)], (1e-4, 1e-5)),
+    "embedding_mean_pool": (EmbeddingClassifier, lambda: [_tokens((4, 7))], (1e-5, 1e-6)),
+}
+
+
+def _flat(out: Any) -> list[torch.Tensor]:
+    return list(out) if isinstance(out, tuple | list) else [out]
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_model_matches_eager(name: str) -> None:
+    make_model, make_inputs, (rtol, atol) = MODELS[name]
+    torch.manual_seed(0)
+    model = make_model().eval()
+    inputs = make_inputs()
+    compiled = torch.compile(model, backend="nkipy", dynamic=False)
+    # Grad mode stays on: torch's fused inference kernels (e.g. the TransformerEncoderLayer
+    # fast path) only run under no_grad, and are not ATen ops the IR lowers.
+    expected, actual = _flat(model(*inputs)), _flat(compiled(*inputs))
+    assert len(actual) == len(expected)
+    for a, e in zip(actual, expected, strict=True):
+        assert a.shape == e.shape and a.dtype == e.dtype
+        torch.testing.assert_close(a, e, rtol=rtol, atol=atol)
+
+
+def _mlp() -> nn.Module:
+    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.GELU(), nn.Linear(16, 4))
+
+
+# name → (model factory, input factory); loss = weighted sum of outputs, so every output
+# element gets a distinct gradient.
+TRAINING: dict[str, tuple[Callable[[], nn.Module], Callable[[], list[torch.Tensor]]]] = {
+    "linear": (lambda: nn.Linear(8, 4), lambda: [torch.randn(5, 8, requires_grad=True)]),
+    "mlp": (_mlp, lambda: [torch.randn(6, 8)]),
+    "layer_norm": (lambda: nn.Sequential(nn.Linear(8, 8), nn.LayerNorm(8)), lambda: [torch.randn(3, 4, 8)]),
+    "softmax": (lambda: nn.Sequential(nn.Linear(8, 6), nn.Softmax(dim=-1)), lambda: [torch.randn(5, 8)]),
+    "log_softmax_tanh_sigmoid": (
+        lambda: nn.Sequential(nn.Linear(8, 6), nn.Tanh(), nn.Linear(6, 6), nn.Sigmoid(), nn.LogSoftmax(-1)),
+        lambda: [torch.randn(5, 8)]),
+    "embedding_classifier": (lambda: _first(EmbeddingClassifier()), lambda: [_tokens((3, 6))]),
+}
+
+
+class _first(nn.Module):  # noqa: N801 (reads like a function in the table)
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, *args: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.inner(*args)[0]
+        return out
+
+
+def _grads(model: nn.Module, inputs: list[torch.Tensor], fn: Callable[..., Any]) -> list[torch.Tensor]:
+    model.zero_grad()
+    inputs = [x.detach().requires_grad_(x.requires_grad) for x in inputs]
+    out = fn(*inputs)
+    weights = torch.linspace(-1, 1, out.numel()).reshape(out.shape)
+    (out * weights).sum().backward()
+    grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    grads += [x.grad.clone() for x in inputs if x.grad is not None]
+    return [out.detach(), *grads]
+
+
+@pytest.mark.parametrize("name", sorted(TRAINING))
+def test_gradients_match_autograd(name: str) -> None:
+    make_model, make_inputs = TRAINING[name]
+    torch.manual_seed(0)
+    model = make_model()
+    inputs = make_inputs()
+    expected = _grads(model, inputs, model)
+    actual = _grads(model, inputs, torch.compile(model, backend="nkipy", dynamic=False))
+    assert len(actual) == len(expected) == 1 + sum(1 for _ in model.parameters()) + sum(
+        1 for x in inputs if x.requires_grad)
+    for a, e in zip(actual, expected, strict=True):
+        torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-5)
+
+
+def test_rotary_is_a_rotation() -> None:
+    # Guards the test model itself: rotary embedding preserves norms pairwise.
+    x = torch.randn(1, 1, 4, 8)
+    torch.testing.assert_close(rotary(x).norm(dim=-1), x.norm(dim=-1))
+    assert not math.isclose(float((rotary(x) - x).abs().max()), 0.0)
