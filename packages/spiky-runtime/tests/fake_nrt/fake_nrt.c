@@ -7,7 +7,8 @@
  * call through ctypes (tests/fake_nrt/control.py). "Device" memory is host memory.
  *
  * Compile with -DFAKE_NRT_OMIT_<symbol> (e.g. -DFAKE_NRT_OMIT_nrt_execute) to leave one libnrt
- * symbol out, so a driver's "missing symbol" report can be tested.
+ * symbol out, so a driver's "missing symbol" report can be tested (plus -DFAKE_NRT_OMITTING,
+ * which silences the unused-helper warnings that omission causes).
  *
  * ---------------------------------------------------------------------------------------------
  * The fake NEFF format (written by tests/fake_nrt/neff.py and by the fake neuronx-cc)
@@ -94,6 +95,11 @@
 #include <unistd.h>
 
 #define EXPORT __attribute__((visibility("default")))
+
+#ifdef FAKE_NRT_OMITTING /* set by build.py with any FAKE_NRT_OMIT_*: helpers may go unused */
+#pragma GCC diagnostic ignored "-Wunused-function"
+#pragma GCC diagnostic ignored "-Wunused-variable"
+#endif
 
 /* ---- the libnrt ABI, declared from NEURON_INTERFACES.md ---------------------------------- */
 
@@ -598,6 +604,7 @@ static NRT_STATUS parse_io(char* text, nrt_model_t* m) {
       }
       toks[nt++] = t;
     }
+    if (nt == 0) continue;
     unsigned long v = 0;
     if (strcmp(toks[0], "collectives") == 0) {
       if (nt != 2 || !parse_ulong(toks[1], 1, &v)) {
