@@ -10,6 +10,8 @@
 #include <pybind11/stl.h>
 
 #include <chrono>
+#include <condition_variable>
+#include <mutex>
 #include <cstring>
 #include <thread>
 #include <type_traits>
@@ -158,13 +160,80 @@ class PyRef {
   PyObject* obj_;
 };
 
+// A Python exception raised by a host fn, carried through the engine (possibly to several
+// waiters: a failed call fails its dependants) and raised again, as the same exception
+// object, wherever it surfaces. py::error_already_set itself may be restored only once.
+class PythonError : public Error {
+ public:
+  explicit PythonError(py::error_already_set& e)
+      : Error(e.what()), value_(std::make_shared<PyRef>(e.value())) {}
+  void restore() const {
+    py::handle value = value_->get();
+    PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(value.ptr())), value.ptr());
+  }
+
+ private:
+  std::shared_ptr<PyRef> value_;
+};
+
+// Keeps host fns from running across interpreter finalization. A thread inside a host fn
+// when CPython finalizes is ended by a forced unwind at its next GIL acquisition, and the
+// unwind would drop Python references without the GIL. So at exit (atexit, GIL released)
+// the gate closes -- later calls raise instead of entering Python -- and waits for the
+// threads inside to leave. Owned by the module (captured by its atexit hook and by every
+// host executable), not a global.
+class ExitGate {
+ public:
+  bool enter() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (closed_) return false;
+    ++active_;
+    return true;
+  }
+  void leave() {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      --active_;
+    }
+    cv_.notify_all();
+  }
+  // A host fn that never returns must not hang the exit: give up after `timeout`.
+  void close_and_drain(std::chrono::seconds timeout) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    closed_ = true;
+    cv_.wait_for(lock, timeout, [this] { return active_ == 0; });
+  }
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  int active_ = 0;
+  bool closed_ = false;
+};
+
+class GateGuard {
+ public:
+  explicit GateGuard(ExitGate& gate) : gate_(gate) {}
+  ~GateGuard() { gate_.leave(); }
+  GateGuard(const GateGuard&) = delete;
+  GateGuard& operator=(const GateGuard&) = delete;
+
+ private:
+  ExitGate& gate_;
+};
+
 // Runs fn(list of read-only input views) and copies its outputs into the output memory
 // after checking count, shape and dtype against the model's output specs.
-HostExecutable make_host_executable(py::object fn, std::string name) {
+HostExecutable make_host_executable(py::object fn, std::string name,
+                                   std::shared_ptr<ExitGate> gate) {
   auto ref = std::make_shared<PyRef>(std::move(fn));
-  return [ref, name = std::move(name)](const std::vector<ConstTensor>& inputs,
-                                       const std::vector<MutableTensor>& outputs) {
+  return [ref, gate, name = std::move(name)](const std::vector<ConstTensor>& inputs,
+                                             const std::vector<MutableTensor>& outputs) {
     const std::string ctx = "model '" + name + "': ";
+    if (!gate->enter()) {
+      throw Error(ctx + "the Python interpreter is exiting; host models no longer run");
+    }
+    GateGuard guard(*gate);  // declared before the GIL: leaves after releasing it
     py::gil_scoped_acquire gil;
     py::list views;
     for (const auto& t : inputs) {
@@ -174,7 +243,24 @@ HostExecutable make_host_executable(py::object fn, std::string name) {
       view.attr("flags").attr("writeable") = false;
       views.append(view);
     }
-    py::object result = ref->get()(views);
+    // Raw C API call: a thread ended by CPython's finalization (forced unwind while
+    // re-taking the GIL inside fn) must stop right here, before any pybind11 destructor
+    // would drop a reference without the GIL.
+    PyObject* raw = nullptr;
+#ifdef SPIKY_HAVE_FORCED_UNWIND
+    try {
+      raw = PyObject_CallOneArg(ref->get().ptr(), views.ptr());
+    } catch (abi::__forced_unwind&) {
+      for (;;) std::this_thread::sleep_for(std::chrono::hours(24));
+    }
+#else
+    raw = PyObject_CallOneArg(ref->get().ptr(), views.ptr());
+#endif
+    if (raw == nullptr) {
+      py::error_already_set e;
+      throw PythonError(e);
+    }
+    py::object result = py::reinterpret_steal<py::object>(raw);
     if (py::isinstance<py::array>(result) || !py::isinstance<py::sequence>(result) ||
         py::isinstance<py::str>(result)) {
       throw InvalidArgument(ctx + "host fn must return a sequence (list or tuple) of numpy "
@@ -213,6 +299,8 @@ void translate_exception(std::exception_ptr p) {
   if (!p) return;
   try {
     std::rethrow_exception(p);
+  } catch (const PythonError& e) {
+    e.restore();
   } catch (const OutOfMemory& e) {
     set_python_error("OutOfMemoryError", e.what());
   } catch (const DeviceOutOfMemory& e) {
@@ -295,8 +383,10 @@ class Future {
   void wait() const {
     without_gil([&] { call_->done().wait(); });
   }
+  // Host outputs: waits, raises the call's error. Device outputs: returned at once (they may
+  // still be pending; their wait()/numpy() block and raise).
   py::list result() {
-    wait();
+    if (call_->options().to_host) wait();
     if (!cached_) {
       py::list out;
       if (call_->options().to_host) {
@@ -367,8 +457,13 @@ PYBIND11_MODULE(_core, m) {
   py::register_exception_translator(&translate_exception);
   // Host models hold Python callables: drop the device registry while Python still runs.
   // Pipeline threads finish their calls first (they may need the GIL: it is released here).
-  py::module_::import("atexit").attr("register")(
-      py::cpp_function([] { without_gil([] { Device::clear_registry(); }); }));
+  auto gate = std::make_shared<ExitGate>();
+  py::module_::import("atexit").attr("register")(py::cpp_function([gate] {
+    without_gil([&] {
+      gate->close_and_drain(std::chrono::seconds(10));
+      Device::clear_registry();
+    });
+  }));
 
   m.def("device_count", &Device::device_count, py::arg("driver") = "host",
         "Number of devices the driver can open (host: 1).");
@@ -444,7 +539,7 @@ PYBIND11_MODULE(_core, m) {
           py::arg("target_bytes"))
       .def(
           "load_host_model",
-          [](Device& d, py::object fn, std::vector<TensorSpec> inputs,
+          [gate](Device& d, py::object fn, std::vector<TensorSpec> inputs,
              std::vector<TensorSpec> outputs, std::string name) {
             if (!PyCallable_Check(fn.ptr())) {
               throw InvalidArgument("load_host_model: fn of model '" + name +
@@ -455,7 +550,7 @@ PYBIND11_MODULE(_core, m) {
             desc.inputs = std::move(inputs);
             desc.outputs = std::move(outputs);
             desc.host_executable =
-                std::make_shared<const HostExecutable>(make_host_executable(std::move(fn), name));
+                std::make_shared<const HostExecutable>(make_host_executable(std::move(fn), name, gate));
             return d.load_model(std::move(desc));
           },
           py::arg("fn"), py::arg("inputs"), py::arg("outputs"), py::arg("name"))

@@ -24,6 +24,7 @@ from spiky.errors import (
     SpikyTargetError,
 )
 from spiky.logs import configure_logs, configure_logs_from_env
+from spiky.profile import profile as profile  # re-export: spiky.profile(path)
 from spiky.stats import (
     clear_memory_pool,
     device_count,

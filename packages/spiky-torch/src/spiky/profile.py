@@ -1,0 +1,28 @@
+"""``spiky.profile(path)``: trace the runtime of the active target into a Chrome/Perfetto file.
+
+>>> import spiky
+>>> with spiky.profile("trace.json"):  # doctest: +SKIP
+...     fast(x)
+
+One track per runtime thread (copy, execute, and each caller), with H2D, pad, execute,
+unpad and D2H events; open it in https://ui.perfetto.dev or chrome://tracing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+import spiky_runtime as rt
+from spiky.torch.config import current_config
+from spiky.torch.targets import runtime_device
+
+__all__ = ["profile"]
+
+
+@contextlib.contextmanager
+def profile(path: str | os.PathLike[str]) -> Iterator[rt.Device]:
+    """Records every runtime call on the active target's device and writes ``path`` on exit."""
+    with rt.profile(path, runtime_device(current_config().target)) as device:
+        yield device
