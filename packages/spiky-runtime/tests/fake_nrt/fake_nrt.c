@@ -1582,6 +1582,22 @@ EXPORT uint64_t fake_nrt_teardown(void) {
   return leaked;
 }
 
+/* At unload (dlclose or exit) free the fake's own tables, but not live objects: what the
+   caller leaked stays visible to valgrind/ASan as lost memory. */
+__attribute__((destructor)) static void fake_nrt_unload_tables(void) {
+  lock();
+  ptrset_clear(&g_tensors);
+  ptrset_clear(&g_models);
+  ptrset_clear(&g_sets);
+  ptrset_clear(&g_infos);
+  for (int i = 0; i < MAX_PROFILES; i++) {
+    free(g_profiles[i].path);
+    g_profiles[i].path = NULL;
+  }
+  release_core_locks();
+  unlock();
+}
+
 #define COUNTER(fn, expr)     \
   EXPORT uint64_t fn(void) {  \
     lock();                   \
