@@ -54,7 +54,9 @@
  *    another process -> NRT_EXEC_NC_BUSY (1005).
  *  - Tensors: placement 0 (device) or 1 (host), else NRT_INVALID; size 0 -> NRT_INVALID;
  *    write/read/copy/memset with offset + size past the end (or a NULL buffer) -> NRT_INVALID;
- *    unknown tensor handles -> NRT_INVALID_HANDLE. Slices share their parent's storage, which is
+ *    unknown tensor handles -> NRT_INVALID_HANDLE (nrt_tensor_get_size/get_va return 0/NULL and
+ *    count a contract violation); nrt_tensor_copy between tensors on different cores ->
+ *    NRT_INVALID. Slices share their parent's storage, which is
  *    reference counted (freeing the parent while a slice lives keeps the bytes). Device memory
  *    per core is unlimited unless fake_nrt_set_device_capacity() sets a limit; past it, and on
  *    the allocation chosen by fake_nrt_fail_allocation_at(), nrt_tensor_allocate returns
@@ -76,7 +78,31 @@
  *    already being profiled (else NRT_INVALID); executions of that model are counted; at
  *    nrt_profile_stop(path) the file is written (truncated if it exists):
  *    "FAKE-NTFF\nneff_id <id>\nexecutions <n>\n". Stopping a path never started -> NRT_INVALID.
+ *  - Tensor sets: adding a name twice rebinds it; the tensor must outlive the set.
  *  - Thread safety: one mutex around all state.
+ *
+ * ---------------------------------------------------------------------------------------------
+ * Control API (tests/fake_nrt/control.py binds it)
+ * ---------------------------------------------------------------------------------------------
+ *   void        fake_nrt_set_execute_callback(fake_nrt_execute_fn cb, void* user);  NULL removes
+ *   const char* fake_nrt_last_error(void);          thread-local copy of the latest failure reason
+ *   void        fake_nrt_fail_allocation_at(long n); n-th allocation from now -> RESOURCE; 0 off
+ *   void        fake_nrt_fail_next_execute(int status);
+ *   void        fake_nrt_set_device_capacity(size_t bytes_per_core);   0 = unlimited
+ *   void        fake_nrt_reset(void);     injections, counters, capacity, last error, callback
+ *   uint64_t    fake_nrt_teardown(void);  reset + free live objects + "never initialised";
+ *                                         returns the number of live objects it freed
+ *   uint64_t    fake_nrt_live_tensors / _live_models / _live_tensor_sets / _live_tensor_infos,
+ *               fake_nrt_execute_count / _double_unloads / _contract_violations (void)
+ *   uint64_t    fake_nrt_device_bytes_in_use(int physical_core);
+ *   int64_t     fake_nrt_call_count(const char* nrt_symbol);   -1 if not a libnrt symbol
+ *   int32_t     fake_nrt_model_rank / _world_size / _vnc(const nrt_model_t*);   -1 if unknown
+ *   const char* fake_nrt_model_neff_id(const nrt_model_t*);
+ *   The execute callback gets inputs then outputs, each in NEFF order:
+ *   int cb(void* user, const char* neff_id, int n_in, const char* const* in_names,
+ *          const void* const* in_bufs, const size_t* in_sizes, int n_out,
+ *          const char* const* out_names, void* const* out_bufs, const size_t* out_sizes);
+ *   and returns an NRT_STATUS. It runs outside the fake's lock and may call the fake.
  */
 #define _DEFAULT_SOURCE
 #define _POSIX_C_SOURCE 200809L
