@@ -28,7 +28,10 @@ PRIMITIVE_TYPE: dict[DType, int] = {
 }
 DTYPE_OF: dict[int, DType] = {v: k for k, v in PRIMITIVE_TYPE.items()}
 
-REDUCER_OPCODES = {"add": "add", "mul": "multiply", "max": "maximum", "min": "minimum", "and": "and", "or": "or"}
+REDUCER_OPCODES = {
+    "add": "add", "mul": "multiply", "max": "maximum", "min": "minimum", "and": "and", "or": "or",
+    "replace": "",
+}
 """Reducer kinds (as in ``all_reduce(kind=...)``) → the binary opcode of their computation."""
 
 
@@ -129,7 +132,10 @@ class ModuleBuilder:
     def __init__(self) -> None:
         self._next_id = 1
         self.reducers: list[s.Computation] = []
+        """Sub-computations (reducers, comparators), placed before the entry computation."""
         self._reducer_by_key: dict[tuple[str, DType], s.Computation] = {}
+        self.extra_computations: dict[tuple[str, DType], s.Computation] = {}
+        """Other memoised sub-computations (arg-reducers), by the rule that built them."""
 
     def new_id(self) -> int:
         value = self._next_id
@@ -150,7 +156,8 @@ class ModuleBuilder:
                 opcode = "or"
             elif dtype is DType.bool and opcode in ("multiply", "minimum"):
                 opcode = "and"
-            built = comp.finish(comp.op(opcode, [a, b], dtype, ()))
+            # "replace" (scatter's overwrite) keeps the update: the root is the second parameter.
+            built = comp.finish(comp.op(opcode, [a, b], dtype, ()) if opcode else b)
             self.reducers.append(built)
             self._reducer_by_key[key] = built
         return self._reducer_by_key[key]
@@ -228,6 +235,10 @@ class ComputationBuilder:
 
     def constant(self, values: Any, dtype: DType, dims: Sequence[int] = ()) -> HloValue:
         return self.add("constant", [], array_shape(dtype, dims), literal=literal(values, dtype, dims))
+
+    def full(self, value: Any, dtype: DType, dims: Sequence[int]) -> HloValue:
+        """A scalar constant broadcast to ``dims``."""
+        return self.broadcast_to(self.constant(value, dtype), dims)
 
     def iota(self, dtype: DType, dims: Sequence[int], dimension: int) -> HloValue:
         return self.op("iota", [], dtype, dims, dimensions=[dimension])
@@ -320,6 +331,17 @@ class ComputationBuilder:
         dims = [d for i, d in enumerate(value.dims) if i not in axes]
         return self.op("reduce", [value, init], value.dtype, dims, dimensions=sorted(axes),
                        called_computation_ids=[reducer.id])
+
+    def slice(self, value: HloValue, start: Sequence[int], limit: Sequence[int], stride: Sequence[int]) -> HloValue:
+        dims = [-(-(hi - lo) // st) for lo, hi, st in zip(start, limit, stride, strict=True)]
+        if list(start) == [0] * value.rank and list(limit) == list(value.dims) and set(stride) <= {1}:
+            return value
+        slices = [s.SliceDimensions(start=lo, limit=hi, stride=st)
+                  for lo, hi, st in zip(start, limit, stride, strict=True)]
+        return self.op("slice", [value], value.dtype, dims, slice_dimensions=slices)
+
+    def get_tuple_element(self, value: HloValue, index: int) -> HloValue:
+        return self.add("get-tuple-element", [value], value.shape.tuple_shapes[index], tuple_index=index)
 
     def copy(self, value: HloValue, frontend_attributes: Mapping[str, str] | None = None) -> HloValue:
         attrs = s.FrontendAttributes(map=dict(frontend_attributes)) if frontend_attributes else None

@@ -18,7 +18,7 @@ bare parameter, or repeats an earlier result, gets its own ``copy``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -59,12 +59,19 @@ class HloArtifact:
         return module_text(self.module)
 
 
-def emit_hlo(graph: Graph, *, name: str | None = None, inplace: Mapping[str, int] | None = None) -> HloArtifact:
+def emit_hlo(
+    graph: Graph,
+    *,
+    name: str | None = None,
+    inplace: Mapping[str, int] | None = None,
+    replica_groups: Mapping[str, Sequence[Sequence[int]]] | None = None,
+) -> HloArtifact:
     """Emit ``graph`` (static shapes) as an HLO module.
 
-    ``inplace`` maps a graph input's name to the index of the output that updates it in
-    place; that input becomes ``<name>.must_alias_input`` and a ``MUST_ALIAS`` entry of
-    ``input_output_alias``.
+    ``replica_groups`` maps each collective's ``group_name`` to its replica groups (lists
+    of ranks; spiky-dist derives them from process groups). ``inplace`` maps a graph
+    input's name to the index of the output that updates it in place; that input becomes
+    ``<name>.must_alias_input`` and a ``MUST_ALIAS`` entry of ``input_output_alias``.
     """
     register_rules()
     for value in graph.inputs:
@@ -90,7 +97,8 @@ def emit_hlo(graph: Graph, *, name: str | None = None, inplace: Mapping[str, int
         if rule is None:
             raise IRError(f"op '{node.op}' has no HLO rule (node {node.describe()}); add one in spiky_ir/hlo/rules.py")
         main.metadata = s.OpMetadata(op_type=node.op, op_name=",".join(v.name for v in node.outputs))
-        results = rule(HloContext(main, node), node, [env[id(v)] for v in node.inputs])
+        context = HloContext(main, node, dict(replica_groups or {}))
+        results = rule(context, node, [env[id(v)] for v in node.inputs])
         if len(results) != len(node.outputs):
             raise IRError(f"HLO rule of '{node.op}' returned {len(results)} values for {len(node.outputs)} results")
         for value, result in zip(node.outputs, results, strict=True):
