@@ -79,7 +79,8 @@ def test_sync_trace_nests_in_call_spans(dev: rt.Device, tmp_path: Path) -> None:
     names = [e["name"] for e in events]
     assert names.count("call") == 4
     assert set(names) == {"call", "H2D", "pad", "execute", "unpad", "D2H"}
-    assert all(name.startswith("caller") for name in track_names(trace).values())
+    names_by_tid = track_names(trace)
+    assert all(names_by_tid[e["tid"]].startswith("caller") for e in events)
     calls = [e for e in events if e["name"] == "call"]
     for e in events:
         if e["name"] != "call":  # every phase lies inside the call it belongs to

@@ -383,6 +383,7 @@ _binary_lowering("maximum", aten.maximum.default)
 _binary_lowering("minimum", aten.minimum.default)
 _binary_lowering("remainder", aten.remainder.Tensor, aten.remainder.Scalar)
 _binary_lowering("floor_divide", aten.floor_divide.default)
+_binary_lowering("fmod", aten.fmod.Tensor, aten.fmod.Scalar)
 _binary_lowering("arctan2", aten.atan2.default)
 _binary_lowering("equal", aten.eq.Tensor, aten.eq.Scalar)
 _binary_lowering("not_equal", aten.ne.Tensor, aten.ne.Scalar)
@@ -497,6 +498,35 @@ def _gelu(ctx: LoweringContext, node: fx.Node) -> Value:
     return ctx.op("multiply", half_x, ctx.binary("add", inner, 1.0))
 
 
+@lowers(aten.log2.default, aten.log10.default)
+def _log_base(ctx: LoweringContext, node: fx.Node) -> Value:
+    base = 2.0 if node.target is aten.log2.default else 10.0
+    return ctx.binary("multiply", ctx.op("log", ctx.value(node, 0)), 1.0 / math.log(base))
+
+
+@lowers(aten.leaky_relu.default)
+def _leaky_relu(ctx: LoweringContext, node: fx.Node) -> Value:
+    x = ctx.value(node, 0)
+    slope = ctx.kwarg(node, 1, "negative_slope", 0.01)
+    return ctx.op("where", ctx.binary("greater", x, 0), x, ctx.binary("multiply", x, slope))
+
+
+@lowers(aten.hardtanh.default)
+def _hardtanh(ctx: LoweringContext, node: fx.Node) -> Value:
+    x = ctx.value(node, 0)
+    lo, hi = ctx.kwarg(node, 1, "min_val", -1.0), ctx.kwarg(node, 2, "max_val", 1.0)
+    return ctx.binary("minimum", ctx.binary("maximum", x, lo), hi)
+
+
+@lowers(aten.elu.default)
+def _elu(ctx: LoweringContext, node: fx.Node) -> Value:
+    x = ctx.value(node, 0)
+    alpha, scale = ctx.kwarg(node, 1, "alpha", 1.0), ctx.kwarg(node, 2, "scale", 1.0)
+    input_scale = ctx.kwarg(node, 3, "input_scale", 1.0)
+    negative = ctx.binary("multiply", ctx.op("expm1", _scaled(ctx, x, input_scale)), alpha * scale)
+    return ctx.op("where", ctx.binary("greater", x, 0), _scaled(ctx, x, scale), negative)
+
+
 @lowers(aten.clamp.default, aten.clamp.Tensor)
 def _clamp(ctx: LoweringContext, node: fx.Node) -> Value:
     x: Any = ctx.value(node, 0)
@@ -544,10 +574,14 @@ _reduction("any", aten.any.dim, aten.any.dims, aten.any.default)
 _reduction("all", aten.all.dim, aten.all.dims, aten.all.default)
 
 
-@lowers(aten.var.correction)
+@lowers(aten.var.correction, aten.var.dim)
 def _var(ctx: LoweringContext, node: fx.Node) -> Value:
     x = ctx.value(node, 0)
     axes = _dims_arg(ctx, node, 1, "dim", x.type.rank)
+    if node.target is aten.var.dim:  # var(x, dim, unbiased=True, keepdim=False)
+        correction = 1.0 if ctx.kwarg(node, 2, "unbiased", True) else 0.0
+        keepdim = bool(ctx.kwarg(node, 3, "keepdim", False))
+        return ctx.reduce("var", x, axes, keepdim, correction=correction)
     raw: Any = node.kwargs.get("correction")
     correction = 1.0 if raw is None else float(raw)
     keepdim = bool(node.kwargs.get("keepdim", False))
@@ -763,6 +797,12 @@ def _tril(ctx: LoweringContext, node: fx.Node) -> Value:
 
 
 # -- creation --
+
+
+@lowers(aten.fill.Scalar)
+def _fill(ctx: LoweringContext, node: fx.Node) -> Value:
+    t = _fake_type(node)
+    return ctx.full(t.shape, ctx.arg(node, 1, "value"), t.dtype)
 
 
 @lowers(aten.full.default, aten.full_like.default, aten.new_full.default)
@@ -1027,12 +1067,20 @@ def _channel(ctx: LoweringContext, v: Value, rank: int) -> Value:
     return ctx.reshape(v, (v.type.shape[0],) + (1,) * (rank - 2))
 
 
-@lowers(aten._native_batch_norm_legit_no_training.default)
+@lowers(aten._native_batch_norm_legit_no_training.default, aten.native_batch_norm.default)
 def _batch_norm_eval(ctx: LoweringContext, node: fx.Node) -> tuple[Value, Value, Value]:
     x = ctx.value(node, 0)
     weight, bias = ctx.arg(node, 1), ctx.arg(node, 2)
     mean, var = ctx.value(node, 3), ctx.value(node, 4)
-    eps = float(ctx.arg(node, 6, "eps"))
+    if node.target is aten.native_batch_norm.default:
+        if ctx.arg(node, 5, "training"):
+            raise LoweringError(
+                f"{source_of(node)}: training-mode batch norm (batch statistics and running-stat "
+                "updates) is not lowered; call model.eval() for inference"
+            )
+        eps = float(ctx.arg(node, 7, "eps"))
+    else:
+        eps = float(ctx.arg(node, 6, "eps"))
     rank = x.type.rank
     xf = _half_to_f32(ctx, x)
     scale = ctx.op("rsqrt", ctx.binary("add", _channel(ctx, var, rank), eps))
@@ -1294,6 +1342,10 @@ def _getitem(ctx: LoweringContext, node: fx.Node) -> Any:
 def _assertion(ctx: LoweringContext, node: fx.Node) -> None:
     # Shape guards were checked by torch at trace time; the IR has no side effects.
     return None
+
+
+SYMBOLIC_OPS = (aten.sym_size.int, aten.sym_numel.default)
+"""SymInt-valued ops: not in the table, their nodes become dims (from torch's symbolic sizes)."""
 
 
 def lowered_ops() -> Sequence[str]:

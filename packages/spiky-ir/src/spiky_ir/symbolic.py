@@ -82,7 +82,10 @@ def _parse(text: str) -> tuple[tuple[tuple[str, ...], int], ...]:
 
     result = expr()
     if pos != len(tokens):
-        raise ShapeError(f"dim expression {text!r} has trailing {''.join(tokens[pos:])!r}")
+        raise ShapeError(
+            f"dim expression {text!r} has unexpected {''.join(tokens[pos:])!r}; dims are integer "
+            "polynomials over symbols, e.g. '4*s0+1'"
+        )
     return tuple(sorted(result.items()))
 
 

@@ -45,7 +45,8 @@ def build(sanitize: bool = False, jobs: int = 2) -> Path:
             old.unlink()
         stamp.write_text(signature)
     sources = [s for s in sorted((ROOT / "csrc").glob("*.cc")) if s.name != "bindings.cc"]
-    sources += sorted((ROOT / "tests" / "cpp").glob("*.cc"))
+    # The harness binary: main.cc + test_*.cc (other programs may live in tests/cpp too).
+    sources += [ROOT / "tests" / "cpp" / "main.cc", *sorted((ROOT / "tests" / "cpp").glob("test_*.cc"))]
     headers = [*(ROOT / "csrc").glob("*.h"), *(ROOT / "tests" / "cpp").glob("*.h")]
     newest_header = max((h.stat().st_mtime for h in headers), default=0.0)
 

@@ -1,0 +1,57 @@
+"""Test support: the text round-trip property, checked on every graph a test suite builds.
+
+``record_graphs`` patches :meth:`Graph.set_outputs` so that every graph finished during a
+test is collected; ``assert_round_trips`` checks ``print(parse(print(g))) == print(g)``
+plus names, types and attributes. The conftest of each test folder wires them up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+from spiky_ir.errors import IRError
+from spiky_ir.ir import Graph, Value
+from spiky_ir.text import parse_graph, print_graph
+from spiky_ir.verify import verify
+
+
+def assert_round_trips(graph: Graph) -> None:
+    """Raise ``AssertionError`` unless ``graph`` survives print → parse unchanged."""
+    text = print_graph(graph)
+    parsed = parse_graph(text)
+    assert print_graph(parsed) == text, f"text round trip changed graph '{graph.name}'"
+    for a, b in zip(graph.nodes, parsed.nodes, strict=True):
+        assert (a.op, a.attrs, [v.type for v in a.outputs]) == (b.op, b.attrs, [v.type for v in b.outputs])
+        assert all(type(a.attrs[k]) is type(b.attrs[k]) for k in a.attrs), f"attr types changed in {a.describe()}"
+
+
+@contextmanager
+def record_graphs() -> Iterator[list[Graph]]:
+    """Collect every graph whose outputs are set while the context is open."""
+    graphs: list[Graph] = []
+    original = Graph.set_outputs
+
+    def set_outputs(self: Graph, outputs: Sequence[Value]) -> None:
+        original(self, outputs)
+        if all(g is not self for g in graphs):
+            graphs.append(self)
+
+    Graph.set_outputs = set_outputs  # type: ignore[method-assign]
+    try:
+        yield graphs
+    finally:
+        Graph.set_outputs = original  # type: ignore[method-assign]
+
+
+def check_recorded(graphs: Sequence[Graph]) -> int:
+    """Round-trip every recorded graph that verifies (tests break some on purpose); returns the count."""
+    checked = 0
+    for graph in graphs:
+        try:
+            verify(graph)
+        except IRError:
+            continue
+        assert_round_trips(graph)
+        checked += 1
+    return checked
