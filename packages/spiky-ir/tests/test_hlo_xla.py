@@ -9,6 +9,7 @@ case fails here, by name.
 from __future__ import annotations
 
 import itertools
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,7 +30,10 @@ TOL: dict[DType, tuple[float, float]] = {  # (rtol, atol) by result dtype; ints 
 }
 OP_TOL: dict[str, dict[DType, tuple[float, float]]] = {
     # XLA's vectorised exp/tanh/erf/logistic approximations differ from libm by a few ulp.
-    name: {F32: (1e-5, 1e-6)} for name in ("exp", "tanh", "erf", "sigmoid", "power", "log", "rsqrt")
+    **{name: {F32: (1e-5, 1e-6)} for name in ("exp", "tanh", "erf", "sigmoid", "power", "log", "rsqrt")},
+    # Accumulations: XLA sums in another order than numpy (tree vs pairwise, blocked dots).
+    **{name: {F32: (1e-5, 1e-5)} for name in ("matmul", "dot", "conv1d", "conv2d", "sum", "mean", "var",
+                                              "softmax", "prod", "scatter_add")},
 }
 
 
@@ -213,7 +217,7 @@ CASES: list[Case] = [c for c in [*_elementwise_cases(), *EXPLICIT] if c.op in al
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_op_on_xla_cpu_matches_reference(case: Case) -> None:
     graph = _graph(case)
-    rng = np.random.default_rng(abs(hash(case.id)) % 2**32)
+    rng = np.random.default_rng(zlib.crc32(case.id.encode()))  # str hash() is salted per process
     arrays = [_data(o, rng) for o in case.operands]
     expected = execute(graph, arrays)
     actual = run_hlo(emit_hlo(graph).proto, arrays)
