@@ -56,7 +56,8 @@ def test_second_compile_hits_and_is_counted(tmp_path: Path) -> None:
     torch.testing.assert_close(second, model(x), rtol=1e-5, atol=1e-5)
     (entry,) = spiky.cache.list_entries()
     assert entry.target == "host" and entry.kernel_name.startswith("kernel_")
-    assert {IR_TEXT, HLO_PROTO, HLO_TEXT, "compile.log"} <= set(entry.meta["files"])
+    assert {IR_TEXT, HLO_PROTO, HLO_TEXT, "compile.log", "kernel.py"} <= set(entry.meta["files"])
+    assert f"def {entry.kernel_name}(" in entry.read_text("kernel.py")
     assert entry.meta["hlo"]["available"] and entry.meta["hlo"]["outputs"] == ["output0"]
     assert "ENTRY main" in entry.read_text(HLO_TEXT)
     assert entry.size_bytes == sum(p.stat().st_size for p in entry.path.iterdir())

@@ -23,7 +23,7 @@ import torch
 from torch import fx
 
 import spiky_runtime as rt
-from spiky.cache import COMPILE_LOG, HLO_PROTO, HLO_TEXT, CacheEntry, CacheKey, CompileCache
+from spiky.cache import COMPILE_LOG, HLO_PROTO, HLO_TEXT, KERNEL_SOURCE, CacheEntry, CacheKey, CompileCache
 from spiky.torch.config import BackendConfig, current_config
 from spiky.torch.neuronx_cc import NeuronCompiler, compile_neff, detect_target, find_neuronx_cc
 from spiky.torch.options import Options
@@ -114,9 +114,18 @@ def cache_key(
     )
 
 
+def _write_kernel_source(graph: Graph, kernel_name: str, directory: Path) -> None:
+    """The NKIPy kernel source (a NumPy program) of the graph, for reading and reuse."""
+    try:
+        (directory / KERNEL_SOURCE).write_text(kernel_source(graph, name=kernel_name))
+    except IRError as exc:
+        log.info("%s has no NKIPy kernel source (%s)", kernel_name, exc)
+
+
 def _host_builder(graph: Graph, kernel_name: str) -> Any:
     def build(directory: Path) -> dict[str, Any]:
         start = time.perf_counter()
+        _write_kernel_source(graph, kernel_name, directory)
         try:
             artifact = emit_hlo(graph, name=kernel_name)
         except IRError as exc:
@@ -190,6 +199,7 @@ def compile_neuron(
     key = cache_key(text, f"neuron-{chip}", options, config, compiler=compiler, buckets=buckets)
 
     def build(directory: Path) -> dict[str, Any]:
+        _write_kernel_source(graph, kernel_name, directory)
         artifact = emit_hlo(graph, name=kernel_name)
         (directory / HLO_TEXT).write_text(artifact.text)
         result = compile_neff(compiler, directory, artifact.proto, target=chip,
