@@ -378,15 +378,17 @@ def test_collectives_lower_to_ir_collectives() -> None:
         r = c10d.wait_tensor(c10d.all_reduce(a, "sum", "0"))
         g = c10d.wait_tensor(c10d.all_gather_into_tensor(r, 2, "0"))
         s = c10d.wait_tensor(c10d.reduce_scatter_tensor(g, "avg", 2, "0"))
-        return c10d.wait_tensor(c10d.all_to_all_single(s, [2, 2], [2, 2], "0"))
+        t = c10d.wait_tensor(c10d.all_to_all_single(s, [2, 2], [2, 2], "0"))
+        return c10d.wait_tensor(c10d.broadcast(t, 1, "0"))
 
     gm = make_fx(fn, tracing_mode="fake")(torch.randn(4, 3))
     graph = lower_fx(gm)
     ops = [n.op for n in graph.nodes]
-    assert ops == ["all_reduce", "all_gather", "reduce_scatter", "all_to_all"]
-    assert [str(n.output.type) for n in graph.nodes] == ["f32[4,3]", "f32[8,3]", "f32[4,3]", "f32[4,3]"]
+    assert ops == ["all_reduce", "all_gather", "reduce_scatter", "all_to_all", "broadcast"]
+    assert [str(n.output.type) for n in graph.nodes] == ["f32[4,3]", "f32[8,3]", "f32[4,3]", "f32[4,3]", "f32[4,3]"]
     assert graph.nodes[0].attrs == {"reduce_op": "sum", "group_name": "0"}
-    with pytest.raises(Exception, match=r"collective: it needs a process group.*spiky-dist"):
+    assert graph.nodes[-1].attrs == {"src": 1, "group_name": "0"}
+    with pytest.raises(Exception, match=r"collective: it needs a process group.*set_collective_backend"):
         execute(graph, [np.ones((4, 3), np.float32)])
 
 

@@ -192,6 +192,7 @@ COLLECTIVES: list[Case] = [c for c in [
     Case("reduce_scatter", (Operand((4, 3), F32),), {"reduce_op": "sum", "group_size": 1, "group_name": "g"}),
     Case("all_to_all", (Operand((4, 3), F32),), {"output_split_sizes": (4,), "input_split_sizes": (4,),
                                                   "group_name": "g"}),
+    Case("broadcast", (Operand((4, 3), F32),), {"src": 0, "group_name": "g"}),
 ] if c.op in all_ops()]
 
 def _graph(case: Case) -> Graph:

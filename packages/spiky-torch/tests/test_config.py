@@ -24,6 +24,7 @@ def test_init_sets_config(tmp_path: Path) -> None:
     assert (config.rank, config.world_size, config.target) == (1, 2, "host")
     assert config.log_level == logging.INFO
     assert spiky.torch.current_config() is config
+    assert config.rank_dir == tmp_path / "c" / "rank_1" and config.rank_dir.is_dir()
 
 
 def test_init_twice_raises_until_reset() -> None:
@@ -60,6 +61,7 @@ def test_auto_resolves_to_host_and_says_why(caplog: pytest.LogCaptureFixture) ->
         ({"log_level": "LOUD"}, SpikyConfigError, r"unknown log_level 'LOUD'"),
         ({"rank": 2, "world_size": 2}, ValueError, r"rank 2 is outside \[0, 2\)"),
         ({"additional_compiler_args": ["-O2"]}, SpikyConfigError, r"must be a str, got list"),
+        ({"core_offset": -1}, SpikyConfigError, r"core_offset must be an int >= 0, got -1"),
     ],
 )
 def test_bad_init_arguments(kwargs: dict[str, object], error: type[Exception], message: str) -> None:

@@ -1323,6 +1323,12 @@ def _reduce_scatter(ctx: LoweringContext, node: fx.Node) -> Value:
         "reduce_op": str(ctx.arg(node, 1)), "group_size": int(ctx.arg(node, 2)), "group_name": str(ctx.arg(node, 3))})
 
 
+@lowers(c10d.broadcast.default)
+def _broadcast(ctx: LoweringContext, node: fx.Node) -> Value:
+    return ctx.op("broadcast", ctx.value(node, 0),
+                  attrs={"src": int(ctx.arg(node, 1)), "group_name": str(ctx.arg(node, 2))})
+
+
 @lowers(c10d.all_to_all_single.default)
 def _all_to_all(ctx: LoweringContext, node: fx.Node) -> Value:
     out_splits = ctx.arg(node, 1) or []

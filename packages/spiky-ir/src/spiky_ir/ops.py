@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from spiky_ir.collectives import CollectiveBackend, collective_backend
 from spiky_ir.dtypes import DType, promote
 from spiky_ir.errors import IRError, ShapeError
 from spiky_ir.ir import Attr, Node, TensorType
@@ -1006,12 +1007,12 @@ _conv(2)
 # --- collectives ----------------------------------------------------------------------------
 
 
-def _collective(name: str, attrs: Mapping[str, str], rule: ShapeRule, doc: str) -> None:
-    def reference(_xs: Sequence[Array], _attrs: Mapping[str, Attr]) -> list[Array]:
-        raise IRError(
-            f"op '{name}' is a collective: it needs a process group, which the numpy reference "
-            "executor (one process) does not have; run the graph through spiky-dist instead"
-        )
+def _collective(
+    name: str, attrs: Mapping[str, str], rule: ShapeRule, doc: str,
+    call: Callable[[CollectiveBackend, Array, Mapping[str, Attr]], Array],
+) -> None:
+    def reference(xs: Sequence[Array], attrs: Mapping[str, Attr]) -> list[Array]:
+        return [np.asarray(call(collective_backend(name), xs[0], attrs))]
 
     _op(name, "collective", 1, attrs, rule, reference, doc)
 
@@ -1051,12 +1052,25 @@ def _all_to_all_rule(types: Sequence[TensorType], attrs: Mapping[str, Attr]) -> 
     return [TensorType((sum(out_splits), *t.shape[1:]), t.dtype)]
 
 
+def _group(attrs: Mapping[str, Attr]) -> str:
+    return str(attrs["group_name"])
+
+
 _GROUP = {"group_name": "str"}
 _collective("all_reduce", {"reduce_op": "str", **_GROUP}, _all_reduce_rule,
-            "reduce over the ranks of ``group_name``")
+            "reduce over the ranks of ``group_name``",
+            lambda b, x, attrs: b.all_reduce(x, str(attrs["reduce_op"]), _group(attrs)))
 _collective("all_gather", {"group_size": "int", **_GROUP}, _all_gather_rule,
-            "concatenate every rank's tensor along dim 0")
+            "concatenate every rank's tensor along dim 0",
+            lambda b, x, attrs: b.all_gather(x, _group(attrs)))
 _collective("reduce_scatter", {"reduce_op": "str", "group_size": "int", **_GROUP}, _reduce_scatter_rule,
-            "reduce over ranks, each rank keeping its dim-0 shard")
+            "reduce over ranks, each rank keeping its dim-0 shard",
+            lambda b, x, attrs: b.reduce_scatter(x, str(attrs["reduce_op"]), _group(attrs)))
+_collective("broadcast", {"src": "int", **_GROUP}, lambda types, _attrs: [types[0]],
+            "every rank gets group rank ``src``'s tensor",
+            lambda b, x, attrs: b.broadcast(x, _int(attrs, "src"), _group(attrs)))
 _collective("all_to_all", {"output_split_sizes": "ints", "input_split_sizes": "ints", **_GROUP},
-            _all_to_all_rule, "exchange dim-0 chunks between ranks")
+            _all_to_all_rule, "exchange dim-0 chunks between ranks",
+            lambda b, x, attrs: b.all_to_all(
+                x, _group(attrs), _ints(attrs, "output_split_sizes") or None,
+                _ints(attrs, "input_split_sizes") or None))

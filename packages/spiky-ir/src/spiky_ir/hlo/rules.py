@@ -707,6 +707,19 @@ def _reduce_scatter(ctx: HloContext, node: Node, xs: Sequence[HloValue]) -> list
     return [out]
 
 
+def _broadcast(ctx: HloContext, node: Node, xs: Sequence[HloValue]) -> list[HloValue]:
+    # HLO has no broadcast collective in our opcode subset: gather every rank's tensor
+    # along a new leading dim, then keep group rank ``src``'s slice.
+    b, groups, x = ctx.b, _groups(ctx), xs[0]
+    src = node.attrs["src"]
+    assert isinstance(src, int)  # the op registry checked the attribute kind
+    if not 0 <= src < len(groups[0]):
+        raise ctx.fail(f"broadcast src {src} is outside the group of {len(groups[0])} ranks")
+    gathered = b.all_gather(b.reshape(x, (1, *x.dims)), 0, groups)
+    picked = b.slice(gathered, [src, *[0] * x.rank], [src + 1, *x.dims], [1] * (x.rank + 1))
+    return [b.reshape(picked, x.dims)]
+
+
 def _all_to_all(ctx: HloContext, node: Node, xs: Sequence[HloValue]) -> list[HloValue]:
     groups = _groups(ctx)
     for key in ("input_split_sizes", "output_split_sizes"):
@@ -735,7 +748,7 @@ RULES: dict[str, HloRule] = {
     "scatter": _scatter("replace"), "scatter_add": _scatter("add"),
     "dynamic_slice": _dynamic_slice, "dynamic_update_slice": _dynamic_update_slice,
     "all_reduce": _all_reduce, "all_gather": _all_gather, "reduce_scatter": _reduce_scatter,
-    "all_to_all": _all_to_all,
+    "all_to_all": _all_to_all, "broadcast": _broadcast,
 }
 """IR op name → HLO rule; :func:`register_rules` copies it into the op registry."""
 

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from spiky.errors import SpikyConfigError
-from spiky.torch.targets import resolve_target
-from spiky_dist import resolve_rank_world
+from spiky.torch.targets import find_libnrt, resolve_target
+from spiky_dist import apply_neuron_runtime_env, resolve_rank_world
 
 log = logging.getLogger("spiky.config")
 
@@ -28,6 +28,17 @@ class BackendConfig:
     additional_compiler_args: str
     target: str
     """The resolved target: ``"host"`` or ``"neuron"``."""
+    core_offset: int = 0
+    """Added to the rank to pick this process's NeuronCore (``NEURON_RT_VISIBLE_CORES``)."""
+
+    @property
+    def rank_dir(self) -> Path:
+        """This rank's own directory (``<nkipy_cache>/rank_<r>``) for traces, profiles and dumps.
+
+        Compiled entries are shared across ranks in ``nkipy_cache`` itself: identical graphs
+        compile once (the first rank to take the entry's lock) and the others reuse them.
+        """
+        return self.nkipy_cache / f"rank_{self.rank}"
 
 
 _lock = threading.Lock()
@@ -59,6 +70,7 @@ def init_nkipy_backend(
     world_size: int | None = None,
     additional_compiler_args: str = "",
     target: str = "auto",
+    core_offset: int = 0,
 ) -> BackendConfig:
     """Configure the nkipy backend for this process (once; see :func:`reset_nkipy_backend`).
 
@@ -66,13 +78,18 @@ def init_nkipy_backend(
     >>> spiky.torch.init_nkipy_backend(target="host")  # doctest: +SKIP
 
     ``rank``/``world_size`` default to what spiky-dist finds (torch.distributed, then
-    ``RANK``/``WORLD_SIZE``, then 0/1). Raises ``RuntimeError`` if already initialised.
+    ``RANK``/``WORLD_SIZE``, then 0/1). For a Neuron run, ``NEURON_RT_VISIBLE_CORES``
+    (``rank + core_offset``) and ``NEURON_RT_ROOT_COMM_ID`` (``$MASTER_ADDR``) are set
+    before the runtime starts, unless already set. Raises ``RuntimeError`` if already
+    initialised.
     """
     global _config
     if not isinstance(additional_compiler_args, str):
         raise SpikyConfigError(
             f"additional_compiler_args must be a str, got {type(additional_compiler_args).__name__}"
         )
+    if isinstance(core_offset, bool) or not isinstance(core_offset, int) or core_offset < 0:
+        raise SpikyConfigError(f"core_offset must be an int >= 0, got {core_offset!r}")
     level = _log_level(log_level)
     cache = Path(nkipy_cache) if nkipy_cache is not None else default_cache_dir()
     with _lock:
@@ -82,9 +99,13 @@ def init_nkipy_backend(
                 "spiky.torch.reset_nkipy_backend() first to initialise it again"
             )
         resolved_rank, resolved_world = resolve_rank_world(rank, world_size)
+        if target != "host" and find_libnrt() is not None:
+            # The Neuron runtime reads these once, when it starts: set them first.
+            apply_neuron_runtime_env(resolved_rank, resolved_world, core_offset)
         resolved_target = resolve_target(target)
         try:
             cache.mkdir(parents=True, exist_ok=True)
+            (cache / f"rank_{resolved_rank}").mkdir(exist_ok=True)
         except OSError as exc:
             raise SpikyConfigError(
                 f"cannot create nkipy_cache directory {str(cache)!r}: {exc.strerror}; "
@@ -98,6 +119,7 @@ def init_nkipy_backend(
             world_size=resolved_world,
             additional_compiler_args=additional_compiler_args,
             target=resolved_target,
+            core_offset=core_offset,
         )
         log.info("nkipy backend initialised: %s", _config)
         return _config

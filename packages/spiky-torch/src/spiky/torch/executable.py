@@ -24,6 +24,7 @@ from torch import fx
 
 import spiky_runtime as rt
 from spiky.cache import COMPILE_LOG, HLO_PROTO, HLO_TEXT, KERNEL_SOURCE, CacheEntry, CacheKey, CompileCache
+from spiky.torch.collectives import bind_host_collectives, graph_replica_groups, host_replica_groups
 from spiky.torch.config import BackendConfig, current_config
 from spiky.torch.neuronx_cc import NeuronCompiler, compile_neff, detect_target, find_neuronx_cc
 from spiky.torch.options import Options
@@ -122,12 +123,14 @@ def _write_kernel_source(graph: Graph, kernel_name: str, directory: Path) -> Non
         log.info("%s has no NKIPy kernel source (%s)", kernel_name, exc)
 
 
-def _host_builder(graph: Graph, kernel_name: str) -> Any:
+def _host_builder(
+    graph: Graph, kernel_name: str, groups: Mapping[str, Sequence[Sequence[int]]] | None = None
+) -> Any:
     def build(directory: Path) -> dict[str, Any]:
         start = time.perf_counter()
         _write_kernel_source(graph, kernel_name, directory)
         try:
-            artifact = emit_hlo(graph, name=kernel_name)
+            artifact = emit_hlo(graph, name=kernel_name, replica_groups=groups)
         except IRError as exc:
             # The host target runs the IR itself; a graph without an HLO form still runs here.
             log.info("%s has no HLO form (%s); caching the IR only", kernel_name, exc)
@@ -160,9 +163,11 @@ def compile_graph(gm: fx.GraphModule, target: str, options: Options) -> Compiled
             log.info("no kernel source for %s: %s", kernel_name, exc)
     config = current_config()
     device = runtime_device(target)
+    bind_host_collectives(graph)
     key = cache_key(text, target, options, config)
+    groups = host_replica_groups(graph, config.world_size)
     entry, hit = CompileCache(config.nkipy_cache).get_or_build(
-        key, _host_builder(graph, kernel_name), kernel_name=kernel_name
+        key, _host_builder(graph, kernel_name, groups), kernel_name=kernel_name
     )
     compiled = CompiledGraph(graph, device, kernel_name, entry, hit, lowered.output_slots)
     if not hit:
@@ -200,7 +205,7 @@ def compile_neuron(
 
     def build(directory: Path) -> dict[str, Any]:
         _write_kernel_source(graph, kernel_name, directory)
-        artifact = emit_hlo(graph, name=kernel_name)
+        artifact = emit_hlo(graph, name=kernel_name, replica_groups=graph_replica_groups(graph, config.world_size))
         (directory / HLO_TEXT).write_text(artifact.text)
         result = compile_neff(compiler, directory, artifact.proto, target=chip,
                               extra_args=config.additional_compiler_args, timeout=timeout, progress=progress)
