@@ -41,6 +41,10 @@
 namespace py = pybind11;
 using namespace spiky::runtime;  // NOLINT(build/namespaces): bindings only
 
+namespace spiky::runtime {
+void bind_c_abi(py::module_& m);  // c_abi.cc: the C allocator ABI for foreign tensors
+}  // namespace spiky::runtime
+
 namespace {
 
 // ---------------------------------------------------------------- the GIL
@@ -778,4 +782,6 @@ PYBIND11_MODULE(_core, m) {
         }
         return out + "], device=" + device_label(*model.device()) + ")";
       });
+
+  bind_c_abi(m);
 }

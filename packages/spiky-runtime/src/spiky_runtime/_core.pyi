@@ -12,6 +12,14 @@ _HostFn = Callable[[list[npt.NDArray[Any]]], Sequence[npt.ArrayLike]]
 def device_count(driver: str = "host") -> int: ...
 def driver_names() -> list[str]: ...
 
+# The C allocator ABI (csrc/c_abi.h) for foreign tensors (spiky-torch's "nkipy" device).
+def allocator_capsule(device: Device) -> Any:
+    """A PyCapsule of the device's ``SpikyAllocatorV1``; keep one per device (it owns its addresses)."""
+def device_tensor_from_pointer(capsule: Any, ptr: int, shape: Sequence[int], dtype: str) -> DeviceTensor:
+    """The memory at a capsule address (start of an allocation) as a DeviceTensor, without a copy."""
+def adopt_device_tensor(capsule: Any, tensor: DeviceTensor) -> int:
+    """Registers a (possibly pending) DeviceTensor under a new capsule address; ``free`` drops it."""
+
 @final
 class TensorSpec:
     def __init__(self, shape: Sequence[int], dtype: _DTypeLike) -> None: ...
