@@ -29,6 +29,7 @@
 #include "device_tensor.h"
 #include "errors.h"
 #include "model.h"
+#include "nrt_driver.h"
 #include "pool.h"
 #include "stats.h"
 #include "tensor_spec.h"
@@ -42,7 +43,7 @@ namespace py = pybind11;
 using namespace spiky::runtime;  // NOLINT(build/namespaces): bindings only
 
 namespace spiky::runtime {
-void bind_c_abi(py::module_& m);  // c_abi.cc: the C allocator ABI for foreign tensors
+void bind_nrt(py::module_& m);  // nrt_bindings.cc: Device.load_neff, NTFF profiling, NrtError
 }  // namespace spiky::runtime
 
 namespace {
@@ -466,6 +467,7 @@ PYBIND11_MODULE(_core, m) {
     without_gil([&] {
       gate->close_and_drain(std::chrono::seconds(10));
       Device::clear_registry();
+      nrt_close_at_exit();  // after the devices' models and buffers went back to libnrt
     });
   }));
 
@@ -782,6 +784,5 @@ PYBIND11_MODULE(_core, m) {
         }
         return out + "], device=" + device_label(*model.device()) + ")";
       });
-
-  bind_c_abi(m);
+  bind_nrt(m);
 }

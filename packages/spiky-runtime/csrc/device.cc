@@ -11,6 +11,7 @@
 #include "errors.h"
 #include "host_driver.h"
 #include "model.h"
+#include "nrt_driver.h"
 
 namespace spiky::runtime {
 namespace {
@@ -22,11 +23,16 @@ struct DriverEntry {
   std::shared_ptr<Driver> (*create)(int index, std::size_t capacity_bytes);
 };
 
-// The drivers this build knows. The nrt driver adds one line here.
+// The drivers this build knows.
 const DriverEntry kDrivers[] = {
     {"host", "SPIKY_HOST_CAPACITY_BYTES", [] { return 1; },
      [](int index, std::size_t capacity) -> std::shared_ptr<Driver> {
        return std::make_shared<HostDriver>(index, capacity);
+     }},
+    // One device per visible NeuronCore; libnrt is loaded (NrtLoadError) on first use.
+    {"nrt", "SPIKY_NRT_CAPACITY_BYTES", [] { return NrtRuntime::instance()->visible_cores(); },
+     [](int index, std::size_t capacity) -> std::shared_ptr<Driver> {
+       return std::make_shared<NrtDriver>(index, capacity);
      }},
 };
 
@@ -138,6 +144,10 @@ std::shared_ptr<Model> Device::load_model(ModelDescriptor descriptor) {
   std::vector<TensorSpec> inputs = descriptor.inputs;
   std::vector<TensorSpec> outputs = descriptor.outputs;
   const ModelId id = driver_->load_model(std::move(descriptor));
+  if (auto io = driver_->loaded_io(id)) {  // nrt: the NEFF's I/O, found at load
+    inputs = std::move(io->inputs);
+    outputs = std::move(io->outputs);
+  }
   return std::make_shared<Model>(shared_from_this(), id, std::move(name), std::move(inputs),
                                  std::move(outputs));
 }

@@ -12,9 +12,11 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "errors.h"
 #include "strided.h"
 #include "tensor_spec.h"
 
@@ -39,13 +41,28 @@ using HostExecutable =
     std::function<void(const std::vector<ConstTensor>& inputs,
                        const std::vector<MutableTensor>& outputs)>;
 
-// What a driver needs to load a model. The host driver requires `host_executable`; a
-// Neuron driver takes a compiled image instead (that field lands with the nrt driver).
+// What a driver needs to load a model. The host driver requires `host_executable` and takes
+// `inputs`/`outputs` as the model's specs. The nrt driver requires `neff` and discovers the
+// I/O from it (nrt_get_model_tensor_info): `input_names`/`output_names`, when given, fix the
+// model's I/O order by NEFF name; `inputs`/`outputs`, when given, are checked against the
+// NEFF (same shape; same dtype, or bool declared where the NEFF says uint8); `rank` and
+// `world_size` (both or neither) select nrt_load_collectives.
 struct ModelDescriptor {
   std::string name;
   std::vector<TensorSpec> inputs;
   std::vector<TensorSpec> outputs;
   std::shared_ptr<const HostExecutable> host_executable;
+  std::shared_ptr<const std::vector<std::byte>> neff;
+  std::vector<std::string> input_names;
+  std::vector<std::string> output_names;
+  std::optional<std::uint32_t> rank;
+  std::optional<std::uint32_t> world_size;
+};
+
+// The inputs and outputs of a loaded model as the driver found them in its compiled image.
+struct LoadedIo {
+  std::vector<TensorSpec> inputs;
+  std::vector<TensorSpec> outputs;
 };
 
 class Driver {
@@ -88,6 +105,22 @@ class Driver {
   // with copies of other buffers.
   virtual void execute(ModelId model, const std::vector<DeviceRef>& inputs,
                        const std::vector<DeviceRef>& outputs) = 0;
+
+  // The I/O a driver discovered when loading `model` (nrt); nullopt when the descriptor's
+  // specs are the model's (host).
+  virtual std::optional<LoadedIo> loaded_io(ModelId /*model*/) const { return std::nullopt; }
+
+  // NTFF device profiling of the executions of one model between start and stop (nrt:
+  // nrt_profile_start/stop; stop writes the file). Drivers without it throw InvalidArgument.
+  virtual void profile_start(ModelId /*model*/, const std::string& /*ntff_path*/) {
+    throw InvalidArgument(no_profiling());
+  }
+  virtual void profile_stop(const std::string& /*ntff_path*/) { throw InvalidArgument(no_profiling()); }
+
+ private:
+  std::string no_profiling() const {
+    return "driver '" + name() + "' has no NTFF profiling; NTFF needs Neuron (the nrt driver)";
+  }
 };
 
 }  // namespace spiky::runtime

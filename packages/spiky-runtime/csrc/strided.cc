@@ -138,6 +138,27 @@ void fill_strided(std::byte* dst, const StridedFill& op) {
   });
 }
 
+void for_each_copy_row(const StridedCopy& op,
+                       const std::function<void(std::size_t, std::size_t, std::size_t)>& fn) {
+  if (op.empty()) return;
+  std::size_t row = 0;
+  const std::size_t outer = coalesce(op.shape, {&op.src_strides, &op.dst_strides}, op.elem_bytes, &row);
+  for_each_row(op.shape, outer, [&](const std::vector<std::int64_t>& idx) {
+    fn(static_cast<std::size_t>(dot(idx, op.src_strides)),
+       static_cast<std::size_t>(dot(idx, op.dst_strides)), row);
+  });
+}
+
+void for_each_fill_row(const StridedFill& op,
+                       const std::function<void(std::size_t, std::size_t)>& fn) {
+  if (op.empty()) return;
+  std::size_t row = 0;
+  const std::size_t outer = coalesce(op.shape, {&op.strides}, op.pattern.size(), &row);
+  for_each_row(op.shape, outer, [&](const std::vector<std::int64_t>& idx) {
+    fn(op.offset + static_cast<std::size_t>(dot(idx, op.strides)), row);
+  });
+}
+
 bool is_prefix_layout(const std::vector<std::int64_t>& actual,
                       const std::vector<std::int64_t>& padded) {
   if (actual.size() != padded.size()) return false;

@@ -10,6 +10,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 namespace spiky::runtime {
@@ -46,6 +47,16 @@ std::vector<std::int64_t> contiguous_strides(const std::vector<std::int64_t>& sh
 // dims into one memcpy/memset-sized row, so padding only the outer dim is one memcpy.
 void copy_strided(std::byte* dst, const std::byte* src, const StridedCopy& op);
 void fill_strided(std::byte* dst, const StridedFill& op);
+
+// The same walks for drivers that move bytes with their own primitives (nrt: one
+// nrt_tensor_copy / memset / write per row). fn gets byte offsets of one contiguous row (the
+// trailing contiguous dims coalesced) and its length; nothing is called for an empty op.
+void for_each_copy_row(const StridedCopy& op,
+                       const std::function<void(std::size_t src_offset, std::size_t dst_offset,
+                                                std::size_t row_bytes)>& fn);
+// dst_offset includes op.offset; row_bytes is a whole number of pattern elements.
+void for_each_fill_row(const StridedFill& op,
+                       const std::function<void(std::size_t dst_offset, std::size_t row_bytes)>& fn);
 
 // Padding an `actual`-shaped compact tensor into a `padded`-shaped compact tensor.
 struct PadPlan {

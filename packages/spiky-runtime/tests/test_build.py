@@ -38,7 +38,9 @@ def test_public_api_is_exported() -> None:
     assert issubclass(rt.OutOfMemoryError, MemoryError)
     assert issubclass(rt.InvalidArgumentError, rt.SpikyRuntimeError)
     assert issubclass(rt.InvalidArgumentError, ValueError)
-    assert rt.driver_names() == ["host"]
+    assert issubclass(rt.NrtError, rt.SpikyRuntimeError)
+    assert issubclass(rt.NrtLoadError, rt.SpikyRuntimeError)
+    assert rt.driver_names() == ["host", "nrt"]
 
 
 def test_readme_example_runs() -> None:

@@ -30,7 +30,13 @@ from spiky_runtime._core import (
     device_count,
     driver_names,
 )
-from spiky_runtime.errors import InvalidArgumentError, OutOfMemoryError, SpikyRuntimeError
+from spiky_runtime.errors import (
+    InvalidArgumentError,
+    NrtError,
+    NrtLoadError,
+    OutOfMemoryError,
+    SpikyRuntimeError,
+)
 from spiky_runtime.profile import profile
 
 __version__ = "0.1.0"
@@ -54,4 +60,6 @@ __all__ = [
     "SpikyRuntimeError",
     "OutOfMemoryError",
     "InvalidArgumentError",
+    "NrtError",
+    "NrtLoadError",
 ]
