@@ -43,3 +43,17 @@ def test_compiled_collectives_tp_and_dp_match_eager(world_size: int, tmp_path: P
     assert sum(r["hits"] for r in reports) == sum(r["misses"] + r["hits"] for r in reports) - len(entries)
     assert len({r["misses"] + r["hits"] for r in reports}) == 1  # every rank compiled the same number of graphs
     assert all((tmp_path / "cache" / f"rank_{r}").is_dir() for r in range(world_size))
+
+
+@pytest.mark.slow
+def test_readme_torchrun_example(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(SPIKY_CACHE=str(tmp_path), OMP_NUM_THREADS="1")
+    example = Path(__file__).parents[1] / "examples" / "distributed.py"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-addr=127.0.0.1",
+           f"--master-port={_free_port()}", str(example)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env, check=False)
+    assert result.returncode == 0, result.stderr[-4000:]
+    for rank in (0, 1):
+        line = next(x for x in result.stdout.splitlines() if x.startswith(f"rank {rank}/2 on host"))
+        assert float(line.split("max |tp - full| = ")[1].split(",")[0]) < 1e-5

@@ -673,7 +673,9 @@ PYBIND11_MODULE(_core, m) {
       m, "Bundle", "The buckets of one graph: picks a bucket per call, pads and unpads on device.")
       .def(py::init([](const py::dict& buckets, const py::object& input_dims,
                        const py::object& output_dims, std::optional<std::vector<double>> fill_values,
-                       std::string name, bool pipelined) {
+                       std::string name, bool pipelined,
+                       std::optional<std::map<std::int64_t, std::map<std::string, std::int64_t>>>
+                           bucket_sizes) {
              std::map<std::int64_t, std::shared_ptr<Model>> models;
              for (auto item : buckets) {
                if (!py::isinstance<Model>(item.second)) {
@@ -694,11 +696,26 @@ PYBIND11_MODULE(_core, m) {
              return std::make_shared<Bundle>(
                  name, std::move(models), dims_list(input_dims, n_in, ctx + "input_dims"),
                  dims_list(output_dims, n_out, ctx + "output_dims"),
-                 fill_values.value_or(std::vector<double>{}), pipelined);
+                 fill_values.value_or(std::vector<double>{}), pipelined,
+                 bucket_sizes.value_or(std::map<std::int64_t, std::map<std::string, std::int64_t>>{}));
            }),
            py::arg("buckets"), py::arg("input_dims") = py::none(),
            py::arg("output_dims") = py::none(), py::arg("fill_values") = py::none(),
-           py::arg("name") = "bundle", py::arg("pipelined") = false)
+           py::arg("name") = "bundle", py::arg("pipelined") = false,
+           py::arg("bucket_sizes") = py::none())
+      .def(
+          "bucket_sizes",
+          [](const Bundle& b, std::int64_t bucket) {
+            if (!b.buckets().count(bucket)) {
+              throw InvalidArgument(b.context() + "no bucket " + std::to_string(bucket));
+            }
+            std::map<std::string, std::int64_t> out;
+            for (const auto& dims : b.input_dims()) {
+              for (const auto& d : dims) out[d.symbol] = b.symbol_size(bucket, d.symbol);
+            }
+            return out;
+          },
+          py::arg("bucket"))
       .def_property_readonly("name", &Bundle::name)
       .def_property_readonly("pipelined", &Bundle::pipelined)
       .def_property_readonly("device", &Bundle::device)
