@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <optional>
 #include <set>
 #include <utility>
 
@@ -89,13 +90,14 @@ std::vector<std::byte> fill_pattern(double value, DType dtype, const std::string
 Bundle::Bundle(std::string name, std::map<std::int64_t, std::shared_ptr<Model>> buckets,
                std::vector<std::vector<DynamicDim>> input_dims,
                std::vector<std::vector<DynamicDim>> output_dims, std::vector<double> fill_values,
-               bool pipelined)
+               bool pipelined, std::map<std::int64_t, std::map<std::string, std::int64_t>> bucket_sizes)
     : name_(std::move(name)),
       buckets_(std::move(buckets)),
       input_dims_(std::move(input_dims)),
       output_dims_(std::move(output_dims)),
       fill_values_(std::move(fill_values)),
-      pipelined_(pipelined) {
+      pipelined_(pipelined),
+      bucket_sizes_(std::move(bucket_sizes)) {
   const std::string ctx = context();
   if (buckets_.empty()) throw InvalidArgument(ctx + "needs at least one bucket, got none");
   const Model& first = *buckets_.begin()->second;
@@ -129,6 +131,29 @@ Bundle::Bundle(std::string name, std::map<std::int64_t, std::shared_ptr<Model>> 
     }
   }
 
+  if (!bucket_sizes_.empty()) {
+    for (const auto& [bucket, model] : buckets_) {
+      auto it = bucket_sizes_.find(bucket);
+      if (it == bucket_sizes_.end()) {
+        throw InvalidArgument(ctx + "bucket " + std::to_string(bucket) +
+                              " has no entry in bucket_sizes; give every bucket its symbol sizes");
+      }
+      for (const auto& symbol : input_symbols) {
+        auto size = it->second.find(symbol);
+        if (size == it->second.end() || size->second < 0) {
+          throw InvalidArgument(ctx + "bucket_sizes[" + std::to_string(bucket) +
+                                "] lacks a non-negative size for symbol '" + symbol + "'");
+        }
+      }
+    }
+    for (const auto& entry : bucket_sizes_) {
+      if (!buckets_.count(entry.first)) {
+        throw InvalidArgument(ctx + "bucket_sizes names bucket " + std::to_string(entry.first) +
+                              " that has no model");
+      }
+    }
+  }
+
   // Every bucket's model must be the same graph specialised to that bucket size.
   auto check_family = [&](const std::vector<TensorSpec>& specs,
                           const std::vector<TensorSpec>& ref_specs,
@@ -154,10 +179,11 @@ Bundle::Bundle(std::string name, std::map<std::int64_t, std::shared_ptr<Model>> 
                                 " is out of range for " + specs[i].describe());
         }
         dynamic[d.dim] = true;
-        if (shape[d.dim] != bucket) {
+        const std::int64_t expected = symbol_size(bucket, d.symbol);
+        if (shape[d.dim] != expected) {
           throw InvalidArgument(where + "dynamic dim " + std::to_string(d.dim) + " ('" +
                                 d.symbol + "') is " + std::to_string(shape[d.dim]) +
-                                "; expected the bucket size " + std::to_string(bucket));
+                                "; expected the bucket size " + std::to_string(expected));
         }
       }
       for (std::size_t k = 0; k < shape.size(); ++k) {
@@ -189,6 +215,13 @@ Bundle::Bundle(std::string name, std::map<std::int64_t, std::shared_ptr<Model>> 
 }
 
 const std::shared_ptr<Device>& Bundle::device() const { return buckets_.begin()->second->device(); }
+
+std::int64_t Bundle::symbol_size(std::int64_t bucket, const std::string& symbol) const {
+  auto it = bucket_sizes_.find(bucket);
+  if (it == bucket_sizes_.end()) return bucket;
+  auto size = it->second.find(symbol);
+  return size == it->second.end() ? bucket : size->second;
+}
 
 std::map<std::string, std::int64_t> Bundle::symbol_values(
     const std::vector<TensorSpec>& inputs) const {
@@ -233,21 +266,50 @@ std::map<std::string, std::int64_t> Bundle::symbol_values(
 }
 
 std::int64_t Bundle::select_bucket(const std::vector<TensorSpec>& inputs) const {
-  std::int64_t need = 0;
-  std::string worst;
-  for (const auto& [symbol, value] : symbol_values(inputs)) {
-    if (value > need) {
-      need = value;
-      worst = symbol;
+  const std::map<std::string, std::int64_t> values = symbol_values(inputs);
+  if (bucket_sizes_.empty()) {
+    std::int64_t need = 0;
+    std::string worst;
+    for (const auto& [symbol, value] : values) {
+      if (value > need) {
+        need = value;
+        worst = symbol;
+      }
+    }
+    auto it = buckets_.lower_bound(need);
+    if (it == buckets_.end()) {
+      throw InvalidArgument(context() + "no bucket fits: '" + worst + "' = " + std::to_string(need) +
+                            " exceeds the largest bucket " +
+                            std::to_string(buckets_.rbegin()->first) + "; compile a bucket >= " +
+                            std::to_string(need));
+    }
+    return it->first;
+  }
+  // Per-symbol sizes: the fitting bucket with the fewest padded elements, then the lowest id.
+  std::optional<std::int64_t> best;
+  double best_volume = 0.0;
+  for (const auto& [bucket, model] : buckets_) {
+    double volume = 1.0;
+    bool fits = true;
+    for (const auto& [symbol, value] : values) {
+      const std::int64_t size = symbol_size(bucket, symbol);
+      fits = fits && value <= size;
+      volume *= static_cast<double>(size);
+    }
+    if (fits && (!best || volume < best_volume)) {
+      best = bucket;
+      best_volume = volume;
     }
   }
-  auto it = buckets_.lower_bound(need);
-  if (it == buckets_.end()) {
-    throw InvalidArgument(context() + "no bucket fits: '" + worst + "' = " + std::to_string(need) +
-                          " exceeds the largest bucket " + std::to_string(buckets_.rbegin()->first) +
-                          "; compile a bucket >= " + std::to_string(need));
+  if (!best) {
+    std::string sizes;
+    for (const auto& [symbol, value] : values) {
+      sizes += (sizes.empty() ? "" : ", ") + symbol + "=" + std::to_string(value);
+    }
+    throw InvalidArgument(context() + "no bucket fits sizes {" + sizes +
+                          "}; compile a bucket at least that large in every symbol");
   }
-  return it->first;
+  return *best;
 }
 
 std::shared_ptr<Call> Bundle::make_call(std::vector<CallInput> inputs, CallOptions options) const {

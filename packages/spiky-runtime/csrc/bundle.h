@@ -7,6 +7,11 @@
 // bucket-sized device buffers padded with zeros or the input's fill value, and unpads every
 // output dim declared dynamic to its symbol's value (or leaves outputs padded on request).
 // Which output dims to unpad is declared here, never guessed from sizes.
+//
+// Several independent symbols (batch and sequence): `bucket_sizes` gives each bucket id its own
+// size per symbol ({id: {"s0": 4, "s1": 128}}); a call then takes the fitting bucket with the
+// fewest padded elements (product of its symbol sizes). Without it every symbol of bucket b has
+// size b, as above.
 #pragma once
 
 #include <cstdint>
@@ -35,7 +40,8 @@ class Bundle {
   Bundle(std::string name, std::map<std::int64_t, std::shared_ptr<Model>> buckets,
          std::vector<std::vector<DynamicDim>> input_dims,
          std::vector<std::vector<DynamicDim>> output_dims, std::vector<double> fill_values,
-         bool pipelined);
+         bool pipelined,
+         std::map<std::int64_t, std::map<std::string, std::int64_t>> bucket_sizes = {});
 
   const std::string& name() const { return name_; }
   bool pipelined() const { return pipelined_; }
@@ -43,6 +49,11 @@ class Bundle {
   const std::vector<std::vector<DynamicDim>>& input_dims() const { return input_dims_; }
   const std::vector<std::vector<DynamicDim>>& output_dims() const { return output_dims_; }
   const std::vector<double>& fill_values() const { return fill_values_; }
+  // The size of `symbol` in `bucket`: its entry in bucket_sizes, else the bucket id itself.
+  std::int64_t symbol_size(std::int64_t bucket, const std::string& symbol) const;
+  const std::map<std::int64_t, std::map<std::string, std::int64_t>>& bucket_sizes() const {
+    return bucket_sizes_;
+  }
   const std::shared_ptr<Device>& device() const;
   std::string context() const { return "bundle '" + name_ + "': "; }
 
@@ -61,6 +72,7 @@ class Bundle {
   std::vector<double> fill_values_;
   std::vector<std::vector<std::byte>> fill_patterns_;
   bool pipelined_;
+  std::map<std::int64_t, std::map<std::string, std::int64_t>> bucket_sizes_;
 };
 
 // The bytes of `value` as one element of `dtype`; InvalidArgument if not representable.

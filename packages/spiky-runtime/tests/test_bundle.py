@@ -140,3 +140,43 @@ def test_pad_ratio_and_pad_time(dev: rt.Device) -> None:
     assert s.total_executions == 2
     dev.reset_stats()
     assert dev.stats().pad_ratio == 0.0 and dev.stats().total_pad_time_ms == 0.0
+
+
+# (batch bucket, seq bucket) per bucket id; calls take the fitting bucket with the fewest elements.
+TWO_SYMBOL_BUCKETS = {1: (4, 16), 2: (8, 8), 3: (4, 8), 4: (16, 32)}
+
+
+@pytest.mark.smoke
+@pytest.mark.parametrize(("batch", "seq", "bucket"), [
+    (3, 7, 3), (4, 8, 3), (5, 8, 2), (2, 9, 1), (8, 9, 4), (16, 32, 4), (1, 1, 3),
+])
+def test_independent_symbols_pick_per_symbol_buckets(dev: rt.Device, batch: int, seq: int, bucket: int) -> None:
+    models = {
+        i: dev.load_host_model(lambda xs: [np.array(xs[0]) + 1, np.array(xs[0].sum(axis=1))],
+                               [spec((b, s))], [spec((b, s)), spec((b,))], f"two{i}")
+        for i, (b, s) in TWO_SYMBOL_BUCKETS.items()
+    }
+    sizes = {i: {"s0": b, "s1": s} for i, (b, s) in TWO_SYMBOL_BUCKETS.items()}
+    bundle = rt.Bundle(models, input_dims=[{0: "s0", 1: "s1"}], output_dims=[{0: "s0", 1: "s1"}, {0: "s0"}],
+                       fill_values=[0.0], name="two", bucket_sizes=sizes)
+    x = sample((batch, seq), "float32")
+    assert bundle.select_bucket([spec((batch, seq))]) == bucket
+    assert bundle.bucket_sizes(bucket) == sizes[bucket]
+    plus_one, row_sums = bundle.run([x])
+    np.testing.assert_array_equal(plus_one, x + 1)
+    np.testing.assert_array_equal(row_sums, x.sum(axis=1))  # zero padding along s1 changes no sum
+    padded, _ = bundle.run([x], unpad=False)
+    assert padded.shape == TWO_SYMBOL_BUCKETS[bucket]
+
+
+def test_independent_symbols_errors(dev: rt.Device) -> None:
+    model = dev.load_host_model(lambda xs: [np.array(xs[0])], [spec((4, 16))], [spec((4, 16))], "m")
+    with pytest.raises(rt.InvalidArgumentError, match=r"bucket 1 has no entry in bucket_sizes"):
+        rt.Bundle({1: model, 2: model}, input_dims=[{0: "s0", 1: "s1"}], bucket_sizes={2: {"s0": 4, "s1": 16}})
+    with pytest.raises(rt.InvalidArgumentError, match=r"lacks a non-negative size for symbol 's1'"):
+        rt.Bundle({1: model}, input_dims=[{0: "s0", 1: "s1"}], bucket_sizes={1: {"s0": 4}})
+    with pytest.raises(rt.InvalidArgumentError, match=r"dynamic dim 1 \('s1'\) is 16; expected the bucket size 8"):
+        rt.Bundle({1: model}, input_dims=[{0: "s0", 1: "s1"}], bucket_sizes={1: {"s0": 4, "s1": 8}})
+    bundle = rt.Bundle({1: model}, input_dims=[{0: "s0", 1: "s1"}], bucket_sizes={1: {"s0": 4, "s1": 16}})
+    with pytest.raises(rt.InvalidArgumentError, match=r"no bucket fits sizes \{s0=5, s1=3\}"):
+        bundle.run([np.zeros((5, 3), np.float32)])

@@ -157,7 +157,9 @@ class Bundle:
         fill_values: Sequence[float] | None = None,
         name: str = "bundle",
         pipelined: bool = False,
+        bucket_sizes: Mapping[int, Mapping[str, int]] | None = None,
     ) -> None: ...
+    def bucket_sizes(self, bucket: int) -> dict[str, int]: ...
     @property
     def name(self) -> str: ...
     @property
