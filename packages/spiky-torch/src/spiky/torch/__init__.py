@@ -16,11 +16,14 @@ from spiky.torch.config import (
     is_nkipy_backend_initialized,
     reset_nkipy_backend,
 )
+from spiky.torch.device import register as register_device
 from spiky.torch.options import OPTIONS, validate_options
 
 register()
+register_device()  # the "nkipy" torch device (builds its extension on first use)
 
 __all__ = [
     "OPTIONS", "BackendConfig", "current_config", "init_nkipy_backend",
-    "is_nkipy_backend_initialized", "nkipy_backend", "reset_nkipy_backend", "validate_options",
+    "is_nkipy_backend_initialized", "nkipy_backend", "register_device", "reset_nkipy_backend",
+    "validate_options",
 ]

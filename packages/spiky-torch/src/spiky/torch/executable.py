@@ -26,6 +26,8 @@ import spiky_runtime as rt
 from spiky.cache import COMPILE_LOG, HLO_PROTO, HLO_TEXT, KERNEL_SOURCE, CacheEntry, CacheKey, CompileCache
 from spiky.torch.collectives import bind_host_collectives, graph_replica_groups, host_replica_groups
 from spiky.torch.config import BackendConfig, current_config
+from spiky.torch.device import is_device_tensor
+from spiky.torch.device_call import call_on_device
 from spiky.torch.neuronx_cc import NeuronCompiler, compile_neff, detect_target, find_neuronx_cc
 from spiky.torch.options import Options
 from spiky.torch.targets import runtime_device
@@ -38,7 +40,7 @@ log = logging.getLogger("spiky.compile")
 
 HOST_PIPELINE = "spiky-ir-hlo"
 """The ``compiler`` of host cache entries; its version is spiky-ir's."""
-_NOT_IN_KEY = frozenset({"dump_ir_dir"})
+_NOT_IN_KEY = frozenset({"dump_ir_dir", "keep_outputs_on_device"})
 """Options that do not change the compiled artifact (every other option is part of the key)."""
 
 
@@ -50,6 +52,8 @@ class CompiledGraph:
     """A boxed callable (aot_autograd's calling convention) running one graph on a device."""
 
     _boxed_call = True
+    keep_outputs_on_device = False
+    """Calls with ``"nkipy"`` inputs return outputs in pool memory instead of through the host."""
 
     def __init__(
         self, graph: Graph, device: rt.Device, kernel_name: str, cache_entry: CacheEntry | None = None,
@@ -73,6 +77,8 @@ class CompiledGraph:
         )
 
     def __call__(self, args: list[Any]) -> list[torch.Tensor | None]:
+        if any(is_device_tensor(a) for a in args):
+            return call_on_device(self, args)  # "nkipy" tensors: no host round trip
         arrays = [_to_numpy(a) for a in args]
         args.clear()  # boxed convention: drop our references to the inputs early
         outs = [torch.from_numpy(out) for out in self.model.run(arrays)]
@@ -170,6 +176,7 @@ def compile_graph(gm: fx.GraphModule, target: str, options: Options) -> Compiled
         key, _host_builder(graph, kernel_name, groups), kernel_name=kernel_name
     )
     compiled = CompiledGraph(graph, device, kernel_name, entry, hit, lowered.output_slots)
+    compiled.keep_outputs_on_device = bool(options["keep_outputs_on_device"])
     if not hit:
         device.record_compile()
     log.info(

@@ -31,6 +31,10 @@ def _path_or_none(value: Any) -> str | None:
     return "a directory path (str or os.PathLike) or None"
 
 
+def _bool(value: Any) -> str | None:
+    return None if isinstance(value, bool) else "True or False"
+
+
 OPTIONS: dict[str, OptionSpec] = {
     spec.name: spec
     for spec in (
@@ -39,6 +43,12 @@ OPTIONS: dict[str, OptionSpec] = {
             None,
             "directory where each compiled graph's IR text is written as <kernel>.ir.txt",
             _path_or_none,
+        ),
+        OptionSpec(
+            "keep_outputs_on_device",
+            False,
+            "calls with \"nkipy\" inputs return outputs that own pool memory (no copy through the host)",
+            _bool,
         ),
     )
 }

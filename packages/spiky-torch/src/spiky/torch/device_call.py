@@ -1,0 +1,61 @@
+"""Compiled calls on ``"nkipy"`` tensors: inputs and outputs stay in the device's pool.
+
+:class:`~spiky.torch.executable.CompiledGraph` hands a call here when any input is an
+``nkipy`` tensor. Device inputs enter the runtime as DeviceTensors over their own memory (no
+copy); CPU inputs (e.g. scalars) are uploaded. Outputs:
+
+- ``keep_outputs_on_device=True``: the call's DeviceTensors become ``nkipy`` tensors owning
+  that pool memory. With a pipelined bundle the call returns once queued; reading an output
+  (``.cpu()``, another op) waits for it.
+- default: outputs are downloaded and copied into fresh ``nkipy`` tensors (the host round
+  trip the option avoids), so they are still on the device the graph's inputs were on.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+import spiky_runtime as rt
+from spiky.torch.device import adopt_output, is_device_tensor, runtime_input
+
+if TYPE_CHECKING:
+    from spiky.torch.executable import CompiledGraph
+
+
+def _bundle(compiled: CompiledGraph) -> rt.Bundle:
+    """A one-model bundle (static shapes) of the graph: what takes DeviceTensor inputs."""
+    bundle: rt.Bundle | None = compiled.__dict__.get("_device_bundle")
+    if bundle is None:
+        pipelined = bool(getattr(compiled, "pipelined", False))
+        bundle = rt.Bundle({0: compiled.model}, name=compiled.kernel_name, pipelined=pipelined)
+        compiled.__dict__["_device_bundle"] = bundle
+    return bundle
+
+
+def _input(value: Any) -> rt.DeviceTensor | np.ndarray[Any, Any]:
+    if is_device_tensor(value):
+        return runtime_input(value)
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"compiled graph input {value!r} is not a tensor")
+    return value.detach().contiguous().numpy()
+
+
+def call_on_device(compiled: CompiledGraph, args: list[Any]) -> list[torch.Tensor | None]:
+    """Run ``compiled`` (boxed convention: ``args`` is cleared) with device-resident I/O."""
+    device = next(a.device for a in args if is_device_tensor(a))
+    index = device.index or 0
+    inputs = [_input(a) for a in args]
+    args.clear()
+    keep = compiled.keep_outputs_on_device
+    future = _bundle(compiled).submit(inputs, to_host=not keep)
+    del inputs
+    outs: list[torch.Tensor]
+    if keep:
+        outs = [adopt_output(t, index) for t in future.result()]
+    else:
+        outs = [torch.from_numpy(a).to(device) for a in future.result()]
+    slots = compiled.output_slots if compiled.output_slots is not None else range(len(outs))
+    return [None if slot is None else outs[slot] for slot in slots]
