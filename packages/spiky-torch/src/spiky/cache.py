@@ -422,7 +422,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m spiky.cache", description="Inspect the spiky compile cache.")
     parser.add_argument("--dir", help="cache directory (default: $SPIKY_CACHE or ~/.cache/spiky)")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("list", help="entries with sizes and ages")
+    sub.add_parser("list", aliases=["ls"], help="entries with sizes and ages")
     show_p = sub.add_parser("show", help="one entry's metadata and files")
     show_p.add_argument("key", help="key prefix or kernel name")
     clear_p = sub.add_parser("clear", help="remove entries")
@@ -432,7 +432,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     cache = CompileCache(args.dir or default_cache_dir())
     out = sys.stdout
-    if args.command == "list":
+    if args.command in ("list", "ls"):
         entries = cache.entries()
         out.write(f"{'key':14} {'kernel':20} {'target':7} {'size':>10} {'age':>9}\n")
         for e in entries:
