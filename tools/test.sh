@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# README command 2: set up (idempotent), then ruff, mypy --strict on every package, and
-# every test (C++ built with -Wall -Wextra -Werror by the bootstrap). Extra arguments go
-# to pytest, e.g. `tools/test.sh -m smoke` for the fast subset.
+# README command 2: set up (idempotent), then ruff, mypy --strict on every package, every
+# test (C++ built with -Wall -Wextra -Werror by the bootstrap), and the runtime's C++ tests
+# under ASan/UBSan. Extra arguments go to pytest only, e.g. `tools/test.sh -m smoke` for the
+# fast subset (which skips the sanitizer build).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bash "$root/tools/bootstrap.sh"
@@ -12,4 +13,8 @@ echo "[test] ruff" >&2
 echo "[test] mypy --strict" >&2
 "$bin/mypy" packages/spiky-ir/src packages/spiky-runtime/src packages/spiky-dist/src packages/spiky-torch/src
 echo "[test] pytest" >&2
-exec "$bin/python" -m pytest "$@"
+"$bin/python" -m pytest "$@"
+if [ $# -eq 0 ]; then  # the full run (not a `-m smoke` selection) also runs the sanitizers
+  echo "[test] AddressSanitizer + UBSan build of the runtime's C++ tests" >&2
+  bash "$root/tools/asan.sh"
+fi
