@@ -12,9 +12,9 @@ echo "[test] ruff" >&2
 "$bin/ruff" check .
 echo "[test] mypy --strict" >&2
 "$bin/mypy" packages/spiky-ir/src packages/spiky-runtime/src packages/spiky-dist/src packages/spiky-torch/src
-echo "[test] pytest" >&2
-"$bin/python" -m pytest "$@"
 if [ $# -eq 0 ]; then  # the full run (not a `-m smoke` selection) also runs the sanitizers
   echo "[test] AddressSanitizer + UBSan build of the runtime's C++ tests" >&2
   bash "$root/tools/asan.sh"
 fi
+echo "[test] pytest" >&2
+exec "$bin/python" -m pytest "$@"
