@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -257,6 +257,9 @@ class LoweredGraph:
 
     graph: Graph
     output_slots: list[OutputSlot]
+    dim_outputs: dict[int, Dim] = field(default_factory=dict)
+    """FX output index → the symbolic size it returns (forward graphs of dynamic-shape training
+    save sizes for the backward); its slot is ``None``. Evaluate with the call's symbol values."""
 
 
 def lower_fx_graph(gm: fx.GraphModule, name: str = "main") -> LoweredGraph:
@@ -268,6 +271,7 @@ def lower_fx_graph(gm: fx.GraphModule, name: str = "main") -> LoweredGraph:
     graph = Graph(name=name)
     ctx = LoweringContext(graph)
     slots: list[OutputSlot] = []
+    dim_outputs: dict[int, Dim] = {}
     for node in gm.graph.nodes:
         ctx.node = node
         val = node.meta.get("val")
@@ -300,6 +304,9 @@ def lower_fx_graph(gm: fx.GraphModule, name: str = "main") -> LoweredGraph:
                 elif isinstance(mapped, Value):
                     slots.append(len(values))
                     values.append(mapped)
+                elif isinstance(mapped, int | str) and not isinstance(mapped, bool):
+                    dim_outputs[len(slots)] = canonical(mapped)
+                    slots.append(None)
                 else:
                     raise LoweringError(
                         f"graph output {out} is {mapped!r}, not a tensor; symbolic-size outputs "
@@ -309,12 +316,17 @@ def lower_fx_graph(gm: fx.GraphModule, name: str = "main") -> LoweredGraph:
         else:
             raise LoweringError(f"FX node '{node.name}' of kind '{node.op}' is not lowered (only ATen graphs are)")
     verify(graph)
-    return LoweredGraph(graph, slots)
+    return LoweredGraph(graph, slots, dim_outputs)
 
 
 def lower_fx(gm: fx.GraphModule, name: str = "main") -> Graph:
     """Lower an ATen-level FX graph whose outputs are all tensors to a verified IR graph."""
     lowered = lower_fx_graph(gm, name)
+    if lowered.dim_outputs:
+        raise LoweringError(
+            f"graph '{name}' returns symbolic sizes at output(s) {sorted(lowered.dim_outputs)}; "
+            "use lower_fx_graph"
+        )
     if None in lowered.output_slots:
         raise LoweringError(
             f"graph '{name}' returns None at output(s) "
@@ -436,6 +448,13 @@ def _scaled(ctx: LoweringContext, value: Any, alpha: Any) -> Any:
 def _add(ctx: LoweringContext, node: fx.Node) -> Value:
     other = _scaled(ctx, ctx.arg(node, 1), ctx.kwarg(node, 2, "alpha", 1))
     return ctx.binary("add", ctx.arg(node, 0), other)
+
+
+@lowers(torch.ops.prims.fma.default)
+def _fma(ctx: LoweringContext, node: fx.Node) -> Value:
+    """a * b + c, rounded twice (lerp decomposes to it: AdamW's moment updates)."""
+    product = ctx.binary("multiply", ctx.arg(node, 0), ctx.arg(node, 1))
+    return ctx.binary("add", product, ctx.arg(node, 2))
 
 
 @lowers(aten.sub.Tensor, aten.sub.Scalar)

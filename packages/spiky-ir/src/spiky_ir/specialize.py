@@ -18,7 +18,7 @@ import numpy as np
 from spiky_ir.errors import IRError, ShapeError
 from spiky_ir.ir import Attr, Graph, TensorType, Value
 from spiky_ir.ops import get_op
-from spiky_ir.symbolic import Dim, dim_eval, dim_symbols, solve_binding
+from spiky_ir.symbolic import Dim, dim_eval, dim_rename, dim_symbols, solve_binding
 
 
 def graph_symbols(graph: Graph) -> set[str]:
@@ -59,6 +59,32 @@ def specialize(graph: Graph, bindings: Mapping[str, int]) -> Graph:
                                source=node.source, result_names=[v.name for v in node.outputs])
         except ShapeError as exc:
             raise ShapeError(f"specializing {dict(bindings)} breaks node #{index} {node.describe()}: {exc}") from None
+        for old, value in zip(node.outputs, new.outputs, strict=True):
+            env[id(old)] = value
+    out.set_outputs([env[id(v)] for v in graph.outputs])
+    return out
+
+
+def rename_symbols(graph: Graph, mapping: Mapping[str, str]) -> Graph:
+    """A copy of ``graph`` with symbols renamed (e.g. Dynamo's ``s77``, ``s27`` to ``s0``, ``s1``)."""
+    out = Graph(name=graph.name)
+    env: dict[int, Value] = {}
+
+    def attr(kind: str, value: Attr) -> Attr:
+        if kind == "dims" and isinstance(value, tuple):
+            return tuple(dim_rename(d, mapping) for d in value)
+        if kind == "dim" and isinstance(value, int | str) and not isinstance(value, bool):
+            return dim_rename(value, mapping)
+        return value
+
+    for value in graph.inputs:
+        t = TensorType(tuple(dim_rename(d, mapping) for d in value.type.shape), value.type.dtype)
+        env[id(value)] = out.add_input(value.name, t, exact=True)
+    for node in graph.nodes:
+        kinds = get_op(node.op).attrs
+        attrs = {k: attr(kinds.get(k, ""), v) for k, v in node.attrs.items()}
+        new = out.add_node(node.op, [env[id(v)] for v in node.inputs], attrs,
+                           source=node.source, result_names=[v.name for v in node.outputs])
         for old, value in zip(node.outputs, new.outputs, strict=True):
             env[id(old)] = value
     out.set_outputs([env[id(v)] for v in graph.outputs])

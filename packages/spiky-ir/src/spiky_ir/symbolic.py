@@ -229,3 +229,14 @@ def solve_binding(dim: Dim, size: int, bindings: dict[str, int]) -> None:
     if (size - const) % coef:
         raise ShapeError(f"dim {dim!r} cannot equal {size}")
     bindings[sym] = (size - const) // coef
+
+
+def dim_rename(dim: Dim, mapping: Mapping[str, str]) -> Dim:
+    """``dim`` with its symbols renamed (``dim_rename("s77*s27", {"s77": "s0", "s27": "s1"})`` → ``"s0*s1"``)."""
+    if isinstance(dim, int):
+        return dim
+    out: Poly = {}
+    for mono, coef in to_poly(dim).items():
+        key = tuple(sorted(mapping.get(s, s) for s in mono))
+        out[key] = out.get(key, 0) + coef
+    return from_poly(out)
