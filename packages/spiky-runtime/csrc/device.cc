@@ -116,7 +116,12 @@ void Device::clear_registry() {
     std::lock_guard<std::mutex> lock(reg.mutex);
     victims.swap(reg.devices);
   }
-  for (auto& [key, device] : victims) device->executor().shutdown();
+  for (auto& [key, device] : victims) {
+    device->executor().shutdown();
+    // Cached blocks go back to the driver now, while its runtime is open (nrt closes next),
+    // even when Python objects keep the device alive past the registry.
+    device->pool().clear_cache();
+  }
 }
 
 Device::Device(std::shared_ptr<Driver> driver)

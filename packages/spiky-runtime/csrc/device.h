@@ -37,8 +37,9 @@ class Device : public std::enable_shared_from_this<Device> {
                                      std::optional<std::int64_t> capacity_bytes);
   static int device_count(const std::string& driver);
   static std::vector<std::string> driver_names();
-  // Finishes the work in flight on every registered device, stops their pipeline threads and
-  // drops the registry. Called at interpreter exit (with the GIL released).
+  // Finishes the work in flight on every registered device, stops their pipeline threads,
+  // returns their cached memory to the drivers and drops the registry. Called at interpreter
+  // exit (with the GIL released).
   static void clear_registry();
 
   explicit Device(std::shared_ptr<Driver> driver);
