@@ -228,6 +228,14 @@ def _sym_dim(value: Any) -> Dim:
     try:
         return canonical(str(expr))
     except SpikyError:
+        pass
+    try:  # e.g. (s0**2)//s0 when Dynamo gave two equal sizes one symbol
+        import sympy  # type: ignore[import-untyped]
+        from torch.utils._sympy.functions import FloorDiv
+
+        plain = expr.replace(FloorDiv, lambda a, b: sympy.floor(a / b))
+        return canonical(str(sympy.expand(sympy.simplify(plain))))
+    except (SpikyError, TypeError, ValueError):
         raise LoweringError(
             f"symbolic size {expr} is not an integer polynomial of the input sizes; spiky-ir "
             "dims support +, - and *; mark fewer dims dynamic or compile with static shapes"

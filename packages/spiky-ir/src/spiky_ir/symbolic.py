@@ -66,11 +66,24 @@ def _parse(text: str) -> tuple[tuple[tuple[str, ...], int], ...]:
             "over symbols, e.g. '4*s0+1'"
         )
 
+    def power() -> Poly:
+        base = atom()
+        if peek() == "*" and pos + 1 < len(tokens) and tokens[pos + 1] == "*":  # sympy's s0**2
+            take(), take()
+            exponent = take()
+            if not exponent.isdigit():
+                raise ShapeError(f"dim expression {text!r} has a non-integer exponent {exponent!r}")
+            out: Poly = {(): 1}
+            for _ in range(int(exponent)):
+                out = _poly_mul(out, base)
+            return out
+        return base
+
     def term() -> Poly:
-        out = atom()
+        out = power()
         while peek() == "*":
             take()
-            out = _poly_mul(out, atom())
+            out = _poly_mul(out, power())
         return out
 
     def expr() -> Poly:

@@ -33,6 +33,8 @@ from spiky.stats import (
     reset_stats,
     trim_memory_pool,
 )
+from spiky.torch.dynamic import bucket_stats, real_shape
+from spiky.torch.dynamic import unpad_tensor as unpad
 
 __version__ = "0.1.0"
 
@@ -41,6 +43,6 @@ configure_logs_from_env()
 __all__ = [
     "IRError", "LoweringError", "OutOfMemoryError", "SpikyCompileError", "SpikyConfigError", "SpikyError",
     "SpikyOptionError", "SpikyRuntimeError", "SpikyShapeError", "SpikyTargetError", "__version__",
-    "cache", "clear_memory_pool", "compile", "configure_logs", "device_count", "get_memory_stats", "get_stats",
-    "reset_stats", "trim_memory_pool",
+    "bucket_stats", "cache", "clear_memory_pool", "compile", "configure_logs", "device_count", "get_memory_stats",
+    "get_stats", "real_shape", "reset_stats", "trim_memory_pool", "unpad",
 ]

@@ -11,6 +11,7 @@ from torch._decomp import core_aten_decompositions
 from torch._dynamo.backends.common import aot_autograd
 
 from spiky.torch.config import current_config
+from spiky.torch.dynamic import compile_dynamic, is_dynamic, with_static_layouts
 from spiky.torch.executable import compile_graph
 from spiky.torch.options import validate_options
 
@@ -29,7 +30,9 @@ def nkipy_backend(
     config = current_config()
 
     def compiler(graph_module: fx.GraphModule, _inputs: Sequence[torch.Tensor]) -> Any:
-        return compile_graph(graph_module, config.target, validated)
+        if is_dynamic(graph_module):  # symbolic sizes: buckets, padding, JIT (spiky.torch.dynamic)
+            return compile_dynamic(graph_module, config.target, validated)
+        return with_static_layouts(compile_graph(graph_module, config.target, validated), validated)
 
     backend = aot_autograd(
         fw_compiler=compiler,

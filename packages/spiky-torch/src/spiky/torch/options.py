@@ -35,6 +35,59 @@ def _bool(value: Any) -> str | None:
     return None if isinstance(value, bool) else "True or False"
 
 
+def _bucket_spec(value: Any) -> str | None:
+    """``buckets``: None, a list of sizes (every dynamic symbol), or {symbol: list of sizes}."""
+    from spiky.torch.buckets import _bucket_list
+
+    try:
+        if isinstance(value, Mapping):
+            for symbol, sizes in value.items():
+                if not isinstance(symbol, str):
+                    return "a dict keyed by symbol names ('s0', 's1', ...)"
+                _bucket_list(sizes, f"buckets[{symbol!r}]")
+        elif value is not None:
+            _bucket_list(value, "buckets")
+    except SpikyOptionError as exc:
+        return f"None, a list of positive ints, or {{symbol: list}} ({exc})"
+    return None
+
+
+def _positive_int(value: Any) -> str | None:
+    return None if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else "an int >= 1"
+
+
+def _one_of(*choices: str) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        return None if value in choices else "one of " + ", ".join(repr(c) for c in choices)
+
+    return check
+
+
+def _is_bool(value: Any) -> str | None:
+    return None if isinstance(value, bool) else "True or False"
+
+
+DYNAMIC_OPTIONS = (
+    OptionSpec("buckets", None, "bucket sizes of dynamic dims: a list (every symbol) or {'s0': [...], 's1': [...]}; "
+               "symbols are numbered s0, s1, ... in order of first appearance in the inputs", _bucket_spec),
+    OptionSpec("jit", True, "compile a bucket on demand for a size no compiled bucket fits; False: sizes "
+               "beyond the largest bucket raise SpikyShapeError", _is_bool),
+    OptionSpec("precompile", False, "compile every bucket of the ladder (or the listed buckets) on the first call",
+               _is_bool),
+    OptionSpec("bucket_strategy", "pow2", "default ladder without explicit buckets: 'pow2' or 'linear'",
+               _one_of("pow2", "linear")),
+    OptionSpec("min_bucket", 1, "smallest bucket of the default ladder", _positive_int),
+    OptionSpec("max_bucket_size", 65536, "largest bucket of the default ladder; larger sizes raise", _positive_int),
+    OptionSpec("linear_step", 64, "step of the 'linear' ladder", _positive_int),
+    OptionSpec("input_layout", "unpadded", "'padded': dynamic inputs are bucket-sized tensors carrying their "
+               "real shape (from a previous output_layout='padded' call) and are not padded again",
+               _one_of("unpadded", "padded")),
+    OptionSpec("output_layout", "unpadded", "'padded': outputs stay bucket-sized and carry their real shape "
+               "(spiky.real_shape(t), spiky.unpad(t))", _one_of("unpadded", "padded")),
+)
+"""Options of dynamic shapes (issue 7): see spiky.torch.buckets and spiky.torch.dynamic."""
+
+
 OPTIONS: dict[str, OptionSpec] = {
     spec.name: spec
     for spec in (
@@ -50,6 +103,7 @@ OPTIONS: dict[str, OptionSpec] = {
             "calls with \"nkipy\" inputs return outputs that own pool memory (no copy through the host)",
             _bool,
         ),
+        *DYNAMIC_OPTIONS,
     )
 }
 

@@ -1,0 +1,505 @@
+"""Dynamic shapes: one symbolic lowering, buckets compiled on demand, padding that never changes results.
+
+A Dynamo graph with symbolic sizes (``dynamic=True``, ``mark_dynamic``, automatic dynamic) is
+lowered once. Its symbols are renamed ``s0, s1, ...`` in order of first appearance in the
+inputs (so ``options={"buckets": {"s0": [...], "s1": [...]}}`` names batch and sequence of a
+``(batch, seq, d)`` input). Then:
+
+1. :func:`spiky_ir.padding.pad_graph` decides per symbol whether padding can change a result,
+   masks the ops that mix data along padded dims, and adds one int64 scalar input per symbol
+   whose real length the masks need. Symbols it cannot make safe compile at exact sizes
+   (logged once, in ``spiky.buckets``).
+2. Each call reads the symbol values off the input shapes, picks a bucket per symbol with the
+   :class:`~spiky.torch.buckets.BucketPolicy` (exact size for unsafe symbols), compiles the
+   bucket if needed (specialize → compile cache → load: "JIT"), and runs it through a runtime
+   :class:`spiky_runtime.Bundle` that pads on device and unpads the outputs along the dims
+   they carry (tracked symbolically by the padding pass, never guessed from sizes).
+
+Layouts: ``output_layout="padded"`` returns bucket-sized outputs that carry their real shape
+(:func:`real_shape`); ``input_layout="padded"`` takes such tensors without padding them again.
+
+Per-function statistics: :func:`bucket_stats` (bucket hits, compiles, JIT compiles, pad ratio).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import weakref
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import fx
+
+import spiky_runtime as rt
+from spiky.cache import CompileCache
+from spiky.errors import SpikyOptionError, SpikyShapeError
+from spiky.torch.buckets import BucketPolicy
+from spiky.torch.config import current_config
+from spiky.torch.executable import _host_builder, cache_key, kernel_name_of
+from spiky.torch.options import Options
+from spiky.torch.targets import runtime_device
+from spiky_ir import Graph, execute, optimize, print_graph, specialize
+from spiky_ir.fx import lower_fx_graph
+from spiky_ir.padding import PaddedGraph, pad_graph, unpad
+from spiky_ir.specialize import bindings_for, rename_symbols
+from spiky_ir.symbolic import Dim, dim_eval, dim_symbols
+
+log = logging.getLogger("spiky.buckets")
+
+BucketKey = tuple[int, ...]
+"""One bucket: a size per symbol, in the order of :attr:`DynamicGraph.symbols`."""
+
+
+def is_dynamic(gm: fx.GraphModule) -> bool:
+    """Whether a Dynamo/aot graph has symbolic sizes (SymInt inputs or symbolic tensor shapes)."""
+    for node in gm.graph.nodes:
+        if node.op != "placeholder":
+            continue
+        val = node.meta.get("val")
+        if isinstance(val, torch.SymInt):
+            return True
+        if isinstance(val, torch.Tensor) and any(isinstance(d, torch.SymInt) for d in val.shape):
+            return True
+    return False
+
+
+# --- real-shape metadata of padded tensors -----------------------------------------------------
+
+_REAL_ATTR = "_spiky_real_shape"
+_real_by_ptr: dict[int, tuple[weakref.ref[torch.Tensor], tuple[int, ...]]] = {}
+
+
+def _set_real_shape(tensor: torch.Tensor, real: tuple[int, ...]) -> None:
+    setattr(tensor, _REAL_ATTR, real)
+    ptr = tensor.data_ptr()
+
+    def forget(_ref: weakref.ref[torch.Tensor]) -> None:
+        _real_by_ptr.pop(ptr, None)
+
+    _real_by_ptr[ptr] = (weakref.ref(tensor, forget), real)
+
+
+def real_shape(tensor: torch.Tensor) -> tuple[int, ...] | None:
+    """The real (unpadded) shape of a bucket-sized tensor returned with ``output_layout="padded"``
+    (None for other tensors). Views sharing its storage start (``.detach()``) carry it too.
+
+    >>> real_shape(torch.zeros(2))  # an ordinary tensor
+    """
+    real = getattr(tensor, _REAL_ATTR, None)
+    if real is None and tensor.numel():
+        entry = _real_by_ptr.get(tensor.data_ptr())
+        if entry is not None and (owner := entry[0]()) is not None and owner.shape == tensor.shape:
+            real = entry[1]
+    return tuple(real) if real is not None else None
+
+
+def unpad_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """A padded tensor cropped to its real shape (the tensor itself when it carries none)."""
+    real = real_shape(tensor)
+    if real is None or tuple(tensor.shape) == real:
+        return tensor
+    return tensor[tuple(slice(0, n) for n in real)]
+
+
+# --- statistics ------------------------------------------------------------------------------------
+
+
+@dataclass
+class BucketStats:
+    """What one dynamic compiled graph did: buckets, hits, compiles, padding."""
+
+    name: str
+    symbols: tuple[str, ...]
+    padded: tuple[str, ...]
+    exact: dict[str, str]
+    bucket_hits: Counter[BucketKey] = field(default_factory=Counter)
+    compiles: int = 0
+    """Buckets built or loaded from the disk cache (precompile included)."""
+    jit_compiles: int = 0
+    """Of those, the ones a call triggered because no compiled bucket fitted."""
+    cache_hits: int = 0
+    """Buckets found in the on-disk compile cache (no new compile)."""
+    calls: int = 0
+    padded_elements: int = 0
+    real_elements: int = 0
+    recompile_reasons: list[str] = field(default_factory=list)
+
+    @property
+    def pad_ratio(self) -> float:
+        """Bucket-sized input elements over real input elements, over all calls (1.0 = no padding)."""
+        return self.padded_elements / self.real_elements if self.real_elements else 1.0
+
+
+_STATS: list[weakref.ref[DynamicGraph]] = []
+
+
+def bucket_stats() -> list[BucketStats]:
+    """Per dynamic compiled graph still alive: bucket hits, compiles, JIT compiles, pad ratio."""
+    out: list[BucketStats] = []
+    for ref in list(_STATS):
+        graph = ref()
+        if graph is None:
+            _STATS.remove(ref)
+        else:
+            out.append(graph.stats)
+    return out
+
+
+def reset_bucket_stats() -> None:
+    """Forget the graphs :func:`bucket_stats` reports (they keep working)."""
+    _STATS.clear()
+
+
+# --- the compiled graph ------------------------------------------------------------------------------
+
+
+def _symbol_order(graph: Graph) -> list[str]:
+    order: list[str] = []
+    for value in graph.inputs:
+        for dim in value.type.shape:
+            for sym in ([dim] if isinstance(dim, str) and dim.isidentifier() else sorted(dim_symbols(dim))):
+                if sym not in order:
+                    order.append(sym)
+    return order
+
+
+def _to_numpy(value: Any) -> np.ndarray[Any, Any]:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"compiled graph input {value!r} is not a tensor")
+    return value.detach().contiguous().numpy()
+
+
+class DynamicGraph:
+    """A boxed callable (aot_autograd's convention) serving every size of one symbolic graph."""
+
+    _boxed_call = True
+
+    def __init__(self, gm: fx.GraphModule, target: str, options: Options) -> None:
+        self._boxed_call = True
+        start = time.perf_counter()
+        self.target = target
+        self.options = options
+        self.tensor_args = [isinstance(n.meta.get("val"), torch.Tensor)
+                            for n in gm.graph.nodes if n.op == "placeholder"]
+        lowered = lower_fx_graph(gm)
+        self.output_slots = lowered.output_slots
+        graph = optimize(lowered.graph)
+        rename = {old: f"s{i}" for i, old in enumerate(_symbol_order(graph))}
+        self.graph = rename_symbols(graph, rename)
+        self.dim_outputs: dict[int, Dim] = {
+            i: dim_eval(d, {}) if isinstance(d, int) else _renamed(d, rename) for i, d in lowered.dim_outputs.items()
+        }
+        self.symbols: tuple[str, ...] = tuple(rename.values())
+        self.policy = BucketPolicy.from_options(options.values)
+        self._check_bucket_symbols()
+        # Which input axes carry a symbol alone: the runtime pads those and reads sizes off them.
+        self.input_dims: list[dict[int, str]] = []
+        not_plain: set[str] = set()
+        for value in self.graph.inputs:
+            dims: dict[int, str] = {}
+            for axis, dim in enumerate(value.type.shape):
+                if isinstance(dim, str) and dim.isidentifier():
+                    dims[axis] = dim
+                elif isinstance(dim, str):
+                    not_plain |= dim_symbols(dim)
+            self.input_dims.append(dims)
+        plain = {s for dims in self.input_dims for s in dims.values()}
+        candidates = (plain - not_plain) & set(self.symbols)
+        self.plan: PaddedGraph = pad_graph(self.graph, candidates)
+        exact = dict(self.plan.exact)
+        for sym in self.symbols:
+            if sym not in self.plan.padded and sym not in exact:
+                exact[sym] = "it appears in an input only inside a size expression, which the runtime cannot pad"
+        self.name = kernel_name_of(print_graph(self.graph))
+        for sym, why in sorted(exact.items()):
+            log.warning("%s: %s is compiled at exact sizes instead of padded: %s", self.name, sym, why)
+        self.stats = BucketStats(self.name, self.symbols, tuple(sorted(self.plan.padded)), exact)
+        _STATS.append(weakref.ref(self))
+        # Outputs whose padded axes are all a symbol alone are unpadded by the runtime, others here.
+        self.output_dims: list[dict[int, str] | None] = []
+        self.runtime_unpads: list[bool] = []
+        for layout in self.plan.output_layouts:
+            dims = {}
+            simple = True
+            for axis, factors in enumerate(layout):
+                padded = [f for f in factors if isinstance(f, str) and dim_symbols(f) & self.plan.padded]
+                if not padded:
+                    continue
+                if len(factors) == 1 and factors[0] in self.plan.padded:
+                    dims[axis] = str(factors[0])
+                else:
+                    simple = False
+            self.output_dims.append(dims if simple else None)
+            self.runtime_unpads.append(simple)
+        self.device = runtime_device(target)
+        self.models: dict[BucketKey, rt.Model] = {}
+        self.bundles: dict[BucketKey, rt.Bundle] = {}
+        self._precompiled = False
+        log.info("%s: dynamic graph over %s (padded %s, exact %s), lowered in %.1f ms", self.name,
+                 list(self.symbols), sorted(self.plan.padded), sorted(exact), (time.perf_counter() - start) * 1e3)
+
+    # -- buckets --
+
+    def _check_bucket_symbols(self) -> None:
+        raw = self.options["buckets"]
+        if isinstance(raw, Mapping):
+            unknown = sorted(set(raw) - set(self.symbols) - {"*"})
+            if unknown:
+                raise SpikyOptionError(
+                    f"option 'buckets' names symbol(s) {unknown}, but this graph's dynamic symbols are "
+                    f"{list(self.symbols)} (numbered in order of first appearance in the inputs)"
+                )
+
+    def _compiled_sizes(self, index: int) -> set[int]:
+        return {key[index] for key in self.models}
+
+    def choose(self, sizes: Mapping[str, int], given: Mapping[str, int] | None = None) -> BucketKey:
+        """The bucket of a call with these symbol sizes (exact sizes for unpaddable symbols;
+        ``given``: buckets of inputs that arrive already padded)."""
+        key: list[int] = []
+        for i, sym in enumerate(self.symbols):
+            size = sizes[sym]
+            if given and sym in given:
+                key.append(given[sym])
+            elif sym not in self.plan.padded:
+                if size < 1:
+                    raise SpikyShapeError(f"dynamic dim {sym} has size {size}; sizes must be >= 1")
+                key.append(size)
+            else:
+                key.append(self.policy.choose(sym, size, self._compiled_sizes(i)))
+        return tuple(key)
+
+    def ladder(self, sym: str) -> list[int]:
+        listed = self.policy.listed(sym)
+        return list(listed) if listed is not None else self.policy.ladder()
+
+    def is_bucket(self, sym: str, size: int) -> bool:
+        i = self.symbols.index(sym)
+        if size in self._compiled_sizes(i):
+            return True
+        listed = self.policy.listed(sym)
+        if listed is not None:
+            return size in listed
+        return size <= self.policy.max_bucket_size and self.policy.ladder_bucket(size) == size
+
+    def compile_bucket(self, key: BucketKey, reason: str, jit: bool) -> None:
+        start = time.perf_counter()
+        bindings = dict(zip(self.symbols, key, strict=True))
+        static = specialize(self.plan.graph, bindings)
+        text = print_graph(static)
+        kernel_name = kernel_name_of(text)
+        config = current_config()
+        ckey = cache_key(text, self.target, self.options, config,
+                         buckets={s: [b] for s, b in bindings.items()})
+        _entry, hit = CompileCache(config.nkipy_cache).get_or_build(
+            ckey, _host_builder(static, kernel_name), kernel_name=kernel_name)
+
+        def run(arrays: list[np.ndarray[Any, Any]]) -> list[np.ndarray[Any, Any]]:
+            return execute(static, arrays)
+
+        self.models[key] = self.device.load_host_model(
+            run,
+            [rt.TensorSpec(v.type.static_shape(), v.type.dtype.to_numpy()) for v in static.inputs],
+            [rt.TensorSpec(v.type.static_shape(), v.type.dtype.to_numpy()) for v in static.outputs],
+            kernel_name,
+        )
+        if not hit:
+            self.device.record_compile()
+        else:
+            self.stats.cache_hits += 1
+        self.stats.compiles += 1
+        self.stats.jit_compiles += int(jit)
+        self.stats.recompile_reasons.append(reason)
+        # One runtime bundle per bucket: its model's static dims (sizes of exact symbols, size
+        # expressions) are then fixed, and the bundle pads to exactly this bucket.
+        self.bundles[key] = rt.Bundle(
+            {1: self.models[key]},
+            input_dims=[*self.input_dims, *({} for _ in self.plan.length_symbols)],
+            output_dims=self.output_dims,
+            name=f"{self.name}[{_describe(self.symbols, key)}]",
+            bucket_sizes={1: dict(zip(self.symbols, key, strict=True))},
+        )
+        log.info("%s: %s bucket %s (%s) in %.1f ms", self.name, "loaded" if hit else "compiled",
+                 _describe(self.symbols, key), reason, (time.perf_counter() - start) * 1e3)
+
+    def precompile(self) -> None:
+        """Compile every bucket of the ladders (the listed buckets, else the default ladder) of the
+        padded symbols; exact symbols still compile per size, on demand."""
+        self._precompiled = True
+        if any(sym not in self.plan.padded for sym in self.symbols):
+            log.warning("%s: precompile skipped: %s compile at exact sizes", self.name,
+                        sorted(set(self.symbols) - self.plan.padded))
+            return
+        keys: list[BucketKey] = [()]
+        for sym in self.symbols:
+            keys = [(*k, b) for k in keys for b in self.ladder(sym)]
+        for n, key in enumerate(keys, 1):
+            if key not in self.models:
+                log.info("%s: precompiling bucket %d/%d: %s", self.name, n, len(keys), _describe(self.symbols, key))
+                self.compile_bucket(key, "precompile", jit=False)
+
+    # -- calls --
+
+    def __call__(self, args: list[Any]) -> list[Any]:
+        tensors = [a for a, is_tensor in zip(args, self.tensor_args, strict=True) if is_tensor]
+        args.clear()
+        if self.options["precompile"] and not self._precompiled:
+            self.precompile()
+        arrays = [_to_numpy(t) for t in tensors]
+        shapes = [a.shape for a in arrays]
+        prepadded = self.options["input_layout"] == "padded"
+        given: dict[str, int] = {}
+        sizes = self._real_sizes(tensors, arrays, given) if prepadded else bindings_for(self.graph, shapes)
+        key = self.choose(sizes, given)
+        if key not in self.models:
+            compiled = sorted(self.models)
+            reason = (f"{_describe(self.symbols, tuple(sizes[s] for s in self.symbols))} fits no compiled bucket "
+                      f"(compiled: {[_describe(self.symbols, k) for k in compiled] or 'none'})")
+            self.compile_bucket(key, reason, jit=True)
+        lengths = [np.array(sizes[s], np.int64) for s in self.plan.length_symbols]
+        self._count(key, arrays, sizes)
+        bucket = dict(zip(self.symbols, key, strict=True))
+        keep_padded = self.options["output_layout"] == "padded"
+        runtime_unpad = not prepadded and not keep_padded
+        outs = self.bundles[key].run([*arrays, *lengths], unpad=runtime_unpad)
+        results: list[torch.Tensor] = []
+        for out, layout, by_runtime in zip(outs, self.plan.output_layouts, self.runtime_unpads, strict=True):
+            if keep_padded and by_runtime:
+                tensor = torch.from_numpy(out)
+                real_out = tuple(self._real_extent(layout, sizes, bucket))
+                _set_real_shape(tensor, real_out)
+            elif runtime_unpad and by_runtime:
+                tensor = torch.from_numpy(out)
+            else:
+                tensor = torch.from_numpy(np.ascontiguousarray(unpad(out, layout, self.plan.padded, sizes, bucket)))
+                if keep_padded:
+                    _set_real_shape(tensor, tuple(tensor.shape))
+            results.append(tensor)
+        return self._slots(results, sizes)
+
+    def _real_extent(self, layout: Any, sizes: Mapping[str, int], bucket: Mapping[str, int]) -> list[int]:
+        from spiky_ir.padding import _real_shape
+
+        return list(_real_shape(layout, self.plan.padded, sizes, bucket)[0])
+
+    def _slots(self, outs: list[torch.Tensor], sizes: Mapping[str, int]) -> list[Any]:
+        result: list[Any] = []
+        for index, slot in enumerate(self.output_slots):
+            if slot is not None:
+                result.append(outs[slot])
+            elif index in self.dim_outputs:
+                value = dim_eval(self.dim_outputs[index], sizes)
+                result.append(int(value))
+            else:
+                result.append(None)
+        return result
+
+    def _count(self, key: BucketKey, arrays: Sequence[np.ndarray[Any, Any]], sizes: Mapping[str, int]) -> None:
+        self.stats.calls += 1
+        self.stats.bucket_hits[key] += 1
+        bucket = dict(zip(self.symbols, key, strict=True))
+        for value, dims in zip(self.graph.inputs, self.input_dims, strict=True):
+            if not dims:
+                continue
+            real = [int(dim_eval(d, sizes)) for d in value.type.shape]
+            padded = [int(dim_eval(d, bucket)) for d in value.type.shape]
+            self.stats.real_elements += int(np.prod(real))
+            self.stats.padded_elements += int(np.prod(padded))
+        del arrays
+
+    def _real_sizes(self, tensors: Sequence[torch.Tensor], arrays: list[np.ndarray[Any, Any]],
+                    given: dict[str, int]) -> dict[str, int]:
+        """``input_layout="padded"``: symbol sizes from the inputs' real-shape metadata; inputs must be
+        bucket-sized along padded symbols (exact symbols are cropped to their real size)."""
+        sizes: dict[str, int] = {}
+        for index, (tensor, dims) in enumerate(zip(tensors, self.input_dims, strict=True)):
+            if not dims:
+                continue
+            real = real_shape(tensor)
+            if real is None:
+                raise SpikyShapeError(
+                    f"input {index} {tuple(tensor.shape)} has no real-shape metadata, but the function was compiled "
+                    "with input_layout='padded'; pass a tensor returned by a function compiled with "
+                    "output_layout='padded', or compile with input_layout='unpadded'"
+                )
+            for axis, sym in dims.items():
+                size, have = real[axis], int(tensor.shape[axis])
+                if sizes.setdefault(sym, size) != size:
+                    raise SpikyShapeError(f"input {index} dim {axis} ({sym}) has real size {size}, but {sym} is "
+                                          f"{sizes[sym]} in an earlier input")
+                if sym in self.plan.padded and not self.is_bucket(sym, have):
+                    known = sorted(self._compiled_sizes(self.symbols.index(sym)) | set(self.ladder(sym)))
+                    raise SpikyShapeError(
+                        f"input {index} dim {axis} ({sym}) is {have}, which is not a bucket of {sym} "
+                        f"(buckets: {known[:12]}{' ...' if len(known) > 12 else ''}); pad it to a bucket "
+                        "or use input_layout='unpadded'"
+                    )
+                if sym in self.plan.padded:
+                    given[sym] = have
+            if any(sym not in self.plan.padded for sym in dims.values()):
+                # exact symbols: crop to the real size (their graph is compiled at exact sizes)
+                index_exp = tuple(slice(0, real[a]) if a in dims and dims[a] not in self.plan.padded
+                                  else slice(None) for a in range(arrays[index].ndim))
+                arrays[index] = np.ascontiguousarray(arrays[index][index_exp])
+        for sym in self.symbols:
+            if sym not in sizes:
+                raise SpikyShapeError(f"symbol {sym} appears in no input with real-shape metadata")
+        return sizes
+
+
+def _renamed(dim: Dim, mapping: Mapping[str, str]) -> Dim:
+    from spiky_ir.symbolic import dim_rename
+
+    return dim_rename(dim, mapping)
+
+
+def _describe(symbols: Sequence[str], key: Sequence[int]) -> str:
+    return ", ".join(f"{s}={n}" for s, n in zip(symbols, key, strict=True)) or "static"
+
+
+class _StaticLayouts:
+    """A static compiled graph under ``input_layout``/``output_layout="padded"``: its sizes are its
+    buckets, so padded inputs must be exactly real-sized and outputs carry their own shape."""
+
+    _boxed_call = True
+
+    def __init__(self, compiled: Any, options: Options) -> None:
+        self._boxed_call = True
+        self.compiled = compiled
+        self.check_inputs = options["input_layout"] == "padded"
+        self.mark_outputs = options["output_layout"] == "padded"
+
+    def __call__(self, args: list[Any]) -> list[Any]:
+        if self.check_inputs:
+            for index, arg in enumerate(args):
+                if isinstance(arg, torch.Tensor) and (real := real_shape(arg)) is not None \
+                        and real != tuple(arg.shape):
+                    raise SpikyShapeError(
+                        f"input {index} is padded to {tuple(arg.shape)} (real {real}), but this graph was "
+                        "compiled for static shapes; compile with dynamic=True (or mark the dim dynamic) "
+                        "to take padded inputs"
+                    )
+        outs: list[Any] = self.compiled(args)
+        if self.mark_outputs:
+            for out in outs:
+                if isinstance(out, torch.Tensor):
+                    _set_real_shape(out, tuple(out.shape))
+        return outs
+
+
+def with_static_layouts(compiled: Any, options: Options) -> Any:
+    """``compiled`` itself, or wrapped to honour the padded layouts on a static graph."""
+    if options["input_layout"] == "padded" or options["output_layout"] == "padded":
+        return _StaticLayouts(compiled, options)
+    return compiled
+
+
+def compile_dynamic(gm: fx.GraphModule, target: str, options: Options) -> DynamicGraph:
+    """The compiled callable of a graph with symbolic sizes (see the module docstring)."""
+    return DynamicGraph(gm, target, options)
+

@@ -1,0 +1,264 @@
+"""Dynamic shapes end to end: buckets, JIT compiles, padding that never changes results, layouts."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import pytest
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch import nn
+
+import spiky
+import spiky.torch
+from spiky.torch.dynamic import BucketStats, bucket_stats, real_shape, reset_bucket_stats
+
+RTOL, ATOL = 1e-5, 1e-5  # fp32, bucket-padded vs eager
+BLOCK_RTOL, BLOCK_ATOL = 1e-4, 1e-5  # attention + two layer norms accumulate more rounding
+
+
+class Block(nn.Module):
+    """A pre-norm transformer block: SDPA with a key-padding mask, layer norms, softmax over the sequence."""
+
+    def __init__(self, d: int = 32, heads: int = 4) -> None:
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
+        self.heads = heads
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        b, s, d = x.shape
+        q, k, v = self.qkv(self.ln1(x)).split(d, dim=-1)
+
+        def heads(t: torch.Tensor) -> torch.Tensor:
+            return t.view(b, s, self.heads, d // self.heads).transpose(1, 2)
+
+        a = F.scaled_dot_product_attention(heads(q), heads(k), heads(v), attn_mask=mask[:, None, None, :])
+        x = x + self.proj(a.transpose(1, 2).reshape(b, s, d))
+        x = x + self.mlp(self.ln2(x))
+        return x.softmax(dim=1)
+
+
+def _mlp() -> nn.Module:
+    return nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8))
+
+
+def _stats() -> BucketStats:
+    (stats,) = bucket_stats()
+    return stats
+
+
+@pytest.fixture(autouse=True)
+def _fresh_stats() -> None:
+    reset_bucket_stats()
+
+
+MODELS: dict[str, Callable[[], nn.Module]] = {"linear": lambda: nn.Linear(16, 8), "mlp": _mlp}
+
+
+@pytest.mark.smoke
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_batch_sizes_1_to_33_match_eager(name: str) -> None:
+    torch.manual_seed(0)
+    model = MODELS[name]().eval()
+    compiled = torch.compile(model, backend="nkipy", dynamic=True)
+    with torch.no_grad():
+        for batch in range(1, 34):
+            x = torch.randn(batch, 16)
+            out = compiled(x)
+            assert out.shape == (batch, 8)
+            torch.testing.assert_close(out, model(x), rtol=RTOL, atol=ATOL)
+    stats = _stats()  # batch 1 is Dynamo's static specialisation; 2..33 run in pow2 buckets
+    assert set(stats.bucket_hits) == {(2,), (4,), (8,), (16,), (32,), (64,)}
+    assert stats.compiles == stats.jit_compiles == 6 and stats.calls == 32
+    assert 1.0 < stats.pad_ratio < 2.0
+
+
+BLOCK_SIZES = [(2, 2), (2, 7), (3, 5), (5, 16), (7, 9), (9, 3), (16, 17), (33, 4), (4, 33)]
+
+
+@pytest.mark.slow
+def test_transformer_block_dynamic_batch_and_sequence_matches_eager() -> None:
+    torch.manual_seed(0)
+    model = Block().eval()
+    compiled = torch.compile(model, backend="nkipy", dynamic=True)
+    with torch.no_grad():
+        for batch, seq in BLOCK_SIZES:
+            x = torch.randn(batch, seq, 32)
+            mask = torch.rand(batch, seq) > 0.3
+            mask[:, 0] = True
+            out = compiled(x, mask)
+            assert out.shape == (batch, seq, 32)
+            torch.testing.assert_close(out, model(x, mask), rtol=BLOCK_RTOL, atol=BLOCK_ATOL)
+    # (2, 2) first: Dynamo gives equal sizes one symbol, then recompiles with two on (2, 7)
+    stats = next(s for s in bucket_stats() if s.symbols == ("s0", "s1"))
+    assert set(stats.padded) == {"s0", "s1"} and not stats.exact
+    assert (4, 64) in stats.bucket_hits and (64, 4) in stats.bucket_hits  # independent per-symbol buckets
+
+
+@pytest.mark.smoke
+def test_transformer_block_one_padded_size() -> None:
+    torch.manual_seed(1)
+    model = Block().eval()
+    compiled = torch.compile(model, backend="nkipy", dynamic=True, options={"buckets": {"s0": [4], "s1": [8]}})
+    with torch.no_grad():
+        for batch, seq in [(3, 5), (2, 7)]:
+            x, mask = torch.randn(batch, seq, 32), torch.rand(batch, seq) > 0.5
+            mask[:, -1] = True
+            torch.testing.assert_close(compiled(x, mask), model(x, mask), rtol=BLOCK_RTOL, atol=BLOCK_ATOL)
+    assert dict(_stats().bucket_hits) == {(4, 8): 2} and _stats().compiles == 1
+
+
+@pytest.mark.smoke
+def test_explicit_buckets_then_jit_beyond_the_largest() -> None:
+    model = nn.Linear(16, 8).eval()
+    compiled = torch.compile(model, backend="nkipy", dynamic=True, options={"buckets": [4, 16]})
+    with torch.no_grad():
+        for batch in (3, 2, 10, 16, 20, 30):
+            x = torch.randn(batch, 16)
+            torch.testing.assert_close(compiled(x), model(x), rtol=RTOL, atol=ATOL)
+    stats = _stats()
+    assert dict(stats.bucket_hits) == {(4,): 2, (16,): 2, (32,): 2}
+    assert stats.compiles == 3 and "s0=20 fits no compiled bucket" in stats.recompile_reasons[-1]
+
+
+@pytest.mark.smoke
+def test_jit_off_beyond_the_largest_bucket_raises() -> None:
+    model = nn.Linear(16, 8).eval()
+    compiled = torch.compile(model, backend="nkipy", dynamic=True, options={"buckets": [4, 16], "jit": False})
+    with torch.no_grad():
+        compiled(torch.randn(3, 16))
+        with pytest.raises(spiky.SpikyShapeError, match="size 17 of dynamic dim s0 is larger than the largest "
+                                                        "bucket 16 and jit=False"):
+            compiled(torch.randn(17, 16))
+
+
+def test_first_call_compiles_one_bucket_precompile_compiles_the_ladder(caplog: pytest.LogCaptureFixture) -> None:
+    model = nn.Linear(16, 8).eval()
+    lazy = torch.compile(model, backend="nkipy", dynamic=True)
+    with torch.no_grad():
+        lazy(torch.randn(5, 16))
+    assert _stats().compiles == 1
+    reset_bucket_stats()
+    torch._dynamo.reset()
+    eager = torch.compile(model, backend="nkipy", dynamic=True,
+                          options={"precompile": True, "max_bucket_size": 16, "min_bucket": 2})
+    with caplog.at_level(logging.INFO, logger="spiky.buckets"), torch.no_grad():
+        eager(torch.randn(5, 16))
+        eager(torch.randn(13, 16))
+    stats = _stats()
+    assert stats.compiles == 4 and stats.jit_compiles == 0  # 2, 4, 8, 16: nothing compiled on demand
+    assert "precompiling bucket 4/4: s0=16" in caplog.text
+
+
+def test_jit_buckets_are_cached_on_disk() -> None:
+    model = nn.Linear(16, 8).eval()
+    with torch.no_grad():
+        torch.compile(model, backend="nkipy", dynamic=True)(torch.randn(5, 16))
+        assert _stats().cache_hits == 0
+        reset_bucket_stats()
+        torch._dynamo.reset()  # a fresh compile of the same graph finds the bucket on disk
+        torch.compile(model, backend="nkipy", dynamic=True)(torch.randn(6, 16))
+    assert _stats().compiles == 1 and _stats().cache_hits == 1
+
+
+@pytest.mark.smoke
+def test_bucket_dict_names_unknown_symbol() -> None:
+    compiled = torch.compile(nn.Linear(4, 4), backend="nkipy", dynamic=True, options={"buckets": {"s7": [8]}})
+    with torch.no_grad(), pytest.raises(Exception, match=r"names symbol\(s\) \['s7'\].*\['s0'\]"):
+        compiled(torch.randn(3, 4))
+
+
+@pytest.mark.smoke
+def test_layouts_round_trip_pads_once() -> None:
+    torch.manual_seed(0)
+    first, second = nn.Linear(16, 16).eval(), nn.Sequential(nn.Linear(16, 8), nn.Softmax(dim=0)).eval()
+    produce = torch.compile(first, backend="nkipy", dynamic=True,
+                            options={"output_layout": "padded", "buckets": [8, 32]})
+    consume = torch.compile(second, backend="nkipy", dynamic=True,
+                            options={"input_layout": "padded", "buckets": [8, 32]})
+    with torch.no_grad():
+        for batch in (5, 3, 20):
+            x = torch.randn(batch, 16)
+            hidden = produce(x)
+            bucket = 8 if batch <= 8 else 32
+            assert hidden.shape == (bucket, 16) and real_shape(hidden) == (batch, 16)
+            torch.testing.assert_close(hidden[:batch], first(x), rtol=RTOL, atol=ATOL)
+            out = consume(hidden)  # softmax over the padded batch dim: masked, real rows only
+            assert out.shape == (batch, 8)
+            torch.testing.assert_close(out, second(first(x)), rtol=RTOL, atol=ATOL)
+    for stats in bucket_stats():  # producer and consumer ran in the same buckets
+        assert dict(stats.bucket_hits) == {(8,): 2, (32,): 1}
+
+
+@pytest.mark.smoke
+def test_padded_input_layout_errors() -> None:
+    consume = torch.compile(nn.Linear(16, 8).eval(), backend="nkipy", dynamic=True,
+                            options={"input_layout": "padded", "buckets": [8, 32]})
+    produce = torch.compile(nn.Linear(16, 16).eval(), backend="nkipy", dynamic=True,
+                            options={"output_layout": "padded", "buckets": [8, 12, 32]})
+    with torch.no_grad():
+        with pytest.raises(spiky.SpikyShapeError, match="has no real-shape metadata"):
+            consume(torch.randn(8, 16))
+        padded_to_12 = produce(torch.randn(10, 16))
+        assert padded_to_12.shape == (12, 16)
+        with pytest.raises(spiky.SpikyShapeError, match=r"is 12, which is not a bucket of s0"):
+            consume(padded_to_12)
+
+
+@pytest.mark.smoke
+def test_options_change_compiles_again() -> None:
+    model = nn.Linear(16, 8).eval()
+    x = torch.randn(5, 16)
+    with torch.no_grad():
+        torch.compile(model, backend="nkipy", dynamic=True, options={"buckets": [8]})(x)
+        torch.compile(model, backend="nkipy", dynamic=True, options={"buckets": [16]})(x)
+        torch.compile(model, backend="nkipy", dynamic=True, options={"buckets": [8]})(x)
+    # buckets [16] did not reuse the [8] code; the same options again reuse it (Dynamo compares them)
+    assert sorted((dict(s.bucket_hits) for s in bucket_stats()), key=str) == [{(16,): 1}, {(8,): 2}]
+
+
+@pytest.mark.smoke
+def test_unpaddable_dim_compiles_exact_sizes_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        return torch.flip(x, dims=[0]) * 2  # flip along a padded dim would move the padding first
+
+    compiled = torch.compile(fn, backend="nkipy", dynamic=True)
+    with caplog.at_level(logging.WARNING, logger="spiky.buckets"):
+        for batch in (3, 5, 6):
+            x = torch.randn(batch, 4)
+            torch.testing.assert_close(compiled(x), fn(x))
+    stats = _stats()
+    assert "flip" in stats.exact["s0"] and stats.padded == ("s1",)  # s1 (the 4 columns) still pads
+    assert set(stats.bucket_hits) == {(3, 4), (5, 4), (6, 4)}
+    assert caplog.text.count("compiled at exact sizes") == 1
+
+
+@pytest.mark.smoke
+def test_reduction_output_of_bucket_size_is_not_truncated() -> None:
+    def fn(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x.sum(0), x.mean(0) - x  # (8,): equals bucket 8 by coincidence; (s0, 8): unpadded
+
+    compiled = torch.compile(fn, backend="nkipy", dynamic=True, options={"buckets": [8]})
+    x = torch.randn(3, 8)
+    total, centred = compiled(x)
+    assert total.shape == (8,) and centred.shape == (3, 8)
+    torch.testing.assert_close(total, x.sum(0), rtol=RTOL, atol=ATOL)
+    torch.testing.assert_close(centred, x.mean(0) - x, rtol=RTOL, atol=ATOL)
+
+
+def test_training_with_dynamic_batch_matches_eager_gradients() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.LayerNorm(32), nn.Linear(32, 8))
+    compiled = torch.compile(model, backend="nkipy", dynamic=True)
+    for batch in (3, 5, 6):
+        x = torch.randn(batch, 16)
+        compiled(x).square().mean().backward()
+        grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+        model.zero_grad()
+        model(x).square().mean().backward()
+        for got, expected in zip(grads, [p.grad for p in model.parameters()], strict=True):
+            torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+        model.zero_grad()
