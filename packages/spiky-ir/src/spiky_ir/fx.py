@@ -465,6 +465,13 @@ def _fma(ctx: LoweringContext, node: fx.Node) -> Value:
     return ctx.binary("add", product, ctx.arg(node, 2))
 
 
+@lowers(torch.ops.prims.fma.default)
+def _fma(ctx: LoweringContext, node: fx.Node) -> Value:
+    """a * b + c, rounded twice (lerp decomposes to it: AdamW's moment updates)."""
+    product = ctx.binary("multiply", ctx.arg(node, 0), ctx.arg(node, 1))
+    return ctx.binary("add", product, ctx.arg(node, 2))
+
+
 @lowers(aten.sub.Tensor, aten.sub.Scalar)
 def _sub(ctx: LoweringContext, node: fx.Node) -> Value:
     other = _scaled(ctx, ctx.arg(node, 1), ctx.kwarg(node, 2, "alpha", 1))

@@ -35,27 +35,35 @@ def _bundle(compiled: CompiledGraph) -> rt.Bundle:
     return bundle
 
 
-def _input(value: Any) -> rt.DeviceTensor | np.ndarray[Any, Any]:
-    if is_device_tensor(value):
-        return runtime_input(value)
-    if not isinstance(value, torch.Tensor):
-        raise TypeError(f"compiled graph input {value!r} is not a tensor")
-    return value.detach().contiguous().numpy()
+def device_inputs(args: list[Any]) -> list[rt.DeviceTensor | np.ndarray[Any, Any]]:
+    """Call inputs for ``Bundle.submit``: ``nkipy`` tensors as DeviceTensors (no copy), others as arrays."""
+    out: list[rt.DeviceTensor | np.ndarray[Any, Any]] = []
+    for value in args:
+        if is_device_tensor(value):
+            out.append(runtime_input(value))
+        elif isinstance(value, torch.Tensor):
+            out.append(value.detach().contiguous().numpy())
+        else:
+            raise TypeError(f"compiled graph input {value!r} is not a tensor")
+    return out
+
+
+def device_outputs(future: rt.Future, device: torch.device, keep: bool) -> list[torch.Tensor]:
+    """A call's outputs as ``nkipy`` tensors: adopted pool memory (``keep``, submitted with
+    ``to_host=False``) or host results copied to ``device``."""
+    if keep:
+        return [adopt_output(t, device.index or 0) for t in future.result()]
+    return [torch.from_numpy(a).to(device) for a in future.result()]
 
 
 def call_on_device(compiled: CompiledGraph, args: list[Any]) -> list[torch.Tensor | None]:
     """Run ``compiled`` (boxed convention: ``args`` is cleared) with device-resident I/O."""
     device = next(a.device for a in args if is_device_tensor(a))
-    index = device.index or 0
-    inputs = [_input(a) for a in args]
+    inputs = device_inputs(args)
     args.clear()
     keep = compiled.keep_outputs_on_device
     future = _bundle(compiled).submit(inputs, to_host=not keep)
     del inputs
-    outs: list[torch.Tensor]
-    if keep:
-        outs = [adopt_output(t, index) for t in future.result()]
-    else:
-        outs = [torch.from_numpy(a).to(device) for a in future.result()]
+    outs = device_outputs(future, device, keep)
     slots = compiled.output_slots if compiled.output_slots is not None else range(len(outs))
     return [None if slot is None else outs[slot] for slot in slots]
