@@ -57,7 +57,7 @@ def test_auto_resolves_to_host_and_says_why(caplog: pytest.LogCaptureFixture) ->
     ("kwargs", "error", "message"),
     [
         ({"target": "gpu"}, SpikyConfigError, r"unknown target 'gpu'; valid targets: auto, host, neuron"),
-        ({"target": "neuron"}, SpikyTargetError, r"target 'neuron' needs the nrt driver"),
+        ({"target": "neuron"}, SpikyTargetError, r"target 'neuron' cannot run here: no libnrt.so.1 found"),
         ({"log_level": "LOUD"}, SpikyConfigError, r"unknown log_level 'LOUD'"),
         ({"rank": 2, "world_size": 2}, ValueError, r"rank 2 is outside \[0, 2\)"),
         ({"additional_compiler_args": ["-O2"]}, SpikyConfigError, r"must be a str, got list"),

@@ -6,7 +6,7 @@ Compiling goes through the on-disk compile cache (:mod:`spiky.cache`):
   can run it). A miss emits the HLO and counts a compile in ``spiky.get_stats()``; a hit
   skips HLO emission and counts in ``spiky.cache.stats().hits`` instead.
 - neuron target (:func:`compile_neuron`): HLO → ``neuronx-cc`` → NEFF, compiled once per
-  key across processes; loading NEFFs waits for the runtime's nrt driver.
+  key across processes, loaded through the runtime's nrt driver (:mod:`spiky.torch.neuron`).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from spiky.torch.collectives import bind_host_collectives, graph_replica_groups,
 from spiky.torch.config import BackendConfig, current_config
 from spiky.torch.device import is_device_tensor
 from spiky.torch.device_call import call_on_device
+from spiky.torch.neuron import NtffProfiler, load_neuron_model
 from spiky.torch.neuronx_cc import NeuronCompiler, compile_neff, detect_target, find_neuronx_cc
 from spiky.torch.options import Options
 from spiky.torch.targets import runtime_device
@@ -40,7 +41,8 @@ log = logging.getLogger("spiky.compile")
 
 HOST_PIPELINE = "spiky-ir-hlo"
 """The ``compiler`` of host cache entries; its version is spiky-ir's."""
-_NOT_IN_KEY = frozenset({"dump_ir_dir", "keep_outputs_on_device"})
+_NOT_IN_KEY = frozenset({"dump_ir_dir", "keep_outputs_on_device", "save_ntff", "save_ntff_dir", "save_ntff_exe_idx",
+                         "save_ntff_ranks"})
 """Options that do not change the compiled artifact (every other option is part of the key)."""
 
 
@@ -54,10 +56,12 @@ class CompiledGraph:
     _boxed_call = True
     keep_outputs_on_device = False
     """Calls with ``"nkipy"`` inputs return outputs in pool memory instead of through the host."""
+    profiler: NtffProfiler | None = None
+    """``save_ntff``: profiles chosen executions (host calls)."""
 
     def __init__(
         self, graph: Graph, device: rt.Device, kernel_name: str, cache_entry: CacheEntry | None = None,
-        cache_hit: bool = False, output_slots: Sequence[OutputSlot] | None = None,
+        cache_hit: bool = False, output_slots: Sequence[OutputSlot] | None = None, model: rt.Model | None = None,
     ) -> None:
         # An instance attribute too: aot_autograd wraps backward compilers with functools.wraps,
         # which copies the instance __dict__ but not class attributes.
@@ -69,7 +73,8 @@ class CompiledGraph:
         self.kernel_name = kernel_name
         self.cache_entry = cache_entry
         self.cache_hit = cache_hit
-        self.model = device.load_host_model(
+        # neuron: the loaded NEFF; host: the IR run by the numpy reference executor.
+        self.model = model if model is not None else device.load_host_model(
             lambda arrays: execute(graph, arrays),
             [_spec(v.type) for v in graph.inputs],
             [_spec(v.type) for v in graph.outputs],
@@ -81,7 +86,8 @@ class CompiledGraph:
             return call_on_device(self, args)  # "nkipy" tensors: no host round trip
         arrays = [_to_numpy(a) for a in args]
         args.clear()  # boxed convention: drop our references to the inputs early
-        outs = [torch.from_numpy(out) for out in self.model.run(arrays)]
+        results = self.profiler.run(self.model, arrays) if self.profiler is not None else self.model.run(arrays)
+        outs = [torch.from_numpy(out) for out in results]
         slots = self.output_slots if self.output_slots is not None else range(len(outs))
         return [None if slot is None else outs[slot] for slot in slots]
 
@@ -169,13 +175,18 @@ def compile_graph(gm: fx.GraphModule, target: str, options: Options) -> Compiled
             log.info("no kernel source for %s: %s", kernel_name, exc)
     config = current_config()
     device = runtime_device(target)
-    bind_host_collectives(graph)
-    key = cache_key(text, target, options, config)
-    groups = host_replica_groups(graph, config.world_size)
-    entry, hit = CompileCache(config.nkipy_cache).get_or_build(
-        key, _host_builder(graph, kernel_name, groups), kernel_name=kernel_name
-    )
-    compiled = CompiledGraph(graph, device, kernel_name, entry, hit, lowered.output_slots)
+    model: rt.Model | None = None
+    if target == "neuron":  # HLO -> neuronx-cc -> NEFF (cached), loaded through the nrt driver
+        model, entry, hit = load_neuron_model(graph, options, config, device, kernel_name)
+    else:
+        bind_host_collectives(graph)
+        key = cache_key(text, target, options, config)
+        groups = host_replica_groups(graph, config.world_size)
+        entry, hit = CompileCache(config.nkipy_cache).get_or_build(
+            key, _host_builder(graph, kernel_name, groups), kernel_name=kernel_name
+        )
+    compiled = CompiledGraph(graph, device, kernel_name, entry, hit, lowered.output_slots, model=model)
+    compiled.profiler = NtffProfiler.for_graph(options, config, kernel_name, entry)
     compiled.keep_outputs_on_device = bool(options["keep_outputs_on_device"])
     if not hit:
         device.record_compile()

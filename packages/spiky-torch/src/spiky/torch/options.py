@@ -88,6 +88,32 @@ DYNAMIC_OPTIONS = (
 """Options of dynamic shapes (issue 7): see spiky.torch.buckets and spiky.torch.dynamic."""
 
 
+def _exe_indices(value: Any) -> str | None:
+    ok = value is None or (
+        isinstance(value, list | tuple)
+        and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in value)
+    )
+    return None if ok else "None (every execution) or a list of execution indices >= 0"
+
+
+def _ranks(value: Any) -> str | None:
+    ok = isinstance(value, list | tuple) and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0
+                                                 for i in value)
+    return None if ok else "a list of ranks >= 0"
+
+
+NTFF_OPTIONS = (
+    OptionSpec("save_ntff", False, "profile chosen executions: NTFF on neuron (nrt_profile_start/stop), the "
+               "runtime timeline trace on host; see spiky.torch.neuron", _bool),
+    OptionSpec("save_ntff_dir", None, "directory of the profiles: <dir>/kernel_<hash>/<exe_idx>.ntff next to "
+               "kernel_<hash>.neff (default ./spiky_ntff)", _path_or_none),
+    OptionSpec("save_ntff_exe_idx", None, "0-based call indices of each compiled graph to profile; None: every call",
+               _exe_indices),
+    OptionSpec("save_ntff_ranks", (0,), "ranks that write profiles (default rank 0 only)", _ranks),
+)
+"""Options of NTFF profiling (issue 6): see spiky.torch.neuron.NtffProfiler."""
+
+
 OPTIONS: dict[str, OptionSpec] = {
     spec.name: spec
     for spec in (
@@ -104,6 +130,7 @@ OPTIONS: dict[str, OptionSpec] = {
             _bool,
         ),
         *DYNAMIC_OPTIONS,
+        *NTFF_OPTIONS,
     )
 }
 
