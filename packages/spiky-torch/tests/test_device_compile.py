@@ -7,6 +7,7 @@ runtime's timeline (no H2D/D2H spans in the call).
 from __future__ import annotations
 
 import json
+import threading
 from typing import Any
 
 import pytest
@@ -180,3 +181,23 @@ def test_device_loop_of_1000_calls_does_not_leak() -> None:
     # every call reuses the same few blocks: the cache stays within a handful of them
     assert peak_cached <= start["cached_bytes"] + 8 * 4096
     assert end["allocation_count"] - start["allocation_count"] <= 4
+
+
+def test_pending_pipelined_outputs_are_read_after_they_are_produced() -> None:
+    """A pipelined call's outputs become nkipy tensors at once; reading one waits for the call."""
+    gate = threading.Event()
+    spec = rt.TensorSpec((4,), "float32")
+
+    def slow_double(xs: list[Any]) -> list[Any]:
+        assert gate.wait(10)
+        return [xs[0] * 2]
+
+    model = rt.Device("host", 0).load_host_model(slow_double, [spec], [spec], "slow_double")
+    bundle = rt.Bundle({0: model}, name="slow_double", pipelined=True)
+    x = torch.arange(4, dtype=torch.float32).to(DEV)
+    future = bundle.submit([nkipy_device.runtime_input(x)], to_host=False)
+    (out,) = [nkipy_device.adopt_output(t, 0) for t in future.result()]
+    assert out.device.type == DEV and out.shape == (4,) and not future.done()
+    threading.Timer(0.05, gate.set).start()
+    torch.testing.assert_close(out.cpu(), torch.arange(4, dtype=torch.float32) * 2)  # waits (GIL released)
+    assert future.done()
