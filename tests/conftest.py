@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -14,3 +15,21 @@ def _text_round_trip() -> Iterator[None]:
     with record_graphs() as graphs:
         yield
     check_recorded(graphs)
+
+
+@pytest.fixture(params=["numpy", "xla"])
+def host_executor(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Runs the test once per host executor (the backend initialised with it); xla needs jax."""
+    import torch
+
+    import spiky.torch
+
+    info = spiky.torch.host_executor_info()
+    if request.param == "xla" and not info.xla_available:
+        pytest.skip(info.reason)
+    spiky.torch.reset_nkipy_backend()
+    torch._dynamo.reset()
+    spiky.torch.init_nkipy_backend(nkipy_cache=tmp_path / "executor_cache", target="host", host_executor=request.param)
+    yield request.param
+    spiky.torch.reset_nkipy_backend()
+    torch._dynamo.reset()

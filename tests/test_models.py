@@ -1,7 +1,7 @@
 """Whole models through torch.compile(backend="nkipy") on the host target, against eager.
 
 Forward models run in eval mode; the training table checks every parameter gradient
-(the backward graphs) against torch.autograd.
+(the backward graphs) against torch.autograd. Both run with each host executor (numpy, xla).
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def _flat(out: Any) -> list[torch.Tensor]:
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
-def test_model_matches_eager(name: str) -> None:
+def test_model_matches_eager(name: str, host_executor: str) -> None:
     make_model, make_inputs, (rtol, atol) = MODELS[name]
     torch.manual_seed(0)
     model = make_model().eval()
@@ -164,7 +164,7 @@ def _grads(model: nn.Module, inputs: list[torch.Tensor], fn: Callable[..., Any])
 
 
 @pytest.mark.parametrize("name", sorted(TRAINING))
-def test_gradients_match_autograd(name: str) -> None:
+def test_gradients_match_autograd(name: str, host_executor: str) -> None:
     make_model, make_inputs = TRAINING[name]
     torch.manual_seed(0)
     model = make_model()

@@ -1,4 +1,7 @@
-"""Each test starts with the backend uninitialised, Dynamo's caches empty and a private cache dir."""
+"""Each test starts with the backend uninitialised, Dynamo's caches empty and a private cache dir.
+
+``host_executor``: a fixture that runs a test with each host executor (numpy, xla).
+"""
 
 from __future__ import annotations
 
@@ -17,5 +20,20 @@ def fresh_backend(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[N
     spiky.torch.reset_nkipy_backend()
     torch._dynamo.reset()
     yield
+    spiky.torch.reset_nkipy_backend()
+    torch._dynamo.reset()
+
+
+@pytest.fixture(params=["numpy", "xla"])
+def host_executor(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Runs the test once per host executor (the backend initialised with it); xla needs jax."""
+    from spiky.torch.host_executors import host_executor_info
+
+    if request.param == "xla" and not host_executor_info().xla_available:
+        pytest.skip(host_executor_info().reason)
+    spiky.torch.reset_nkipy_backend()
+    torch._dynamo.reset()
+    spiky.torch.init_nkipy_backend(nkipy_cache=tmp_path / "executor_cache", target="host", host_executor=request.param)
+    yield request.param
     spiky.torch.reset_nkipy_backend()
     torch._dynamo.reset()

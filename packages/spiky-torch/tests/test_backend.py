@@ -43,7 +43,7 @@ MODELS: dict[str, tuple[Callable[[], Callable[..., Any]], list[tuple[int, ...]]]
 
 @pytest.mark.smoke
 @pytest.mark.parametrize("name", sorted(MODELS))
-def test_matches_eager(name: str) -> None:
+def test_matches_eager(name: str, host_executor: str) -> None:
     factory, shapes = MODELS[name]
     torch.manual_seed(0)
     model = factory()

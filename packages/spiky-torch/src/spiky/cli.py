@@ -38,6 +38,7 @@ def info(out: TextIO) -> None:
     from spiky.cache import list_entries
     from spiky.errors import SpikyTargetError
     from spiky.torch.config import default_cache_dir
+    from spiky.torch.host_executors import host_executor_info
     from spiky.torch.neuronx_cc import find_neuronx_cc
     from spiky.torch.targets import find_libnrt
 
@@ -45,6 +46,8 @@ def info(out: TextIO) -> None:
     for dist in _PACKAGES:
         out.write(f"  {dist:<14} {_version(dist)}\n")
     out.write("targets:\n  host           available\n")
+    executor = host_executor_info()
+    out.write(f"  host executor  {executor.resolved} for 'auto' ({executor.reason})\n")
     libnrt = find_libnrt()
     try:
         compiler: str = f"{find_neuronx_cc().version}"

@@ -11,7 +11,8 @@
 Layout: ``wire.py`` (proto3 codec), ``schema.py`` (the HloModuleProto subset), ``builder.py``
 (instructions, ids, reducers, collectives), ``rules.py`` (one rule per IR op, attached to
 ``OpDef.extra["hlo"]``), ``emit.py`` (module conventions), ``text.py`` (text form) and
-``xla_cpu.py`` (runs a module on XLA:CPU via jaxlib; tests only).
+``xla_cpu.py`` (compiles and runs a module on XLA:CPU via jaxlib: the host target's ``xla`` executor
+and the tests' check of emitted HLO).
 """
 
 from spiky_ir.hlo.emit import HloArtifact, emit_hlo

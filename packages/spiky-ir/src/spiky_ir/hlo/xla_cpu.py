@@ -1,8 +1,9 @@
-"""Run a serialized HLO module on XLA:CPU through jaxlib: the proof that emitted HLO is right.
+"""Run a serialized HLO module on XLA:CPU through jaxlib: the fast host executor, and the check of emitted HLO.
 
 This is the only module that touches jax, and it uses private jax APIs, so the version
-is pinned (``tools/requirements-dev.txt``: jax and jaxlib |JAX_VERSION|) and checked on
-import of :func:`compile_hlo`. jax is a test-time dependency of spiky-ir, not a runtime one.
+is pinned (jax and jaxlib |JAX_VERSION|: ``tools/requirements-dev.txt``, and spiky-torch's
+``xla`` extra) and checked before first use. jax is optional for spiky-ir: without it the
+numpy executor is the host target.
 
 >>> import numpy as np
 >>> from spiky_ir import DType, Graph, TensorType
@@ -12,13 +13,25 @@ import of :func:`compile_hlo`. jax is a test-time dependency of spiky-ir, not a 
 >>> g.set_outputs([g.add_op("exp", [x])])
 >>> run_hlo(emit_hlo(g).proto, [np.zeros(3, np.float32)])[0].tolist()  # doctest: +SKIP
 [1.0, 1.0, 1.0]
+
+The call path (:meth:`XlaCpuExecutable.__call__` with input specs) is one
+``batched_device_put`` per input (zero-copy: XLA aliases a numpy array that is 64-byte
+aligned, as the runtime's device buffers are; others are copied), one ``execute_sharded``
+and one zero-copy numpy view per output. There is no per-op Python work; XLA runs the
+fused program with the GIL released.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import importlib.metadata
+import importlib.util
+import os
+import platform
+import sys
+import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -28,6 +41,32 @@ from spiky_ir.errors import IRError
 JAX_VERSION = "0.10.2"
 
 Array = np.ndarray[Any, np.dtype[Any]]
+Spec = tuple[tuple[int, ...], np.dtype[Any]]
+"""(shape, dtype) of one input."""
+
+SINGLE_THREAD_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+"""XLA_FLAGS that keep XLA:CPU's compute on the calling thread (see :func:`limit_threads`)."""
+
+ZERO_COPY_ALIGNMENT = 64
+"""XLA:CPU aliases host arrays whose data pointer is a multiple of this; others are copied in."""
+
+
+def unavailable_reason() -> str | None:
+    """None when jax/jaxlib |JAX_VERSION| are installed, else why XLA:CPU cannot be used.
+
+    Cheap: reads package metadata, does not import jax.
+    """
+    for name in ("jax", "jaxlib"):
+        if importlib.util.find_spec(name) is None:
+            return f"{name} is not installed (pip install jax=={JAX_VERSION} jaxlib=={JAX_VERSION})"
+        try:
+            version = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            return f"{name} has no package metadata"
+        if version != JAX_VERSION:
+            return (f"{name} {version} is installed, spiky needs {JAX_VERSION} "
+                    f"(pip install jax=={JAX_VERSION} jaxlib=={JAX_VERSION})")
+    return None
 
 
 def _jax() -> Any:
@@ -46,43 +85,143 @@ def _jax() -> Any:
     return jax
 
 
-@dataclass
-class XlaCpuExecutable:
-    """A module compiled for one XLA:CPU device; call it with numpy arrays."""
+def limit_threads() -> bool:
+    """Keep XLA:CPU single-threaded (no Eigen intra-op pool) for this process.
 
-    _exe: Any
-    _device: Any
-    num_outputs: int
+    XLA reads ``XLA_FLAGS`` once, when its CPU client starts: returns False (and changes
+    nothing) if jax's backends already started without them; True when the flags are in effect.
+    """
+    xla_bridge = sys.modules.get("jax._src.xla_bridge")
+    if _client_cache or (xla_bridge is not None and xla_bridge.backends_are_initialized()):
+        return SINGLE_THREAD_FLAGS in os.environ.get("XLA_FLAGS", "")
+    flags = os.environ.get("XLA_FLAGS", "")
+    if SINGLE_THREAD_FLAGS not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} {SINGLE_THREAD_FLAGS}".strip()
+    return True
+
+
+def host_fingerprint() -> str:
+    """What a serialized XLA:CPU executable depends on: jaxlib version, machine and CPU features.
+
+    Executables are compiled for this host's instruction set; one compiled elsewhere could
+    fault, so serialized executables are stored under this fingerprint.
+    """
+    flags = ""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith(("flags", "Features")):
+                    flags = line
+                    break
+    except OSError:
+        flags = platform.processor()
+    xla_flags = os.environ.get("XLA_FLAGS", "")
+    text = f"jaxlib={JAX_VERSION};machine={platform.machine()};{flags.strip()};XLA_FLAGS={xla_flags}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+_client_lock = threading.Lock()
+_client_cache: list[Any] = []
+
+
+def _client() -> Any:
+    """Spiky's own XLA:CPU client (synchronous), created once per process.
+
+    Not jax's default backend: that would probe every platform (TPU, GPU plugins) on first
+    use, and its asynchronous dispatch runs programs on XLA's worker threads. Synchronous
+    execution runs on the calling thread (with the GIL released), so the runtime's pipeline
+    thread is the one doing the compute.
+    """
+    with _client_lock:
+        if not _client_cache:
+            _jax()
+            xla_client = importlib.import_module("jax._src.lib").xla_client
+            _client_cache.append(xla_client.make_cpu_client(asynchronous=False))
+        return _client_cache[0]
+
+
+class XlaCpuExecutable:
+    """A module compiled for one XLA:CPU device; call it with a list of numpy arrays.
+
+    With ``input_specs`` (shape, dtype per parameter) inputs must match them exactly (the
+    runtime guarantees it) and no per-call conversion happens; without them each call
+    makes its arguments C-contiguous and derives their types.
+    """
+
+    def __init__(self, exe: Any, input_specs: Sequence[Spec] | None = None) -> None:
+        self._exe = exe
+        self._client = exe.client
+        self._device = self._client.devices()[0]
+        lib = importlib.import_module("jax._src.lib")._jax
+        self._core = importlib.import_module("jax._src.core")
+        self._sharding = importlib.import_module("jax._src.sharding_impls").SingleDeviceSharding(self._device)
+        self._put_one, self._zero_copy = lib.batched_device_put, lib.HostBufferSemantics.ZERO_COPY
+        self.input_specs = None if input_specs is None else [(tuple(s), np.dtype(d)) for s, d in input_specs]
+        self._avals = None if self.input_specs is None else [self._aval(s, d) for s, d in self.input_specs]
+
+    def _aval(self, shape: tuple[int, ...], dtype: np.dtype[Any]) -> Any:
+        return self._core.ShapedArray(shape, dtype)
+
+    def _put(self, inputs: Sequence[Array]) -> list[Any]:
+        put, sharding, devices, zero_copy = self._put_one, self._sharding, [self._device], self._zero_copy
+        if self.input_specs is None or self._avals is None:
+            arrays = [np.ascontiguousarray(a) for a in inputs]
+            avals = [self._aval(a.shape, a.dtype) for a in arrays]
+        else:
+            arrays, avals = list(inputs), self._avals
+            if len(arrays) != len(avals):
+                raise IRError(f"XLA:CPU executable takes {len(avals)} inputs, got {len(arrays)}")
+            for a, (shape, dtype) in zip(arrays, self.input_specs, strict=True):
+                if a.shape != shape or a.dtype != dtype or not a.flags.c_contiguous:
+                    raise IRError(f"XLA:CPU input is {a.dtype}{list(a.shape)} (C-contiguous: "
+                                  f"{a.flags.c_contiguous}), expected C-contiguous {dtype}{list(shape)}")
+        # committed, no forced copy, zero-copy when aligned, 64-bit types kept (no x64 narrowing)
+        return [put(aval, sharding, [a], devices, True, False, zero_copy, True)
+                for a, aval in zip(arrays, avals, strict=True)]
 
     def __call__(self, inputs: Sequence[Array]) -> list[Array]:
-        jax = _jax()
-        config = importlib.import_module("jax._src.config")
-        # 64-bit inputs must reach XLA unnarrowed; jax narrows them unless x64 is on.
-        with config.enable_x64(True):
-            args = [jax.device_put(np.ascontiguousarray(a), self._device) for a in inputs]
-            results = self._exe.execute_sharded(args)
-            outs = results.disassemble_into_single_device_arrays()
-            return [np.asarray(per_device[0]) for per_device in outs]
+        results = self._exe.execute_sharded(self._put(inputs))
+        # Each output is a zero-copy, read-only view of XLA's result buffer.
+        return [np.asarray(per_device[0]) for per_device in results.disassemble_into_single_device_arrays()]
+
+    def serialize(self) -> bytes:
+        """The compiled executable as bytes (for :func:`deserialize` on a host with the same fingerprint)."""
+        try:
+            return bytes(self._client.serialize_executable(self._exe))
+        except Exception as exc:
+            raise IRError(f"XLA:CPU could not serialize the executable: {exc}") from exc
 
 
-def compile_hlo(proto: bytes) -> XlaCpuExecutable:
+def _compile_options() -> Any:
+    return importlib.import_module("jax._src.compiler").get_compile_options(num_replicas=1, num_partitions=1)
+
+
+def compile_hlo(proto: bytes, input_specs: Sequence[Spec] | None = None) -> XlaCpuExecutable:
     """Convert a serialized ``HloModuleProto`` to StableHLO with XLA's own importer and compile it.
 
     Raises :class:`IRError` with XLA's message when XLA rejects the module.
     """
-    jax = _jax()
-    compiler = importlib.import_module("jax._src.compiler")
+    client = _client()
     xla = importlib.import_module("jax._src.lib").xla_client._xla
-
     try:
         stablehlo = xla.mlir.hlo_to_stablehlo(proto)
-        device = jax.devices("cpu")[0]
-        client = device.client
-        options = compiler.get_compile_options(num_replicas=1, num_partitions=1)
-        exe = client.compile_and_load(stablehlo, client.devices()[:1], options)
+        exe = client.compile_and_load(stablehlo, client.devices()[:1], _compile_options())
     except Exception as exc:  # XLA raises its own error types (XlaRuntimeError, ValueError)
         raise IRError(f"XLA:CPU rejected the HLO module: {exc}") from exc
-    return XlaCpuExecutable(exe, device, 0)
+    return XlaCpuExecutable(exe, input_specs)
+
+
+def deserialize(data: bytes, input_specs: Sequence[Spec] | None = None) -> XlaCpuExecutable:
+    """Load an executable written by :meth:`XlaCpuExecutable.serialize` (same :func:`host_fingerprint`).
+
+    Only load bytes this process family wrote: a serialized executable is native code.
+    """
+    client = _client()
+    try:
+        exe = client.deserialize_executable(data, client.devices()[:1], _compile_options())
+    except Exception as exc:
+        raise IRError(f"XLA:CPU could not load the serialized executable: {exc}") from exc
+    return XlaCpuExecutable(exe, input_specs)
 
 
 def run_hlo(proto: bytes, inputs: Sequence[Array]) -> list[Array]:

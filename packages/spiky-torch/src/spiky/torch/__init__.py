@@ -17,13 +17,15 @@ from spiky.torch.config import (
     reset_nkipy_backend,
 )
 from spiky.torch.device import register as register_device
+from spiky.torch.host_executors import HOST_EXECUTORS, HostExecutorInfo, host_executor_info
 from spiky.torch.options import OPTIONS, validate_options
 
 register()
 register_device()  # the "nkipy" torch device (builds its extension on first use)
 
 __all__ = [
-    "OPTIONS", "BackendConfig", "current_config", "init_nkipy_backend",
+    "HOST_EXECUTORS", "OPTIONS", "BackendConfig", "HostExecutorInfo", "current_config", "host_executor_info",
+    "init_nkipy_backend",
     "is_nkipy_backend_initialized", "nkipy_backend", "register_device", "reset_nkipy_backend",
     "validate_options",
 ]

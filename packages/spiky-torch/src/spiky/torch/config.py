@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from spiky.errors import SpikyConfigError
+from spiky.torch.host_executors import resolve_host_executor
 from spiky.torch.targets import find_libnrt, resolve_target
 from spiky_dist import apply_neuron_runtime_env, resolve_rank_world
 
@@ -30,6 +31,9 @@ class BackendConfig:
     """The resolved target: ``"host"`` or ``"neuron"``."""
     core_offset: int = 0
     """Added to the rank to pick this process's NeuronCore (``NEURON_RT_VISIBLE_CORES``)."""
+    host_executor: str = "auto"
+    """Default executor of host-target graphs: ``"auto"``, ``"numpy"`` or ``"xla"`` (see
+    :mod:`spiky.torch.host_executors`)."""
 
     @property
     def rank_dir(self) -> Path:
@@ -71,6 +75,7 @@ def init_nkipy_backend(
     additional_compiler_args: str = "",
     target: str = "auto",
     core_offset: int = 0,
+    host_executor: str = "auto",
 ) -> BackendConfig:
     """Configure the nkipy backend for this process (once; see :func:`reset_nkipy_backend`).
 
@@ -80,8 +85,10 @@ def init_nkipy_backend(
     ``rank``/``world_size`` default to what spiky-dist finds (torch.distributed, then
     ``RANK``/``WORLD_SIZE``, then 0/1). For a Neuron run, ``NEURON_RT_VISIBLE_CORES``
     (``rank + core_offset``) and ``NEURON_RT_ROOT_COMM_ID`` (``$MASTER_ADDR``) are set
-    before the runtime starts, unless already set. Raises ``RuntimeError`` if already
-    initialised.
+    before the runtime starts, unless already set. ``host_executor`` runs host-target graphs
+    on ``"numpy"`` (the reference), ``"xla"`` (XLA:CPU, needs ``spiky-torch[xla]``) or
+    ``"auto"`` (XLA when installed); per function: ``options={"host_executor": ...}``.
+    Raises ``RuntimeError`` if already initialised.
     """
     global _config
     if not isinstance(additional_compiler_args, str):
@@ -90,6 +97,8 @@ def init_nkipy_backend(
         )
     if isinstance(core_offset, bool) or not isinstance(core_offset, int) or core_offset < 0:
         raise SpikyConfigError(f"core_offset must be an int >= 0, got {core_offset!r}")
+    if host_executor != "auto":  # "xla" without jax raises here, not at the first compile
+        resolve_host_executor(host_executor)
     level = _log_level(log_level)
     cache = Path(nkipy_cache) if nkipy_cache is not None else default_cache_dir()
     with _lock:
@@ -120,6 +129,7 @@ def init_nkipy_backend(
             additional_compiler_args=additional_compiler_args,
             target=resolved_target,
             core_offset=core_offset,
+            host_executor=host_executor,
         )
         log.info("nkipy backend initialised: %s", _config)
         return _config

@@ -27,7 +27,8 @@ from spiky.cache import COMPILE_LOG, HLO_PROTO, HLO_TEXT, KERNEL_SOURCE, CacheEn
 from spiky.torch.collectives import bind_host_collectives, graph_replica_groups, host_replica_groups
 from spiky.torch.config import BackendConfig, current_config
 from spiky.torch.device import is_device_tensor
-from spiky.torch.device_call import call_on_device
+from spiky.torch.device_call import call_on_device, fx_output_devices
+from spiky.torch.host_executors import load_host_graph
 from spiky.torch.neuron import NtffProfiler, load_neuron_model
 from spiky.torch.neuronx_cc import NeuronCompiler, compile_neff, detect_target, find_neuronx_cc
 from spiky.torch.options import Options
@@ -42,7 +43,7 @@ log = logging.getLogger("spiky.compile")
 HOST_PIPELINE = "spiky-ir-hlo"
 """The ``compiler`` of host cache entries; its version is spiky-ir's."""
 _NOT_IN_KEY = frozenset({"dump_ir_dir", "keep_outputs_on_device", "save_ntff", "save_ntff_dir", "save_ntff_exe_idx",
-                         "save_ntff_ranks"})
+                         "save_ntff_ranks", "host_executor"})
 """Options that do not change the compiled artifact (every other option is part of the key)."""
 
 
@@ -56,6 +57,8 @@ class CompiledGraph:
     _boxed_call = True
     keep_outputs_on_device = False
     """Calls with ``"nkipy"`` inputs return outputs in pool memory instead of through the host."""
+    output_devices: Sequence[str | None] = ()
+    """Device type of each FX output as traced (device calls keep "cpu" outputs on the host)."""
     profiler: NtffProfiler | None = None
     """``save_ntff``: profiles chosen executions (host calls)."""
 
@@ -185,9 +188,11 @@ def compile_graph(gm: fx.GraphModule, target: str, options: Options) -> Compiled
         entry, hit = CompileCache(config.nkipy_cache).get_or_build(
             key, _host_builder(graph, kernel_name, groups), kernel_name=kernel_name
         )
+        model = load_host_graph(device, graph, kernel_name, options["host_executor"] or config.host_executor, entry)
     compiled = CompiledGraph(graph, device, kernel_name, entry, hit, lowered.output_slots, model=model)
     compiled.profiler = NtffProfiler.for_graph(options, config, kernel_name, entry)
     compiled.keep_outputs_on_device = bool(options["keep_outputs_on_device"])
+    compiled.output_devices = fx_output_devices(gm)
     if not hit:
         device.record_compile()
     log.info(

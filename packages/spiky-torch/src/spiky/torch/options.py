@@ -35,6 +35,12 @@ def _bool(value: Any) -> str | None:
     return None if isinstance(value, bool) else "True or False"
 
 
+def _host_executor(value: Any) -> str | None:
+    from spiky.torch.host_executors import check_host_executor
+
+    return None if value is None else check_host_executor(value)
+
+
 def _bucket_spec(value: Any) -> str | None:
     """``buckets``: None, a list of sizes (every dynamic symbol), or {symbol: list of sizes}."""
     from spiky.torch.buckets import _bucket_list
@@ -128,6 +134,13 @@ OPTIONS: dict[str, OptionSpec] = {
             False,
             "calls with \"nkipy\" inputs return outputs that own pool memory (no copy through the host)",
             _bool,
+        ),
+        OptionSpec(
+            "host_executor",
+            None,
+            "host target: 'numpy' (reference interpreter), 'xla' (XLA:CPU) or 'auto' (XLA when jax is "
+            "installed); None: init_nkipy_backend(host_executor=...)",
+            _host_executor,
         ),
         *DYNAMIC_OPTIONS,
         *NTFF_OPTIONS,

@@ -1,0 +1,242 @@
+"""Host executors: what runs a compiled graph's body on the host target.
+
+- ``numpy``: spiky-ir's reference interpreter (:func:`spiky_ir.execute`), op by op. It *is*
+  the semantics; every other executor is checked against it.
+- ``xla``: the graph's HLO module (the same artefact the Neuron target hands to
+  ``neuronx-cc``) compiled by XLA:CPU into fused native code (:mod:`spiky_ir.hlo.xla_cpu`,
+  needs ``pip install spiky-torch[xla]``). Compiled once per graph (bucket), kept in memory
+  and serialized into the graph's cache entry; a call is one XLA execution with no per-op
+  Python work, inputs aliased zero-copy from the runtime's device buffers.
+- ``auto``: ``xla`` when jax/jaxlib are installed, else ``numpy``.
+
+The choice is ``init_nkipy_backend(host_executor=...)`` (default ``"auto"``) or the
+per-function option ``options={"host_executor": ...}``. Graphs XLA cannot run here fall
+back to numpy with a log line: graphs with collectives (XLA:CPU runs one replica; spiky-dist
+runs the collectives through torch.distributed) and graphs without an HLO form.
+
+>>> import spiky.torch
+>>> spiky.torch.host_executor_info().resolved in ("numpy", "xla")
+True
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import spiky_runtime as rt
+from spiky.cache import HLO_PROTO, CacheEntry
+from spiky.errors import SpikyConfigError
+from spiky.torch.collectives import collective_groups
+from spiky_ir import Graph, IRError, execute
+from spiky_ir.hlo import emit_hlo, xla_cpu
+
+log = logging.getLogger("spiky.compile")
+
+HOST_EXECUTORS = ("auto", "numpy", "xla")
+XLA_EXECUTABLE_PREFIX = "model.xla-cpu."
+"""Serialized XLA:CPU executables live in the cache entry as ``model.xla-cpu.<host fingerprint>.bin``."""
+_MAGIC = b"SPIKYXLA1\n"
+
+Array = np.ndarray[Any, np.dtype[Any]]
+HostFn = Callable[[Sequence[Array]], Sequence[Array]]
+
+
+@dataclass(frozen=True)
+class HostExecutorInfo:
+    """What ``host_executor="auto"`` picks in this process, and why (for logs and ``spiky info``)."""
+
+    resolved: str
+    """``"xla"`` or ``"numpy"``."""
+    xla_available: bool
+    reason: str
+    """Why: the jax version in use, or what is missing for XLA."""
+
+    def describe(self) -> str:
+        return f"host executor: {self.resolved} ({self.reason})"
+
+
+def host_executor_info() -> HostExecutorInfo:
+    """Which executor ``"auto"`` resolves to here. Cheap: does not import jax.
+
+    >>> info = host_executor_info()
+    >>> print(info.describe())  # doctest: +SKIP
+    host executor: xla (XLA:CPU through jax/jaxlib 0.10.2)
+    """
+    missing = xla_cpu.unavailable_reason()
+    if missing is None:
+        return HostExecutorInfo("xla", True, f"XLA:CPU through jax/jaxlib {xla_cpu.JAX_VERSION}")
+    return HostExecutorInfo("numpy", False, f"numpy reference interpreter; XLA:CPU unavailable: {missing}")
+
+
+def check_host_executor(value: Any) -> str | None:
+    """Option/config check: None for a good value, else what a good value looks like."""
+    return None if value in HOST_EXECUTORS else "one of " + ", ".join(repr(e) for e in HOST_EXECUTORS)
+
+
+_announced = False
+
+
+def resolve_host_executor(requested: str) -> str:
+    """``"numpy"`` or ``"xla"`` for a requested executor; ``"xla"`` without jax raises."""
+    global _announced
+    problem = check_host_executor(requested)
+    if problem is not None:
+        raise SpikyConfigError(f"host_executor got {requested!r}; expected {problem}")
+    info = host_executor_info()
+    if requested == "auto":
+        if not _announced:
+            _announced = True
+            log.info("host_executor 'auto' -> %s", info.describe())
+        return info.resolved
+    if requested == "xla" and not info.xla_available:
+        raise SpikyConfigError(
+            f"host_executor 'xla' is not available: {info.reason}; "
+            "pip install 'spiky-torch[xla]' or use host_executor='numpy' / 'auto'"
+        )
+    return requested
+
+
+# -- XLA executables: compiled once per HLO module, in memory and on disk ------------------------
+
+_lock = threading.Lock()
+_in_memory: dict[str, xla_cpu.XlaCpuExecutable] = {}
+
+
+def _specs(graph: Graph) -> list[xla_cpu.Spec]:
+    return [(tuple(v.type.static_shape()), np.dtype(v.type.dtype.to_numpy())) for v in graph.inputs]
+
+
+def _hlo_proto(graph: Graph, kernel_name: str, entry: CacheEntry | None) -> bytes:
+    if entry is not None and entry.meta.get("hlo", {}).get("available") and HLO_PROTO in entry.meta.get("files", {}):
+        return entry.file(HLO_PROTO).read_bytes()
+    return emit_hlo(graph, name=kernel_name).proto
+
+
+def _disk_path(entry: CacheEntry) -> Path:
+    return entry.path / f"{XLA_EXECUTABLE_PREFIX}{xla_cpu.host_fingerprint()}.bin"
+
+
+def _read_serialized(path: Path) -> bytes | None:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        log.warning("cannot read the XLA executable %s (%s); compiling again", path, exc)
+        return None
+    head, digest, payload = data[: len(_MAGIC)], data[len(_MAGIC): len(_MAGIC) + 32], data[len(_MAGIC) + 32:]
+    if head != _MAGIC or hashlib.sha256(payload).digest() != digest:
+        log.warning("the XLA executable %s is damaged; compiling again", path)
+        return None
+    return payload
+
+
+def _write_serialized(path: Path, payload: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        tmp.write_bytes(_MAGIC + hashlib.sha256(payload).digest() + payload)
+        os.replace(tmp, path)  # atomic: readers see the old file, none, or the whole new one
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        log.warning("cannot store the XLA executable in %s (%s); it stays in memory only", path.parent, exc)
+
+
+def xla_executable(graph: Graph, kernel_name: str, entry: CacheEntry | None = None) -> xla_cpu.XlaCpuExecutable:
+    """The XLA:CPU executable of ``graph`` (static shapes): from memory, the cache entry, or compiled.
+
+    Raises :class:`spiky_ir.IRError` when the graph has no HLO form or XLA rejects it.
+    """
+    proto = _hlo_proto(graph, kernel_name, entry)
+    specs = _specs(graph)
+    key = hashlib.sha256(proto).hexdigest() + repr(specs)
+    with _lock:
+        exe = _in_memory.get(key)
+        if exe is not None:
+            return exe
+        start = time.perf_counter()
+        path = _disk_path(entry) if entry is not None else None
+        payload = _read_serialized(path) if path is not None else None
+        how = "loaded from the cache entry"
+        if payload is not None:
+            try:
+                exe = xla_cpu.deserialize(payload, specs)
+            except IRError as exc:
+                log.warning("%s; compiling again", exc)
+        if exe is None:
+            how = "compiled"
+            exe = xla_cpu.compile_hlo(proto, specs)
+            if path is not None:
+                try:
+                    _write_serialized(path, exe.serialize())
+                    how = "compiled and stored in the cache entry"
+                except IRError as exc:  # the executable still runs; only the disk copy is missing
+                    log.info("%s; kept in memory only", exc)
+        _in_memory[key] = exe
+    log.info("%s: XLA:CPU executable %s in %.1f ms", kernel_name, how, (time.perf_counter() - start) * 1e3)
+    return exe
+
+
+def clear_xla_executables() -> None:
+    """Forget the in-memory XLA executables (the on-disk copies stay in their cache entries)."""
+    with _lock:
+        _in_memory.clear()
+
+
+# -- the host fn handed to the runtime -----------------------------------------------------------
+
+
+def host_function(
+    graph: Graph, kernel_name: str, executor: str, entry: CacheEntry | None = None
+) -> tuple[HostFn, str]:
+    """The host fn for ``Device.load_host_model`` and the executor it really uses.
+
+    ``executor`` is a resolved one (``"numpy"`` or ``"xla"``). With ``"xla"``, graphs XLA:CPU
+    cannot run correctly here fall back to ``"numpy"`` with a log line.
+    """
+    if executor == "xla":
+        groups = collective_groups(graph)
+        if groups:
+            log.warning("%s: runs on the numpy executor, not XLA: its collectives (groups %s) run through "
+                        "torch.distributed, which single-replica XLA:CPU cannot call", kernel_name, ", ".join(groups))
+        else:
+            try:
+                exe = xla_executable(graph, kernel_name, entry)
+            except IRError as exc:
+                log.warning("%s: runs on the numpy executor, not XLA: %s", kernel_name, exc)
+            else:
+                return exe.__call__, "xla"
+    elif executor != "numpy":
+        raise SpikyConfigError(f"host_function needs a resolved executor ('numpy' or 'xla'), got {executor!r}")
+
+    def run_numpy(arrays: Sequence[Array]) -> Sequence[Array]:
+        return execute(graph, arrays)
+
+    return run_numpy, "numpy"
+
+
+def load_host_graph(
+    device: rt.Device, graph: Graph, kernel_name: str, requested: str, entry: CacheEntry | None = None
+) -> rt.Model:
+    """Load ``graph`` (static shapes) on a host-driver device with the executor ``requested``.
+
+    ``requested`` is ``"auto"``, ``"numpy"`` or ``"xla"``; the one used is logged on
+    ``spiky.compile`` (``<kernel>: host executor xla``).
+    """
+    fn, used = host_function(graph, kernel_name, resolve_host_executor(requested), entry)
+    log.info("%s: host executor %s", kernel_name, used)
+    return device.load_host_model(
+        fn,
+        [rt.TensorSpec(v.type.static_shape(), v.type.dtype.to_numpy()) for v in graph.inputs],
+        [rt.TensorSpec(v.type.static_shape(), v.type.dtype.to_numpy()) for v in graph.outputs],
+        kernel_name,
+    )
