@@ -199,5 +199,18 @@ def test_pending_pipelined_outputs_are_read_after_they_are_produced() -> None:
     (out,) = [nkipy_device.adopt_output(t, 0) for t in future.result()]
     assert out.device.type == DEV and out.shape == (4,) and not future.done()
     threading.Timer(0.05, gate.set).start()
-    torch.testing.assert_close(out.cpu(), torch.arange(4, dtype=torch.float32) * 2)  # waits (GIL released)
-    assert future.done()
+    # .cpu() waits for the producer (GIL released, so the host fn can run); without the wait
+    # it would read the block before the call wrote it
+    torch.testing.assert_close(out.cpu(), torch.arange(4, dtype=torch.float32) * 2)
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_cpu_outputs_of_a_device_graph_stay_on_the_cpu(keep: bool) -> None:
+    def f(x: torch.Tensor, n: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x * 2, n + 1  # n: a CPU scalar tensor next to device tensors, as eager allows
+
+    x, n = torch.randn(3), torch.tensor(4.0)
+    got = torch.compile(f, backend="nkipy", options={"keep_outputs_on_device": keep})(x.to(DEV), n)
+    assert got[0].device.type == DEV and got[1].device.type == "cpu"
+    torch.testing.assert_close(got[0].cpu(), x * 2, **TOL)
+    torch.testing.assert_close(got[1], n + 1, **TOL)

@@ -13,10 +13,12 @@ copy); CPU inputs (e.g. scalars) are uploaded. Outputs:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from torch import fx
 
 import spiky_runtime as rt
 from spiky.torch.device import adopt_output, is_device_tensor, runtime_input
@@ -48,12 +50,29 @@ def device_inputs(args: list[Any]) -> list[rt.DeviceTensor | np.ndarray[Any, Any
     return out
 
 
-def device_outputs(future: rt.Future, device: torch.device, keep: bool) -> list[torch.Tensor]:
+def fx_output_devices(gm: fx.GraphModule) -> list[str | None]:
+    """The device type (``"cpu"``, ``"nkipy"``) of each FX output per its fake value; None for non-tensors."""
+    node = next(n for n in gm.graph.nodes if n.op == "output")
+    values = node.args[0] if isinstance(node.args[0], list | tuple) else (node.args[0],)
+    out: list[str | None] = []
+    for value in values:
+        val = value.meta.get("val") if isinstance(value, fx.Node) else None
+        out.append(val.device.type if isinstance(val, torch.Tensor) else None)
+    return out
+
+
+def device_outputs(
+    future: rt.Future, device: torch.device, keep: bool, on_host: Sequence[bool] = ()
+) -> list[torch.Tensor]:
     """A call's outputs as ``nkipy`` tensors: adopted pool memory (``keep``, submitted with
-    ``to_host=False``) or host results copied to ``device``."""
+    ``to_host=False``) or host results copied to ``device``. Outputs flagged in ``on_host``
+    (CPU tensors in the traced graph, e.g. an optimizer's step counter) stay CPU tensors."""
+    host = list(on_host) + [False] * (len(future.result()) - len(on_host))
     if keep:
-        return [adopt_output(t, device.index or 0) for t in future.result()]
-    return [torch.from_numpy(a).to(device) for a in future.result()]
+        return [torch.from_numpy(t.numpy()) if h else adopt_output(t, device.index or 0)
+                for t, h in zip(future.result(), host, strict=True)]
+    return [torch.from_numpy(a) if h else torch.from_numpy(a).to(device)
+            for a, h in zip(future.result(), host, strict=True)]
 
 
 def call_on_device(compiled: CompiledGraph, args: list[Any]) -> list[torch.Tensor | None]:
@@ -64,6 +83,10 @@ def call_on_device(compiled: CompiledGraph, args: list[Any]) -> list[torch.Tenso
     keep = compiled.keep_outputs_on_device
     future = _bundle(compiled).submit(inputs, to_host=not keep)
     del inputs
-    outs = device_outputs(future, device, keep)
-    slots = compiled.output_slots if compiled.output_slots is not None else range(len(outs))
+    slots = compiled.output_slots if compiled.output_slots is not None else range(len(future.result()))
+    on_host = [False] * len(future.result())
+    for slot, kind in zip(slots, compiled.output_devices, strict=False):
+        if slot is not None and kind == "cpu":
+            on_host[slot] = True
+    outs = device_outputs(future, device, keep, on_host)
     return [None if slot is None else outs[slot] for slot in slots]
