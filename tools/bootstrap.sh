@@ -33,5 +33,7 @@ SPIKY_WERROR=1 "${pip[@]}" install --no-build-isolation -c "$root/tools/requirem
   -e "$root/packages/spiky-runtime" \
   -e "$root/packages/spiky-dist" \
   -e "$root/packages/spiky-torch"
+echo "[bootstrap] building the nkipy torch device extension (cached after the first build)" >&2
+"$venv/bin/python" -c "import spiky.torch"
 echo "$stamp" > "$stamp_file"
 echo "[bootstrap] done" >&2
