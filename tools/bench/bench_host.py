@@ -14,8 +14,9 @@
 One thread: torch.set_num_threads(1) (eager, aot_eager, Inductor's generated code),
 OPENBLAS_NUM_THREADS=1 (numpy's matmuls in the numpy executor) and XLA:CPU
 without its Eigen intra-op pool (XLA_FLAGS, spiky_ir.hlo.xla_cpu.limit_threads) on a
-synchronous client, so XLA computes on the calling thread; the CPU time of every other
-thread during the XLA rows is printed as a check. Inference (torch.no_grad), float32.
+synchronous client; and, because XLA's dot kernels still use the client's thread pool, the
+whole process pinned to one core (os.sched_setaffinity). The CPU time of every other thread
+during the XLA rows is printed as a check. Inference (torch.no_grad), float32.
 """
 
 from __future__ import annotations
@@ -29,10 +30,14 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+# One core for the whole process (threads created later inherit it): XLA:CPU's dot kernels use
+# the client's own thread pool even with the XLA_FLAGS below (measured: ~1 s of CPU on other
+# threads per second of MLP calls), so the flags alone do not make the comparison one-threaded.
+os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # numpy's BLAS: one thread too (before numpy loads)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from spiky_ir.hlo import xla_cpu
+from spiky_ir.hlo import xla_cpu  # noqa: E402
 
 xla_cpu.limit_threads()  # before anything starts XLA
 
