@@ -46,6 +46,10 @@ namespace spiky::runtime {
 void bind_nrt(py::module_& m);  // nrt_bindings.cc: Device.load_neff, NTFF profiling, NrtError
 }  // namespace spiky::runtime
 
+namespace spiky::runtime {
+void bind_c_abi(py::module_& m);  // c_abi.cc: the C allocator ABI for foreign tensors
+}  // namespace spiky::runtime
+
 namespace {
 
 // ---------------------------------------------------------------- the GIL
@@ -801,5 +805,7 @@ PYBIND11_MODULE(_core, m) {
         }
         return out + "], device=" + device_label(*model.device()) + ")";
       });
+
   bind_nrt(m);
+  bind_c_abi(m);
 }
