@@ -402,4 +402,6 @@ def test_coverage_report(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--missing-only"]) == 0
     out = capsys.readouterr().out
     assert "  - aten.sort.default" in out and f"summary: {len(cov.lowered)}/" in out
-    assert all(hasattr(t, "tags") or t.__module__ == "_operator" for t in LOWERINGS)
+    # keys are overloads, Python operators (SymInt arithmetic), or names of late-registered prims
+    assert all(hasattr(t, "tags") or getattr(t, "__module__", None) == "_operator" or
+               (isinstance(t, str) and t.startswith("prims.")) for t in LOWERINGS)

@@ -124,6 +124,7 @@ EXPLICIT: list[Case] = [
     *(Case("dot", (Operand((7,), d), Operand((7,), d))) for d in (F32, I32, F16)),
     # creation
     *(Case("full", (), {"shape": (2, 3), "value": v, "dtype": d}) for v, d in [(1.5, F32), (-2, I64), (True, BOOL)]),
+    *(Case("dim_value", (), {"value": v, "dtype": d}) for v, d in [(24, F32), (7, I64)]),
     *(Case("zeros", (), {"shape": sh, "dtype": d}) for sh, d in [((3,), F16), ((2, 2), I32)]),
     *(Case("iota", (), {"shape": (3, 4), "axis": a, "dtype": d}) for a, d in [(0, I64), (1, F32), (1, BF16)]),
     *(Case("arange", (), {"start": st, "step": sp, "size": 6, "dtype": d})

@@ -53,6 +53,12 @@ def _log_then_sum(g: Graph, x: Value) -> Value:  # garbage may become inf/NaN: m
     return g.add_op("sum", [g.add_op("log", [x])], {"axes": (1,), "keepdims": False})
 
 
+def _sum_over_count(g: Graph, x: Value) -> Value:  # a mean written as sum / numel (SymInt count)
+    total = g.add_op("sum", [x], {"axes": (0, 1), "keepdims": False})
+    count = g.add_op("dim_value", [], {"value": "4*s0+s0*s0", "dtype": F32})  # 4*s0 + s0^2 elements
+    return g.add_op("divide", [total, count])
+
+
 # name → (build on x: f32[4, s0], expected padded?)
 CASES: dict[str, tuple[Build, bool]] = {
     "sum": (_red("sum", (1,)), True),
@@ -74,6 +80,7 @@ CASES: dict[str, tuple[Build, bool]] = {
     "concat_tail": (_concat_tail, True),
     "slice_tail": (_slice_tail, True),
     "log_sum": (_log_then_sum, True),
+    "sum_over_symbolic_count": (_sum_over_count, True),
     "flip_exact": (_flip, False),
     "gather_exact": (lambda g, x: g.add_op("take_along_axis", [x, g.add_op("zeros", [], {
         "shape": (4, "s0"), "dtype": DType.int64})], {"axis": 1}), False),

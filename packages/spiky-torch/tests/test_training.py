@@ -169,12 +169,6 @@ def test_gradients_w_r_t_device_inputs() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="dynamic batch in training waits for issue 7 (buckets in executable.py): the IR lowering "
-    "rejects a symbolic divisor (mean over s0), and the bucketed call path does not yet take nkipy "
-    "tensors (it should use spiky.torch.device_call.device_inputs/device_outputs)",
-)
 @pytest.mark.parametrize("on_device", [False, pytest.param(True, marks=needs_device)])
 def test_dynamic_batch_during_training(on_device: bool) -> None:
     """Batch 4, 8, 4: the second size makes Dynamo trace a dynamic batch dim (served by buckets)."""

@@ -37,7 +37,7 @@ Lowered = Value | tuple[Value, ...] | Dim | None
 dim (SymInt-valued nodes), or nothing (assertion nodes)."""
 Lowering = Callable[["LoweringContext", fx.Node], Lowered]
 LOWERINGS: dict[Any, Lowering] = {}
-"""ATen overload → lowering; read it to see what lowers."""
+"""ATen overload (or its name, for ops torch registers late) → lowering; read it to see what lowers."""
 
 _TORCH_TO_IR = {
     torch.bool: DType.bool, torch.int8: DType.int8, torch.int16: DType.int16,
@@ -128,6 +128,8 @@ class LoweringContext:
             return value
         if isinstance(value, bool | int | float):
             return self.const(value, _scalar_dtype(value, like))
+        if isinstance(value, str):  # a symbolic size used as a number (SymInt), e.g. a mean's count
+            return self.op("dim_value", attrs={"value": value, "dtype": _scalar_dtype(1, like)})
         raise LoweringError(f"{self._where()} has operand {value!r} that is not a tensor or scalar")
 
     def const(self, value: bool | int | float, dtype: DType) -> Value:
@@ -292,7 +294,7 @@ def lower_fx_graph(gm: fx.GraphModule, name: str = "main") -> LoweredGraph:
                 kind = type(val).__name__
                 raise LoweringError(f"graph input '{node.name}' is a {kind}; only tensors and SymInts lower")
         elif node.op == "call_function":
-            lowering = LOWERINGS.get(node.target)
+            lowering = LOWERINGS.get(node.target) or LOWERINGS.get(str(node.target))
             if lowering is None and _is_sym(val) and not isinstance(val, torch.Tensor):
                 ctx.env[node] = _sym_dim(val) if isinstance(val, torch.SymInt | int) else val
                 continue
@@ -458,14 +460,8 @@ def _add(ctx: LoweringContext, node: fx.Node) -> Value:
     return ctx.binary("add", ctx.arg(node, 0), other)
 
 
-@lowers(torch.ops.prims.fma.default)
-def _fma(ctx: LoweringContext, node: fx.Node) -> Value:
-    """a * b + c, rounded twice (lerp decomposes to it: AdamW's moment updates)."""
-    product = ctx.binary("multiply", ctx.arg(node, 0), ctx.arg(node, 1))
-    return ctx.binary("add", product, ctx.arg(node, 2))
-
-
-@lowers(torch.ops.prims.fma.default)
+# By name: torch registers prims.fma only once Inductor's decompositions are imported.
+@lowers("prims.fma.default")
 def _fma(ctx: LoweringContext, node: fx.Node) -> Value:
     """a * b + c, rounded twice (lerp decomposes to it: AdamW's moment updates)."""
     product = ctx.binary("multiply", ctx.arg(node, 0), ctx.arg(node, 1))

@@ -188,6 +188,11 @@ def _constant(e: _Emitter, node: Node, _args: list[str], attrs: Mapping[str, Att
     return f"np.asarray({_lit(attrs['value'])}).astype({e.dt(node.output.type.dtype)})"
 
 
+@_rule("dim_value")
+def _dim_value(e: _Emitter, node: Node, _args: list[str], attrs: Mapping[str, Attr]) -> str:
+    return f"np.asarray({_lit(attrs['value'])}).astype({e.dt(node.output.type.dtype)})"
+
+
 @_rule("full")
 def _full(e: _Emitter, node: Node, _args: list[str], attrs: Mapping[str, Attr]) -> str:
     dt = e.dt(node.output.type.dtype)

@@ -379,6 +379,9 @@ def _scalar_array(value: Attr, dtype: DType) -> Array:
 _op("constant", "creation", 0, {"value": "scalar", "dtype": "dtype"}, _constant_rule,
     lambda _xs, attrs: [_scalar_array(attrs["value"], _dtype(attrs))],
     "a rank-0 constant; broadcasting gives it any shape")
+_op("dim_value", "creation", 0, {"value": "dim", "dtype": "dtype"}, _constant_rule,
+    lambda _xs, attrs: [_scalar_array(_static(attrs["value"], "dim_value"), _dtype(attrs))],  # type: ignore[arg-type]
+    "a size as a rank-0 tensor (e.g. the element count a mean divides by); symbolic until specialized")
 _op("full", "creation", 0, {"shape": "dims", "value": "scalar", "dtype": "dtype"}, _full_rule,
     lambda _xs, attrs: [np.full(_shape_of(attrs), _scalar_array(attrs["value"], _dtype(attrs)))],
     "a tensor filled with one value")

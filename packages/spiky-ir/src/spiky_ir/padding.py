@@ -282,6 +282,25 @@ def _creation(ctx: PadContext, node: Node, inputs: list[Value]) -> tuple[Sequenc
     return outs, [_fresh_layout(v.type, ctx.padded) for v in outs]
 
 
+def _dim_value(ctx: PadContext, node: Node, inputs: list[Value]) -> tuple[Sequence[Value], Sequence[Layout]]:
+    """A size used as a number must be the real size: rebuild it from the real lengths of the
+    padded symbols it contains (sum of monomials); unpadded symbols stay symbolic."""
+    value, dtype = node.attrs["value"], node.output.type.dtype
+    assert isinstance(value, int | str) and isinstance(dtype, DType)
+    if isinstance(value, int) or not dim_symbols(value) & ctx.padded:
+        return ctx.copy(node, inputs), [()]
+    total: Value | None = None
+    for monomial, coefficient in to_poly(value).items():
+        term = ctx.const(int(coefficient), DType.int64)
+        for sym in monomial:
+            factor = ctx.length(sym) if sym in ctx.padded else ctx.op(
+                "dim_value", attrs={"value": sym, "dtype": DType.int64})
+            term = ctx.op("multiply", term, factor)
+        total = term if total is None else ctx.op("add", total, term)
+    assert total is not None
+    return [ctx.astype(total, dtype)], [()]
+
+
 def _reduce_axes(node: Node) -> tuple[int, ...]:
     if "axes" in node.attrs:
         axes = node.attrs["axes"]
@@ -648,6 +667,7 @@ PAD_RULES: dict[str, PadRule] = {
     "triu": _positionwise,
     "all_reduce": _positionwise,
     "constant": _creation,
+    "dim_value": _dim_value,
     "full": _creation,
     "zeros": _creation,
     "iota": _creation,

@@ -272,6 +272,14 @@ def _constant(ctx: HloContext, node: Node, xs: Sequence[HloValue]) -> list[HloVa
     return [ctx.b.constant(node.attrs["value"], dtype, dims)]
 
 
+def _dim_value(ctx: HloContext, node: Node, xs: Sequence[HloValue]) -> list[HloValue]:
+    dtype, dims = ctx.result_type()
+    value = node.attrs["value"]
+    if not isinstance(value, int):
+        raise ctx.fail(f"dim_value {value!r} is symbolic; specialize the graph before emitting HLO")
+    return [ctx.b.constant(value, dtype, dims)]
+
+
 def _full(ctx: HloContext, node: Node, xs: Sequence[HloValue]) -> list[HloValue]:
     dtype, dims = ctx.result_type()
     return [ctx.b.full(node.attrs.get("value", 0), dtype, dims)]
@@ -733,7 +741,7 @@ def _all_to_all(ctx: HloContext, node: Node, xs: Sequence[HloValue]) -> list[Hlo
 
 RULES: dict[str, HloRule] = {
     **_ELEMENTWISE,
-    "constant": _constant, "full": _full, "zeros": _full, "iota": _iota, "arange": _arange,
+    "constant": _constant, "dim_value": _dim_value, "full": _full, "zeros": _full, "iota": _iota, "arange": _arange,
     "tril": _triangle(lower=True), "triu": _triangle(lower=False),
     "astype": _astype, "transpose": _transpose, "reshape": _reshape_like_result,
     "expand_dims": _reshape_like_result, "squeeze": _reshape_like_result, "broadcast_to": _broadcast_to,

@@ -40,10 +40,13 @@ from spiky.cache import CompileCache
 from spiky.errors import SpikyOptionError, SpikyShapeError
 from spiky.torch.buckets import BucketPolicy
 from spiky.torch.config import current_config
+from spiky.torch.device import is_device_tensor
+from spiky.torch.device_call import fx_output_devices
 from spiky.torch.executable import _host_builder, cache_key, kernel_name_of
+from spiky.torch.host_executors import load_host_graph
 from spiky.torch.options import Options
 from spiky.torch.targets import runtime_device
-from spiky_ir import Graph, execute, optimize, print_graph, specialize
+from spiky_ir import Graph, optimize, print_graph, specialize
 from spiky_ir.fx import lower_fx_graph
 from spiky_ir.padding import PaddedGraph, pad_graph, unpad
 from spiky_ir.specialize import bindings_for, rename_symbols
@@ -171,7 +174,12 @@ def _symbol_order(graph: Graph) -> list[str]:
 def _to_numpy(value: Any) -> np.ndarray[Any, Any]:
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"compiled graph input {value!r} is not a tensor")
-    return value.detach().contiguous().numpy()
+    if is_device_tensor(value):
+        # Bucketed calls pad and unpad on the host side of the runtime today, so "nkipy"
+        # inputs make one round trip (static graphs take them without a copy).
+        value = value.cpu()
+    array: np.ndarray[Any, Any] = value.detach().contiguous().numpy()
+    return array
 
 
 class DynamicGraph:
@@ -188,6 +196,7 @@ class DynamicGraph:
                             for n in gm.graph.nodes if n.op == "placeholder"]
         lowered = lower_fx_graph(gm)
         self.output_slots = lowered.output_slots
+        self.output_devices = fx_output_devices(gm)
         graph = optimize(lowered.graph)
         rename = {old: f"s{i}" for i, old in enumerate(_symbol_order(graph))}
         self.graph = rename_symbols(graph, rename)
@@ -296,18 +305,10 @@ class DynamicGraph:
         config = current_config()
         ckey = cache_key(text, self.target, self.options, config,
                          buckets={s: [b] for s, b in bindings.items()})
-        _entry, hit = CompileCache(config.nkipy_cache).get_or_build(
+        entry, hit = CompileCache(config.nkipy_cache).get_or_build(
             ckey, _host_builder(static, kernel_name), kernel_name=kernel_name)
-
-        def run(arrays: list[np.ndarray[Any, Any]]) -> list[np.ndarray[Any, Any]]:
-            return execute(static, arrays)
-
-        self.models[key] = self.device.load_host_model(
-            run,
-            [rt.TensorSpec(v.type.static_shape(), v.type.dtype.to_numpy()) for v in static.inputs],
-            [rt.TensorSpec(v.type.static_shape(), v.type.dtype.to_numpy()) for v in static.outputs],
-            kernel_name,
-        )
+        self.models[key] = load_host_graph(
+            self.device, static, kernel_name, self.options["host_executor"] or config.host_executor, entry)
         if not hit:
             self.device.record_compile()
         else:
@@ -348,6 +349,7 @@ class DynamicGraph:
     def __call__(self, args: list[Any]) -> list[Any]:
         tensors = [a for a, is_tensor in zip(args, self.tensor_args, strict=True) if is_tensor]
         args.clear()
+        device = next((t.device for t in tensors if is_device_tensor(t)), None)
         if self.options["precompile"] and not self._precompiled:
             self.precompile()
         arrays = [_to_numpy(t) for t in tensors]
@@ -380,18 +382,21 @@ class DynamicGraph:
                 if keep_padded:
                     _set_real_shape(tensor, tuple(tensor.shape))
             results.append(tensor)
-        return self._slots(results, sizes)
+        return self._slots(results, sizes, device)
 
     def _real_extent(self, layout: Any, sizes: Mapping[str, int], bucket: Mapping[str, int]) -> list[int]:
         from spiky_ir.padding import _real_shape
 
         return list(_real_shape(layout, self.plan.padded, sizes, bucket)[0])
 
-    def _slots(self, outs: list[torch.Tensor], sizes: Mapping[str, int]) -> list[Any]:
+    def _slots(self, outs: list[torch.Tensor], sizes: Mapping[str, int], device: torch.device | None) -> list[Any]:
+        """Results in FX output order; outputs traced on ``"nkipy"`` go back to ``device``."""
         result: list[Any] = []
         for index, slot in enumerate(self.output_slots):
             if slot is not None:
-                result.append(outs[slot])
+                on_device = device is not None and index < len(self.output_devices) \
+                    and self.output_devices[index] == "nkipy"
+                result.append(outs[slot].to(device) if on_device else outs[slot])
             elif index in self.dim_outputs:
                 value = dim_eval(self.dim_outputs[index], sizes)
                 result.append(int(value))
