@@ -9,6 +9,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <array>
 #include <chrono>
 #include <condition_variable>
 #include <mutex>
@@ -97,7 +98,39 @@ std::string type_name(py::handle obj) {
   return py::str(py::type::handle_of(obj).attr("__name__"));
 }
 
+// The common case without Python attribute calls: a native-order dtype we support, by
+// kind and size. nullopt sends the caller to the checked path (and its error message).
+std::optional<DType> fast_dtype(const py::dtype& dt) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+  if (dt.byteorder() == '>') return std::nullopt;
+#else
+  if (dt.byteorder() == '<') return std::nullopt;
+#endif
+  const auto size = dt.itemsize();
+  switch (dt.kind()) {
+    case 'b': return size == 1 ? std::optional<DType>(DType::kBool) : std::nullopt;
+    case 'u': return size == 1 ? std::optional<DType>(DType::kUInt8) : std::nullopt;
+    case 'i':
+      switch (size) {
+        case 1: return DType::kInt8;
+        case 2: return DType::kInt16;
+        case 4: return DType::kInt32;
+        case 8: return DType::kInt64;
+        default: return std::nullopt;
+      }
+    case 'f':
+      switch (size) {
+        case 2: return DType::kFloat16;
+        case 4: return DType::kFloat32;
+        case 8: return DType::kFloat64;
+        default: return std::nullopt;
+      }
+    default: return std::nullopt;
+  }
+}
+
 DType dtype_of(const py::dtype& dt, const std::string& context) {
+  if (const auto fast = fast_dtype(dt)) return *fast;
   const std::string name = py::str(dt.attr("name"));
   if (!dt.attr("isnative").cast<bool>()) {
     throw InvalidArgument(context + "dtype '" + std::string(py::str(dt.attr("str"))) +
@@ -118,7 +151,14 @@ DType dtype_from_object(py::handle obj, const std::string& context) {
   return dtype_of(dt, context);
 }
 
-py::dtype to_numpy(DType dtype) { return py::dtype(dtype_name(dtype)); }
+// numpy dtype objects per DType, made once (with the GIL held) and kept for the process:
+// building them from names on every call showed up in per-call overhead.
+py::dtype to_numpy(DType dtype) {
+  static std::array<py::handle, 9> cache{};
+  const auto index = static_cast<std::size_t>(dtype);
+  if (!cache.at(index)) cache[index] = py::dtype(dtype_name(dtype)).release();  // never freed
+  return py::reinterpret_borrow<py::dtype>(cache[index]);
+}
 
 std::vector<py::ssize_t> np_shape(const TensorSpec& spec) {
   return {spec.shape().begin(), spec.shape().end()};
@@ -127,6 +167,17 @@ std::vector<py::ssize_t> np_shape(const TensorSpec& spec) {
 TensorSpec spec_of(const py::array& arr, const std::string& context) {
   std::vector<std::int64_t> shape(arr.shape(), arr.shape() + arr.ndim());
   return TensorSpec(std::move(shape), dtype_of(arr.dtype(), context));
+}
+
+// True when `arr` has exactly `spec`'s shape and dtype (no allocation on the hot path).
+bool matches(const py::array& arr, const TensorSpec& spec) {
+  const auto& shape = spec.shape();
+  if (static_cast<std::size_t>(arr.ndim()) != shape.size()) return false;
+  for (std::size_t d = 0; d < shape.size(); ++d) {
+    if (arr.shape(static_cast<py::ssize_t>(d)) != shape[d]) return false;
+  }
+  const auto dtype = fast_dtype(arr.dtype());
+  return dtype && *dtype == spec.dtype();
 }
 
 py::array c_contiguous(const py::array& arr) {
@@ -249,7 +300,7 @@ HostExecutable make_host_executable(py::object fn, std::string name,
       // Zero-copy view of device memory; valid only during this call (the buffer returns
       // to the pool afterwards), hence read-only and not to be kept by fn.
       py::array view(to_numpy(t.spec.dtype()), np_shape(t.spec), t.data, py::none());
-      view.attr("flags").attr("writeable") = false;
+      py::detail::array_proxy(view.ptr())->flags &= ~py::detail::npy_api::NPY_ARRAY_WRITEABLE_;
       views.append(view);
     }
     // Raw C API call: a thread ended by CPython's finalization (forced unwind while
@@ -280,19 +331,28 @@ HostExecutable make_host_executable(py::object fn, std::string name,
       throw InvalidArgument(ctx + "host fn returned " + std::to_string(seq.size()) +
                             " outputs, expected " + std::to_string(outputs.size()));
     }
-    py::object asarray = py::module_::import("numpy").attr("asarray");
     for (std::size_t i = 0; i < outputs.size(); ++i) {
-      const std::string out_ctx = ctx + "output " + std::to_string(i) + ": ";
-      auto arr = asarray(seq[i]).cast<py::array>();
-      const TensorSpec got = spec_of(arr, out_ctx + "host fn returned ");
-      if (got != outputs[i].spec) {
+      py::object item = seq[i];
+      auto arr = py::isinstance<py::array>(item)
+                     ? item.cast<py::array>()
+                     : py::module_::import("numpy").attr("asarray")(item).cast<py::array>();
+      if (!matches(arr, outputs[i].spec)) {  // the slow path builds the message
+        const std::string out_ctx = ctx + "output " + std::to_string(i) + ": ";
+        const TensorSpec got = spec_of(arr, out_ctx + "host fn returned ");
         throw InvalidArgument(out_ctx + "host fn returned " + got.describe() + ", expected " +
                               outputs[i].spec.describe());
       }
       arr = c_contiguous(arr);
       const void* src = arr.data();
-      const std::size_t nbytes = got.nbytes();
-      if (nbytes) without_gil([&] { std::memcpy(outputs[i].data, src, nbytes); });
+      const std::size_t nbytes = outputs[i].spec.nbytes();
+      // Dropping the GIL costs more than copying a small output; only large copies let
+      // other Python threads run meanwhile.
+      constexpr std::size_t kReleaseGilBytes = 256 * 1024;
+      if (nbytes >= kReleaseGilBytes) {
+        without_gil([&] { std::memcpy(outputs[i].data, src, nbytes); });
+      } else if (nbytes) {
+        std::memcpy(outputs[i].data, src, nbytes);
+      }
     }
   };
 }
@@ -364,7 +424,8 @@ std::vector<CallInput> call_inputs(const py::object& arrays, const std::string& 
   auto seq = arrays.cast<py::sequence>();
   std::vector<CallInput> inputs;
   for (std::size_t i = 0; i < seq.size(); ++i) {
-    const std::string ctx = context + "input " + std::to_string(i) + ": ";
+    // Error messages only: built when something is wrong, not on every call.
+    auto ctx = [&] { return context + "input " + std::to_string(i) + ": "; };
     py::object item = seq[i];
     if (py::isinstance<DeviceTensor>(item)) {
       auto tensor = item.cast<std::shared_ptr<DeviceTensor>>();
@@ -372,11 +433,14 @@ std::vector<CallInput> call_inputs(const py::object& arrays, const std::string& 
       continue;
     }
     if (!py::isinstance<py::array>(item)) {
-      throw InvalidArgument(ctx + "expected a numpy.ndarray or DeviceTensor, got " +
+      throw InvalidArgument(ctx() + "expected a numpy.ndarray or DeviceTensor, got " +
                             type_name(item));
     }
     py::array arr = c_contiguous(item.cast<py::array>());
-    CallInput in{spec_of(arr, ctx), arr.data(), nullptr, nullptr};
+    const auto fast = fast_dtype(arr.dtype());
+    CallInput in{fast ? TensorSpec(std::vector<std::int64_t>(arr.shape(), arr.shape() + arr.ndim()), *fast)
+                      : spec_of(arr, ctx()),
+                 arr.data(), nullptr, nullptr};
     if (keep) in.keepalive = std::make_shared<PyRef>(arr);
     holders->push_back(std::move(arr));
     inputs.push_back(std::move(in));
