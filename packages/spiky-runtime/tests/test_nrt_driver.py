@@ -44,10 +44,11 @@ control = _load("control")
 C = control
 
 
-@pytest.fixture(scope="session")
-def fake_lib(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """The fake libnrt this process's runtime loads (SPIKY_LIBNRT, set for the session)."""
-    lib: Path = build.build_fake_libnrt(tmp_path_factory.mktemp("nrt_driver"))
+@pytest.fixture(scope="module")
+def fake_lib() -> Iterator[Path]:
+    """The fake libnrt this process's runtime loads (SPIKY_LIBNRT, set for this module only:
+    later modules must not find a "Neuron runtime" unless they ask for one)."""
+    lib: Path = build.shared_fake_libnrt()
     old = os.environ.get("SPIKY_LIBNRT")
     os.environ["SPIKY_LIBNRT"] = str(lib)
     yield lib

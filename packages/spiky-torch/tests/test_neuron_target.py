@@ -88,8 +88,8 @@ FAKE = textwrap.dedent("""\
 
 
 @pytest.fixture(scope="session")
-def fake_lib(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path: Path = build.build_fake_libnrt(tmp_path_factory.mktemp("fake_libnrt"))
+def fake_lib() -> Path:
+    path: Path = build.shared_fake_libnrt()  # the same file the runtime's tests load in this process
     return path
 
 
@@ -138,6 +138,7 @@ def neuron(fake_lib: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> I
     fake.reset()
     fake.set_execute(XlaRule(Path(os.environ["SPIKY_CACHE"])))
     spiky.torch.init_nkipy_backend(target="neuron")
+    spiky.reset_stats()  # the nrt device may have run models for earlier tests in this process
     yield fake
     assert fake.callback_errors == []
     fake.reset()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -83,3 +84,20 @@ def build_fake_libnrt(out_dir: Path, omit_symbols: Sequence[str] = ()) -> Path:
     if proc.returncode != 0:
         raise RuntimeError(f"fake libnrt: build failed ({proc.returncode}):\n  {' '.join(cmd)}\n{proc.stderr}")
     return target
+
+
+def shared_fake_libnrt() -> Path:
+    """The fake built once per process, for tests that load it into this process's runtime.
+
+    A process has one Neuron runtime and dlopens one libnrt, so every in-process user (the
+    runtime's driver tests, spiky-torch's neuron-target tests) must point at the same file:
+    a second copy would be a second library whose controls drive nothing. The path is kept
+    in the environment because this module may be loaded under several names.
+    """
+    key = "SPIKY_TEST_SHARED_FAKE_LIBNRT"
+    known = os.environ.get(key)
+    if known and Path(known).exists():
+        return Path(known)
+    lib = build_fake_libnrt(Path(tempfile.mkdtemp(prefix="spiky-fake-libnrt-")))
+    os.environ[key] = str(lib)
+    return lib
