@@ -59,3 +59,16 @@ def test_readme_torchrun_example(tmp_path: Path) -> None:
     reports = dict(re.findall(r"rank (\d)/2 on host: output \(5, 4\), max \|tp - full\| = (\S+),", result.stdout))
     assert sorted(reports) == ["0", "1"], result.stdout
     assert all(float(diff) < 1e-5 for diff in reports.values())
+
+
+@pytest.mark.slow
+def test_eager_collectives_on_nkipy_tensors(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(SPIKY_CACHE=str(tmp_path), OMP_NUM_THREADS="1")
+    worker = Path(__file__).parent / "workers" / "dist_eager_device.py"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-addr=127.0.0.1",
+           f"--master-port={_free_port()}", str(worker)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env, check=False)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    reports = dict(re.findall(r"rank (\d): (\d+) eager checks ok", result.stdout))
+    assert reports == {"0": "10", "1": "10"}, result.stdout

@@ -33,6 +33,7 @@ from torch.utils.backend_registration import (
 import spiky_runtime as rt
 from spiky.errors import SpikyConfigError
 from spiky.torch import device_ext
+from spiky_dist import stage_eager_collectives
 
 log = logging.getLogger("spiky.device")
 
@@ -75,6 +76,9 @@ def register() -> bool:
             torch._register_device_module(DEVICE_TYPE, _module())  # type: ignore[no-untyped-call]
         if not hasattr(torch.Tensor, "is_nkipy"):
             generate_methods_for_privateuse1_backend(for_storage=True)
+        # dist.all_reduce(t) & co. on nkipy tensors outside compiled graphs: staged through
+        # the process group's host backend (gloo) instead of raising.
+        stage_eager_collectives("PrivateUse1")
         _ext = ext
         return True
 

@@ -1,0 +1,117 @@
+"""Eager collectives on accelerator tensors, staged through the process group's host backend.
+
+``dist.all_reduce(t)`` on an ``"nkipy"`` tensor under a ``gloo`` process group would raise
+(gloo has no kernel for that device). :func:`stage_eager_collectives` registers, for the
+device's dispatch key, kernels of torch's ``c10d`` collective ops that copy the tensors to
+the host, run the same op through the group's CPU backend, wait, and copy the results back.
+Compiled graphs do not come here: their collectives run inside the graph (see
+:mod:`spiky_dist.host`). Staging costs two host copies per tensor; it exists so that eager
+code keeps working, not to be fast.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+_lock = threading.Lock()
+_libraries: dict[str, torch.library.Library] = {}
+
+c10d = torch.ops.c10d
+
+
+def _host(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    return [t.detach().cpu() for t in tensors]
+
+
+def _back(devices: Sequence[torch.Tensor], hosts: Sequence[torch.Tensor]) -> None:
+    for device_tensor, host in zip(devices, hosts, strict=True):
+        device_tensor.copy_(host)
+
+
+def _allreduce(tensors: list[torch.Tensor], pg: Any, op: Any, sparse: Any = None,
+               async_op: bool = True, timeout: int = -1) -> tuple[list[torch.Tensor], Any]:
+    hosts = _host(tensors)
+    _, work = c10d.allreduce_.default(hosts, pg, op, sparse, async_op, timeout)
+    work.wait()
+    _back(tensors, hosts)
+    return tensors, work
+
+
+def _broadcast(tensors: list[torch.Tensor], pg: Any, root_rank: int, root_tensor: int,
+               async_op: bool = True, timeout: int = -1) -> tuple[list[torch.Tensor], Any]:
+    hosts = _host(tensors)
+    _, work = c10d.broadcast_.default(hosts, pg, root_rank, root_tensor, async_op, timeout)
+    work.wait()
+    _back(tensors, hosts)
+    return tensors, work
+
+
+def _allgather(outputs: list[list[torch.Tensor]], inputs: list[torch.Tensor], pg: Any,
+               async_op: bool = True, timeout: int = -1) -> tuple[list[list[torch.Tensor]], Any]:
+    host_outs = [_host(group) for group in outputs]
+    _, work = c10d.allgather_.default(host_outs, _host(inputs), pg, async_op, timeout)
+    work.wait()
+    for group, host_group in zip(outputs, host_outs, strict=True):
+        _back(group, host_group)
+    return outputs, work
+
+
+def _allgather_base(output: torch.Tensor, input: torch.Tensor, pg: Any,
+                    async_op: bool = True, timeout: int = -1) -> tuple[torch.Tensor, Any]:
+    host_out = output.detach().cpu()
+    _, work = c10d._allgather_base_.default(host_out, input.detach().cpu(), pg, async_op, timeout)
+    work.wait()
+    output.copy_(host_out)
+    return output, work
+
+
+def _reduce_scatter_base(output: torch.Tensor, input: torch.Tensor, pg: Any, op: Any,
+                         async_op: bool = True, timeout: int = -1) -> tuple[torch.Tensor, Any]:
+    host_out = output.detach().cpu()
+    _, work = c10d._reduce_scatter_base_.default(host_out, input.detach().cpu(), pg, op, async_op, timeout)
+    work.wait()
+    output.copy_(host_out)
+    return output, work
+
+
+def _alltoall_base(output: torch.Tensor, input: torch.Tensor, pg: Any,
+                   output_split_sizes: list[int], input_split_sizes: list[int],
+                   async_op: bool = True, timeout: int = -1) -> Any:
+    host_out = output.detach().cpu()
+    work = c10d.alltoall_base_.default(host_out, input.detach().cpu(), pg, output_split_sizes,
+                                       input_split_sizes, async_op, timeout)
+    work.wait()
+    output.copy_(host_out)
+    return work
+
+
+KERNELS: dict[str, Callable[..., Any]] = {
+    "allreduce_": _allreduce,
+    "broadcast_": _broadcast,
+    "allgather_": _allgather,
+    "_allgather_base_": _allgather_base,
+    "_reduce_scatter_base_": _reduce_scatter_base,
+    "alltoall_base_": _alltoall_base,
+}
+"""c10d op → staging kernel: all_reduce, broadcast, all_gather (list and into-tensor),
+reduce_scatter_tensor, all_to_all_single."""
+
+
+def stage_eager_collectives(dispatch_key: str = "PrivateUse1") -> bool:
+    """Register the staging kernels for ``dispatch_key`` (idempotent); True on first call."""
+    with _lock:
+        if dispatch_key in _libraries:
+            return False
+        library = torch.library.Library("c10d", "IMPL")  # type: ignore[no-untyped-call]
+        with warnings.catch_warnings():
+            # torch registers placeholder kernels for the key; replacing them is the point.
+            warnings.filterwarnings("ignore", message="Overriding a previously registered kernel")
+            for name, kernel in KERNELS.items():
+                library.impl(name, kernel, dispatch_key, allow_override=True)  # type: ignore[no-untyped-call]
+        _libraries[dispatch_key] = library
+        return True
