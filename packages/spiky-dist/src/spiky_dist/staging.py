@@ -110,7 +110,7 @@ def stage_eager_collectives(dispatch_key: str = "PrivateUse1") -> bool:
         library = torch.library.Library("c10d", "IMPL")  # type: ignore[no-untyped-call]
         with warnings.catch_warnings():
             # torch registers placeholder kernels for the key; replacing them is the point.
-            warnings.filterwarnings("ignore", message="Overriding a previously registered kernel")
+            warnings.filterwarnings("ignore", message=r"(?s).*Overriding a previously registered kernel")
             for name, kernel in KERNELS.items():
                 library.impl(name, kernel, dispatch_key, allow_override=True)  # type: ignore[no-untyped-call]
         _libraries[dispatch_key] = library
