@@ -270,6 +270,9 @@ class LoweredGraph:
     dim_outputs: dict[int, Dim] = field(default_factory=dict)
     """FX output index → the symbolic size it returns (forward graphs of dynamic-shape training
     save sizes for the backward); its slot is ``None``. Evaluate with the call's symbol values."""
+    node_values: dict[str, Value] = field(default_factory=dict)
+    """FX node name → the IR value it lowered to (tensor-valued nodes), for debugging tools
+    that compare a graph's intermediate values with torch's."""
 
 
 def lower_fx_graph(gm: fx.GraphModule, name: str = "main") -> LoweredGraph:
@@ -326,7 +329,8 @@ def lower_fx_graph(gm: fx.GraphModule, name: str = "main") -> LoweredGraph:
         else:
             raise LoweringError(f"FX node '{node.name}' of kind '{node.op}' is not lowered (only ATen graphs are)")
     verify(graph)
-    return LoweredGraph(graph, slots, dim_outputs)
+    node_values = {n.name: v for n, v in ctx.env.items() if isinstance(v, Value)}
+    return LoweredGraph(graph, slots, dim_outputs, node_values)
 
 
 def lower_fx(gm: fx.GraphModule, name: str = "main") -> Graph:

@@ -9,7 +9,7 @@
 True
 """
 
-from spiky import cache
+from spiky import cache, debug
 from spiky._compile import compile
 from spiky.errors import (
     IRError,
@@ -43,6 +43,7 @@ configure_logs_from_env()
 __all__ = [
     "IRError", "LoweringError", "OutOfMemoryError", "SpikyCompileError", "SpikyConfigError", "SpikyError",
     "SpikyOptionError", "SpikyRuntimeError", "SpikyShapeError", "SpikyTargetError", "__version__",
-    "bucket_stats", "cache", "clear_memory_pool", "compile", "configure_logs", "device_count", "get_memory_stats",
+    "bucket_stats", "cache", "clear_memory_pool", "compile", "debug",
+    "configure_logs", "device_count", "get_memory_stats",
     "get_stats", "real_shape", "reset_stats", "trim_memory_pool", "unpad",
 ]
