@@ -13,6 +13,7 @@ the node's name instead of producing wrong numbers later.
 
 from __future__ import annotations
 
+import difflib
 import math
 import operator
 from collections.abc import Callable, Sequence
@@ -302,9 +303,12 @@ def lower_fx_graph(gm: fx.GraphModule, name: str = "main") -> LoweredGraph:
                 ctx.env[node] = _sym_dim(val) if isinstance(val, torch.SymInt | int) else val
                 continue
             if lowering is None:
+                close = difflib.get_close_matches(str(node.target), [str(t) for t in LOWERINGS], n=2, cutoff=0.6)
+                nearest = f"nearest lowered ops: {', '.join(close)}; " if close else ""
                 raise LoweringError(
-                    f"{source_of(node)} has no spiky-ir lowering; lowered ops: "
-                    f"{len(LOWERINGS)} (see spiky_ir.fx.LOWERINGS, or run python -m spiky_ir.coverage)"
+                    f"{source_of(node)} has no spiky-ir lowering; {nearest}rewrite it with lowered ops, or "
+                    "compile with options={'fallback': 'eager'} to run it in torch "
+                    "(lowered ops: python -m spiky_ir.coverage)"
                 )
             ctx.env[node] = _checked(ctx, node, lowering(ctx, node))
         elif node.op == "output":

@@ -13,6 +13,7 @@ from torch._dynamo.backends.common import aot_autograd
 from spiky.torch.config import current_config
 from spiky.torch.dynamic import compile_dynamic, is_dynamic, with_static_layouts
 from spiky.torch.executable import compile_graph
+from spiky.torch.fallback import compile_with_fallback, unlowered_ops
 from spiky.torch.options import validate_options
 
 
@@ -29,10 +30,15 @@ def nkipy_backend(
     validated = validate_options(options)
     config = current_config()
 
+    def compile_static(graph_module: fx.GraphModule) -> Any:
+        return with_static_layouts(compile_graph(graph_module, config.target, validated), validated)
+
     def compiler(graph_module: fx.GraphModule, _inputs: Sequence[torch.Tensor]) -> Any:
         if is_dynamic(graph_module):  # symbolic sizes: buckets, padding, JIT (spiky.torch.dynamic)
             return compile_dynamic(graph_module, config.target, validated)
-        return with_static_layouts(compile_graph(graph_module, config.target, validated), validated)
+        if validated["fallback"] == "eager" and unlowered_ops(graph_module):
+            return compile_with_fallback(graph_module, compile_static)
+        return compile_static(graph_module)
 
     backend = aot_autograd(
         fw_compiler=compiler,

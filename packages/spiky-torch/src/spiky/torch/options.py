@@ -142,6 +142,13 @@ OPTIONS: dict[str, OptionSpec] = {
             "installed); None: init_nkipy_backend(host_executor=...)",
             _host_executor,
         ),
+        OptionSpec(
+            "fallback",
+            None,
+            "'eager': ops spiky-ir cannot lower run eagerly in torch between compiled partitions "
+            "(one warning per graph); None: such an op is a LoweringError",
+            lambda v: None if v in (None, "eager") else "None or 'eager'",
+        ),
         *DYNAMIC_OPTIONS,
         *NTFF_OPTIONS,
     )
