@@ -6,11 +6,11 @@ import re
 from pathlib import Path
 
 import pytest
-import spiky_dist
-import spiky_runtime
 
 import spiky.errors
 import spiky.torch
+import spiky_dist
+import spiky_runtime
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 pytestmark = pytest.mark.smoke
