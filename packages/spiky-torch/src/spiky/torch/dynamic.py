@@ -325,8 +325,9 @@ class DynamicGraph:
             name=f"{self.name}[{_describe(self.symbols, key)}]",
             bucket_sizes={1: dict(zip(self.symbols, key, strict=True))},
         )
-        log.info("%s: %s bucket %s (%s) in %.1f ms", self.name, "loaded" if hit else "compiled",
-                 _describe(self.symbols, key), reason, (time.perf_counter() - start) * 1e3)
+        log.info("%s: %s bucket %s (%s) in %.1f ms (cache key %s, artefacts in %s)", self.name,
+                 "loaded" if hit else "compiled", _describe(self.symbols, key), reason,
+                 (time.perf_counter() - start) * 1e3, entry.key[:12], entry.path)
 
     def precompile(self) -> None:
         """Compile every bucket of the ladders (the listed buckets, else the default ladder) of the

@@ -196,9 +196,9 @@ def compile_graph(gm: fx.GraphModule, target: str, options: Options) -> Compiled
     if not hit:
         device.record_compile()
     log.info(
-        "%s %s (%d nodes) for target %s in %.1f ms (cache entry %s)",
+        "%s %s (%d nodes) for target %s in %.1f ms (cache key %s, artefacts in %s)",
         "loaded" if hit else "compiled", kernel_name, len(graph.nodes), target,
-        (time.perf_counter() - start) * 1e3, entry.key[:12],
+        (time.perf_counter() - start) * 1e3, entry.key[:12], entry.path,
     )
     return compiled
 
@@ -236,6 +236,6 @@ def compile_neuron(
                          "compile_seconds": round(result.seconds, 3), "argv": list(result.argv)}}
 
     entry, hit = CompileCache(config.nkipy_cache).get_or_build(key, build, kernel_name=kernel_name)
-    log.info("%s NEFF for %s (%s) in cache entry %s", "reused" if hit else "compiled", kernel_name, chip,
-             entry.key[:12])
+    log.info("%s NEFF for %s (%s), cache key %s, artefacts in %s", "reused" if hit else "compiled", kernel_name,
+             chip, entry.key[:12], entry.path)
     return entry, hit
