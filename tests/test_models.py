@@ -15,46 +15,7 @@ import torch
 from torch import nn
 
 import spiky.torch  # noqa: F401  (registers the backend)
-
-F = nn.functional
-
-
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim) + 0.1 * torch.randn(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
-
-
-def rotary(x: torch.Tensor) -> torch.Tensor:
-    """Rotary position embedding on (B, H, T, D), written in plain torch."""
-    t, d = x.shape[-2], x.shape[-1]
-    inv_freq = 1.0 / (10000 ** (torch.arange(0, d, 2).float() / d))
-    angles = torch.outer(torch.arange(t).float(), inv_freq)
-    cos, sin = angles.cos(), angles.sin()
-    x1, x2 = x[..., ::2], x[..., 1::2]
-    return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
-
-
-class GPTBlock(nn.Module):
-    def __init__(self, dim: int = 32, heads: int = 4) -> None:
-        super().__init__()
-        self.heads = heads
-        self.norm1, self.norm2 = RMSNorm(dim), RMSNorm(dim)
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
-        self.up, self.down = nn.Linear(dim, 4 * dim), nn.Linear(4 * dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, t, c = x.shape
-        q, k, v = self.qkv(self.norm1(x)).split(c, dim=-1)
-        q, k, v = (z.view(b, t, self.heads, c // self.heads).transpose(1, 2) for z in (q, k, v))
-        y = F.scaled_dot_product_attention(rotary(q), rotary(k), v, is_causal=True)
-        x = x + self.proj(y.transpose(1, 2).reshape(b, t, c))
-        return x + self.down(F.silu(self.up(self.norm2(x))))
+from spiky.reference_models import GPTBlock, rotary
 
 
 class EmbeddingClassifier(nn.Module):
@@ -99,7 +60,7 @@ MODELS: dict[str, tuple[Callable[[], nn.Module], Callable[[], list[torch.Tensor]
         lambda: nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True, activation="gelu",
                                            norm_first=True),
         lambda: [torch.randn(3, 5, 32)], (1e-4, 1e-5)),
-    "gpt_block": (GPTBlock, lambda: [torch.randn(2, 9, 32)], (1e-4, 1e-5)),
+    "gpt_block": (lambda: GPTBlock(norm_init_noise=0.1), lambda: [torch.randn(2, 9, 32)], (1e-4, 1e-5)),
     "embedding_mean_pool": (EmbeddingClassifier, lambda: [_tokens((4, 7))], (1e-5, 1e-6)),
 }
 

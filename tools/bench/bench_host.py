@@ -47,52 +47,11 @@ from torch import nn  # noqa: E402
 
 import spiky.torch  # noqa: E402
 import spiky_runtime as rt  # noqa: E402
+from spiky.reference_models import GPTBlock  # noqa: E402
 from spiky.torch.host_executors import host_function  # noqa: E402
 from spiky_ir import DType, Graph, TensorType  # noqa: E402
 
-F = nn.functional
-
-
 # -- the models --------------------------------------------------------------------------------
-
-
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
-
-
-def rotary(x: torch.Tensor) -> torch.Tensor:
-    t, d = x.shape[-2], x.shape[-1]
-    inv_freq = 1.0 / (10000 ** (torch.arange(0, d, 2).float() / d))
-    angles = torch.outer(torch.arange(t).float(), inv_freq)
-    cos, sin = angles.cos(), angles.sin()
-    x1, x2 = x[..., ::2], x[..., 1::2]
-    return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
-
-
-class GPTBlock(nn.Module):
-    """Pre-norm block: RMSNorm, causal SDPA with RoPE, SiLU MLP (the model of tests/test_models.py)."""
-
-    def __init__(self, dim: int = 32, heads: int = 4) -> None:
-        super().__init__()
-        self.heads = heads
-        self.norm1, self.norm2 = RMSNorm(dim), RMSNorm(dim)
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
-        self.up, self.down = nn.Linear(dim, 4 * dim), nn.Linear(4 * dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, t, c = x.shape
-        q, k, v = self.qkv(self.norm1(x)).split(c, dim=-1)
-        q, k, v = (z.view(b, t, self.heads, c // self.heads).transpose(1, 2) for z in (q, k, v))
-        y = F.scaled_dot_product_attention(rotary(q), rotary(k), v, is_causal=True)
-        x = x + self.proj(y.transpose(1, 2).reshape(b, t, c))
-        return x + self.down(F.silu(self.up(self.norm2(x))))
 
 
 def one_op(a: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,7 @@ from torch import fx, nn
 from torch._decomp import core_aten_decompositions
 from torch._dynamo.backends.common import aot_autograd
 
+from spiky.reference_models import TransformerBlock
 from spiky_ir.fx import lower_fx
 from spiky_ir.hlo import HloModule, emit_hlo
 from spiky_ir.hlo.xla_cpu import compile_hlo
@@ -39,20 +40,7 @@ def _xla_backend(emitted: list[HloModule]) -> Any:
     return aot_autograd(fw_compiler=compiler, decompositions=core_aten_decompositions())
 
 
-class Block(nn.Module):
-    """A pre-norm transformer block (attention + GELU MLP)."""
-
-    def __init__(self, d: int = 32, heads: int = 4) -> None:
-        super().__init__()
-        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
-        self.attn = nn.MultiheadAttention(d, heads, batch_first=True)
-        self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.ln1(x)
-        x = x + self.attn(y, y, y, need_weights=False)[0]
-        out: torch.Tensor = x + self.mlp(self.ln2(x))
-        return out
+Block = TransformerBlock
 
 
 class CNN(nn.Module):

@@ -30,6 +30,7 @@ import spiky
 import spiky.torch
 import spiky_runtime as rt
 from spiky import SpikyTargetError
+from spiky.reference_models import TransformerBlock
 from spiky.torch.targets import resolve_target
 from spiky_ir.hlo.xla_cpu import compile_hlo
 
@@ -149,20 +150,7 @@ def _mlp() -> nn.Module:
     return nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8))
 
 
-class Block(nn.Module):
-    """A pre-norm transformer block (attention + GELU MLP), as in test_hlo_models.py."""
-
-    def __init__(self, d: int = 32, heads: int = 4) -> None:
-        super().__init__()
-        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
-        self.attn = nn.MultiheadAttention(d, heads, batch_first=True)
-        self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.ln1(x)
-        x = x + self.attn(y, y, y, need_weights=False)[0]
-        out: torch.Tensor = x + self.mlp(self.ln2(x))
-        return out
+Block = TransformerBlock
 
 
 def test_neuron_needs_libnrt(monkeypatch: pytest.MonkeyPatch) -> None:

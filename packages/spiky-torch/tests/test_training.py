@@ -15,6 +15,7 @@ import pytest
 import torch
 from torch import nn
 
+from spiky.reference_models import TransformerBlock
 from spiky.torch import device as nkipy_device
 
 DEV = "nkipy"
@@ -29,20 +30,7 @@ def _quiet_fallback() -> Iterator[None]:
         yield
 
 
-class Block(nn.Module):
-    """A pre-norm transformer block (attention + GELU MLP), as in test_hlo_models."""
-
-    def __init__(self, d: int = 32, heads: int = 4) -> None:
-        super().__init__()
-        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
-        self.attn = nn.MultiheadAttention(d, heads, batch_first=True)
-        self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.ln1(x)
-        x = x + self.attn(y, y, y, need_weights=False)[0]
-        out: torch.Tensor = x + self.mlp(self.ln2(x))
-        return out
+Block = TransformerBlock
 
 
 def _mlp() -> nn.Module:
