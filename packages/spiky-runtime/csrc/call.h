@@ -11,9 +11,11 @@
 #include <cstdlib>
 #include <memory>
 #include <optional>
+#include <utility>
 #include <vector>
 
 #include "device_tensor.h"
+#include "driver.h"
 #include "event.h"
 #include "pool.h"
 #include "stats.h"
@@ -30,7 +32,27 @@ using HostMemory = std::unique_ptr<void, HostFree>;
 // Host memory of `nbytes` (at least 1 byte), 64-byte aligned. Throws OutOfMemory.
 HostMemory allocate_host(std::size_t nbytes);
 
-// One input: host memory (kept alive by `keepalive` until uploaded) or a device tensor.
+// A caller's host buffer lent to the driver as a model input (host driver: no H2D copy);
+// released when the call no longer needs it.
+class BorrowedInput {
+ public:
+  BorrowedInput(Driver& driver, MemHandle handle) : driver_(&driver), handle_(handle) {}
+  BorrowedInput(BorrowedInput&& other) noexcept
+      : driver_(std::exchange(other.driver_, nullptr)), handle_(other.handle_) {}
+  BorrowedInput& operator=(BorrowedInput&&) = delete;
+  BorrowedInput(const BorrowedInput&) = delete;
+  BorrowedInput& operator=(const BorrowedInput&) = delete;
+  ~BorrowedInput() {
+    if (driver_ != nullptr) driver_->release_borrowed(handle_);
+  }
+
+ private:
+  Driver* driver_;
+  MemHandle handle_;
+};
+
+// One input: host memory (kept alive by `keepalive` until uploaded, or until executed when
+// the driver borrowed it) or a device tensor.
 struct CallInput {
   TensorSpec spec;  // actual shape and dtype
   const void* host = nullptr;
@@ -83,6 +105,7 @@ class Call {
   // Stage state.
   std::vector<std::unique_ptr<Block>> in_blocks_;  // bucket-sized inputs this call owns
   std::vector<DeviceRef> in_refs_;
+  std::vector<BorrowedInput> borrowed_;  // host inputs the driver runs on in place
   std::vector<std::unique_ptr<Block>> out_blocks_;  // results (padded, or unpadded copies)
   std::vector<HostArray> host_outputs_;
   std::vector<std::shared_ptr<DeviceTensor>> device_outputs_;

@@ -98,6 +98,15 @@ class Driver {
                             std::size_t dst_offset, const StridedCopy& op) = 0;
   virtual void fill_strided(MemHandle dst, std::size_t dst_offset, const StridedFill& op) = 0;
 
+  // Drivers whose device memory is host memory may run a model directly on a caller's host
+  // buffer: a read-only input with no H2D copy. Returns a handle for `data` valid until
+  // release_borrowed(handle), or nullopt when the driver cannot (nrt: device memory is not
+  // host-addressable, every input is copied).
+  virtual std::optional<MemHandle> borrow_host(const void* /*data*/, std::size_t /*nbytes*/) {
+    return std::nullopt;
+  }
+  virtual void release_borrowed(MemHandle /*handle*/) {}
+
   virtual ModelId load_model(ModelDescriptor descriptor) = 0;
   virtual void unload_model(ModelId model) = 0;
   // Runs a loaded model on device buffers holding its inputs; fills its output buffers.

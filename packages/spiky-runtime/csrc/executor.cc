@@ -105,6 +105,15 @@ void Executor::upload(Call& call) {
       continue;
     }
 
+    if (same && in.spec.nbytes()) {
+      if (const auto lent = driver_.borrow_host(in.host, in.spec.nbytes())) {
+        // Host memory is device memory here: the model reads the caller's buffer in place.
+        // `keepalive` (pipelined calls) holds it until the call has executed.
+        call.borrowed_.emplace_back(driver_, *lent);
+        call.in_refs_[i] = DeviceRef{*lent, 0, in.spec.nbytes()};
+        continue;
+      }
+    }
     call.in_blocks_[i] = pool_.allocate(device_bytes(padded.nbytes()));
     const DeviceRef dst = call.in_blocks_[i]->ref();
     call.in_refs_[i] = dst;
@@ -157,10 +166,15 @@ void Executor::execute(Call& call) {
     PhaseTimer timer(call.timings_.exec_ms);
     driver_.execute(model.id(), call.in_refs_, out_refs);
   }
-  // Inputs are consumed: their buffers go back to the pool, device inputs are released.
+  // Inputs are consumed: their buffers go back to the pool, device inputs and borrowed host
+  // buffers are released.
   call.in_refs_.clear();
   call.in_blocks_.clear();
-  for (auto& in : call.inputs_) in.device.reset();
+  call.borrowed_.clear();
+  for (auto& in : call.inputs_) {
+    in.device.reset();
+    in.keepalive.reset();
+  }
 }
 
 void Executor::unpad(Call& call) {
@@ -208,6 +222,7 @@ void Executor::finish(Call& call, std::exception_ptr error) {
   // Everything the call still owns goes back before anyone is woken.
   call.in_refs_.clear();
   call.in_blocks_.clear();
+  call.borrowed_.clear();
   call.out_blocks_.clear();
   for (auto& in : call.inputs_) {
     in.device.reset();

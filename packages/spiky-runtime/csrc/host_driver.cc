@@ -89,16 +89,32 @@ std::size_t HostDriver::allocation_size(MemHandle handle) const {
 HostDriver::Region HostDriver::region(MemHandle handle, std::size_t offset,
                                       std::size_t nbytes, const char* what) const {
   std::lock_guard<std::mutex> lock(mutex_);
-  auto it = allocations_.find(handle);
-  if (it == allocations_.end()) {
+  Region found{nullptr, 0};
+  if (auto it = allocations_.find(handle); it != allocations_.end()) {
+    found = Region{static_cast<std::byte*>(it->second.data.get()), it->second.nbytes};
+  } else if (auto b = borrowed_.find(handle); b != borrowed_.end()) {
+    found = b->second;
+  } else {
     throw InvalidArgument(std::string(what) + ": unknown memory handle " +
                           std::to_string(handle));
   }
-  const std::size_t size = it->second.nbytes;
-  if (offset > size || nbytes > size - offset) {
-    throw InvalidArgument(range_error(what, offset, nbytes, size));
+  if (offset > found.nbytes || nbytes > found.nbytes - offset) {
+    throw InvalidArgument(range_error(what, offset, nbytes, found.nbytes));
   }
-  return Region{static_cast<std::byte*>(it->second.data.get()), size};
+  return found;
+}
+
+std::optional<MemHandle> HostDriver::borrow_host(const void* data, std::size_t nbytes) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  const MemHandle handle = next_handle_++;
+  // Only ever read (model inputs): the const_cast gives the Region type, not a write.
+  borrowed_.emplace(handle, Region{static_cast<std::byte*>(const_cast<void*>(data)), nbytes});
+  return handle;
+}
+
+void HostDriver::release_borrowed(MemHandle handle) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  borrowed_.erase(handle);
 }
 
 void HostDriver::write(MemHandle dst, std::size_t dst_offset, const void* src,

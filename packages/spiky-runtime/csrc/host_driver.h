@@ -38,6 +38,9 @@ class HostDriver final : public Driver {
                     const StridedCopy& op) override;
   void fill_strided(MemHandle dst, std::size_t dst_offset, const StridedFill& op) override;
 
+  std::optional<MemHandle> borrow_host(const void* data, std::size_t nbytes) override;
+  void release_borrowed(MemHandle handle) override;
+
   ModelId load_model(ModelDescriptor descriptor) override;
   void unload_model(ModelId model) override;
   void execute(ModelId model, const std::vector<DeviceRef>& inputs,
@@ -67,6 +70,7 @@ class HostDriver final : public Driver {
   MemHandle next_handle_ = 1;
   ModelId next_model_ = 1;
   std::unordered_map<MemHandle, Allocation> allocations_;
+  std::unordered_map<MemHandle, Region> borrowed_;  // callers' host buffers (not owned)
   std::unordered_map<ModelId, std::shared_ptr<const ModelDescriptor>> models_;
 };
 

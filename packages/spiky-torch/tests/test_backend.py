@@ -84,11 +84,12 @@ def test_memory_stats_are_real_and_change_after_a_run() -> None:
         compiled(torch.randn(8, 32))
         compiled(torch.randn(8, 32))
     after = spiky.get_memory_stats()
-    # x (8*32*4) + weight (64*32*4) + out (8*64*4) bytes went through the pool and came back
+    # The host driver runs on x and the weight in place (no H2D copy); the output (8*64*4
+    # bytes) went through the pool, was cached, and the second call reused it.
     assert after["allocation_count"] > before["allocation_count"]
-    assert after["cached_bytes"] >= (8 * 32 + 64 * 32 + 8 * 64) * 4
+    assert after["cached_bytes"] >= 8 * 64 * 4
     assert after["used_bytes"] == before["used_bytes"]
-    assert after["reuse_count"] > before["reuse_count"]  # the second call reused the first's blocks
+    assert after["reuse_count"] > before["reuse_count"]
     assert spiky.trim_memory_pool(0) == after["cached_bytes"]
     assert spiky.get_memory_stats()["cached_bytes"] == 0
 
