@@ -38,6 +38,7 @@ def main() -> None:
         diff = (out - full(x)).abs().max().item()
     print(f"rank {rank}/{world} on {config.target}: output {tuple(out.shape)}, max |tp - full| = {diff:.2e}, "
           f"executions {spiky.get_stats().total_executions}", flush=True)
+    dist.barrier()  # every rank done before any tears the group down
     dist.destroy_process_group()
 
 

@@ -20,7 +20,10 @@ def main() -> int:
         HostCollectives().all_reduce(np.ones(4, np.float32), "sum", dist.group.WORLD.group_name)
     except CollectiveError as exc:
         print(f"clear error: {exc}", flush=True)
-        return 0
+        # Leave without tearing down the broken gloo group: its teardown after a peer died
+        # sometimes aborts the process ("terminate called without an active exception",
+        # torch 2.13), which is torch's exit path, not the behaviour under test.
+        os._exit(0)
     print("all_reduce returned without the other rank", flush=True)
     return 1
 
