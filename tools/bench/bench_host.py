@@ -4,7 +4,8 @@
 
 1. per call (µs, best of 5 rounds): torch eager, torch.compile(backend="aot_eager") (the
    floor: Dynamo + aot_autograd with a backend that does nothing), Inductor, Spiky with
-   host_executor="numpy" and "xla", for a 1-op graph, an MLP and a GPT-style block.
+   host_executor="numpy", "xla" and "auto" (the default: the numpy plan for tiny graphs,
+   XLA for the others), for a 1-op graph, an MLP and a GPT-style block.
    Targets: 1-op within 1.2x of aot_eager; MLP and GPT block on XLA within 1.2x of Inductor.
 2. where a 1-op Spiky/XLA call spends its time (XLA executable alone, the runtime's Model.run
    around it, the whole compiled function).
@@ -67,7 +68,7 @@ CASES: dict[str, tuple[Callable[[], Callable[..., Any]], Callable[[], list[torch
     "GPT block 2x64x32": (lambda: GPTBlock().eval(), lambda: [torch.randn(2, 64, 32)], 400),
 }
 
-VARIANTS = ("eager", "aot_eager", "inductor", "spiky numpy", "spiky xla")
+VARIANTS = ("eager", "aot_eager", "inductor", "spiky numpy", "spiky xla", "spiky auto")
 
 
 def per_call_us(fn: Callable[[], object], n: int, rounds: int = 5) -> float:
@@ -110,7 +111,7 @@ def compiled(variant: str, model: Callable[..., Any]) -> Callable[..., Any]:
 def bench_models(quick: bool, only: str | None) -> None:
     print("\n1. per call, µs (best of 5 rounds; torch.no_grad, float32, one thread)")
     print(f"   {'graph':<22}" + "".join(f"{v:>13}" for v in VARIANTS)
-          + "   1-op: xla/floor   models: xla/inductor   other-thread CPU during xla")
+          + "   ratios (1-op: to the floor; models: to Inductor)   other-thread CPU during xla")
     for name, (make_model, make_inputs, calls) in CASES.items():
         if only and only not in name:
             continue
@@ -130,11 +131,9 @@ def bench_models(quick: bool, only: str | None) -> None:
                 times[variant] = per_call_us(lambda fn=fn, inputs=inputs: fn(*inputs), n)
                 if variant == "spiky xla":
                     other = other_threads_cpu_s() - before
-        ratio = times["spiky xla"] / (times["aot_eager"] if name.startswith("1-op") else times["inductor"])
-        label = "xla/floor" if name.startswith("1-op") else "xla/inductor"
-        print(f"   {name:<22}" + "".join(f"{times[v]:13.1f}" for v in VARIANTS)
-              + f"   {label} {ratio:5.2f}x   numpy/inductor {times['spiky numpy'] / times['inductor']:5.2f}x"
-              f"   {other * 1e3:.0f} ms")
+        base = times["aot_eager"] if name.startswith("1-op") else times["inductor"]
+        ratios = "  ".join(f"{v.split()[1]} {times[v] / base:5.2f}x" for v in VARIANTS if v.startswith("spiky"))
+        print(f"   {name:<22}" + "".join(f"{times[v]:13.1f}" for v in VARIANTS) + f"   {ratios}   {other * 1e3:.0f} ms")
         sys.stdout.flush()
 
 

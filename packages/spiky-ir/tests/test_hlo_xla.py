@@ -1,5 +1,8 @@
 """Every registered op, emitted as HLO and run on XLA:CPU, against the numpy reference.
 
+The same table checks the plan executor (:func:`spiky_ir.compile_plan`) against the
+reference: it runs the same numpy code, so results must be identical, bit for bit.
+
 One table (:data:`CASES`) of ops x shapes x dtypes, with tolerances per result dtype
 (:data:`TOL`) and per op where XLA's math library differs from numpy's (:data:`OP_TOL`).
 A test asserts the table covers every op in the registry, so a new op without an HLO
@@ -18,7 +21,7 @@ import jax  # noqa: F401  a pinned dev dependency: a missing jax must fail colle
 import numpy as np
 import pytest
 
-from spiky_ir import DType, Graph, ShapeError, TensorType, all_ops, execute
+from spiky_ir import DType, Graph, ShapeError, TensorType, all_ops, compile_plan, execute
 from spiky_ir.hlo import emit_hlo, missing_rules
 from spiky_ir.hlo.xla_cpu import run_hlo
 
@@ -232,6 +235,19 @@ def test_op_on_xla_cpu_matches_reference(case: Case) -> None:
             np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64), rtol=rtol, atol=atol)
         else:
             np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_plan_matches_reference_exactly(case: Case) -> None:
+    graph = _graph(case)
+    rng = np.random.default_rng(zlib.crc32(case.id.encode()))
+    arrays = [_data(o, rng) for o in case.operands]
+    expected = execute(graph, arrays)
+    actual = compile_plan(graph)(arrays)
+    for got, want in zip(actual, expected, strict=True):
+        assert type(got) is np.ndarray and got.flags.c_contiguous and got.flags.owndata, case.id
+        assert got.dtype == want.dtype and got.shape == want.shape, case.id
+        assert got.tobytes() == want.tobytes(), case.id  # bit for bit, NaNs of every dtype included
 
 
 @pytest.mark.smoke

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -157,3 +158,62 @@ def test_bundles_padding_pipelining_and_stats_with_the_xla_executor() -> None:
         np.testing.assert_allclose(f.result()[0], execute(_mlp_graph(5), _inputs(5))[0], rtol=1e-5, atol=1e-6)
     stats = dev.stats()
     assert stats.total_executions == 10 and stats.pad_ratio > 1  # padded rows were executed
+
+
+def _executors_logged(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage().split("host executor ")[1] for r in caplog.records if ": host executor " in r.getMessage()]
+
+
+@xla
+@pytest.mark.smoke
+def test_auto_runs_tiny_graphs_on_the_numpy_plan_and_others_on_xla(caplog: pytest.LogCaptureFixture) -> None:
+    spiky.torch.init_nkipy_backend(host_executor="auto")
+    tiny, x_tiny = (lambda a: torch.exp(a) + 1), torch.randn(1, 8)
+    mlp, x_mlp = nn.Sequential(nn.Linear(256, 1024), nn.ReLU(), nn.Linear(1024, 256)), torch.randn(8, 256)
+    with torch.no_grad(), caplog.at_level(logging.INFO, logger="spiky.compile"):
+        got_tiny = torch.compile(tiny, backend="nkipy", dynamic=False)(x_tiny)
+        got_mlp = torch.compile(mlp, backend="nkipy", dynamic=False)(x_mlp)
+        torch.testing.assert_close(got_tiny, tiny(x_tiny), rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(got_mlp, mlp(x_mlp), rtol=1e-4, atol=1e-5)
+    used = _executors_logged(caplog)
+    assert len(used) == 2
+    assert used[0].startswith("numpy (auto: tiny graph, 3 node(s) and 25 elements")  # x, exp, the constant 1, add
+    assert used[1] == "xla"  # 1 MB of weights: well past the tiny limit
+
+
+@pytest.mark.smoke
+@pytest.mark.parametrize(
+    "nodes, elements, tiny",
+    [(1, 16, True), (he.TINY_GRAPH_NODES, 64, True), (he.TINY_GRAPH_NODES + 1, 64, False),
+     (2, he.TINY_GRAPH_ELEMENTS // 3, True), (2, he.TINY_GRAPH_ELEMENTS // 3 + 1, False)],
+)
+def test_tiny_graph_limits(nodes: int, elements: int, tiny: bool) -> None:
+    g = Graph()
+    v = g.add_input("x", TensorType((elements,), DType.float32))
+    for _ in range(nodes):
+        v = g.add_op("negative", [v])
+    g.set_outputs([v])
+    total = elements * (nodes + 1)
+    assert (he.tiny_graph(g) is not None) is (tiny and total <= he.TINY_GRAPH_ELEMENTS)
+
+
+@pytest.mark.smoke
+@pytest.mark.parametrize("executor", ["numpy", "auto"])
+@pytest.mark.parametrize(
+    "make", [
+        pytest.param(lambda: torch.randn(6, 4).t(), id="non-contiguous"),
+        pytest.param(lambda: torch.randn(6, 4)[1:5:2], id="strided-slice"),
+        pytest.param(lambda: torch.randn(4, 6, requires_grad=True), id="requires-grad"),
+        pytest.param(lambda: torch.randn(4, 6).expand(2, 4, 6)[1], id="expanded"),
+    ],
+)
+def test_the_fast_call_path_takes_every_kind_of_cpu_tensor(executor: str, make: Any) -> None:
+    spiky.torch.init_nkipy_backend(host_executor=executor)
+    x = make()
+
+    def fn(a: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(a) * 2 + a.sum()
+
+    compiled = torch.compile(fn, backend="nkipy", dynamic=False)
+    for _ in range(2):
+        torch.testing.assert_close(compiled(x), fn(x), rtol=1e-5, atol=1e-5)

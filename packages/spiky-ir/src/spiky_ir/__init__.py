@@ -25,6 +25,7 @@ from spiky_ir.ir import Attr, Graph, Node, TensorType, Value
 from spiky_ir.kernel_source import kernel_source
 from spiky_ir.ops import OpDef, all_ops, broadcast_shapes, get_op, register_op
 from spiky_ir.passes import PassManager, cse, dce, fold_constants, optimize
+from spiky_ir.plan import Plan, compile_plan
 from spiky_ir.reference import execute
 from spiky_ir.specialize import bindings_for, graph_symbols, specialize
 from spiky_ir.symbolic import Dim, dim_add, dim_eval, dim_mul
@@ -34,9 +35,9 @@ from spiky_ir.verify import verify
 __version__ = "0.1.0"
 
 __all__ = [
-    "Attr", "DType", "Dim", "Graph", "IRError", "LoweringError", "Node", "OpDef", "PassManager",
+    "Attr", "DType", "Dim", "Graph", "IRError", "LoweringError", "Node", "OpDef", "PassManager", "Plan",
     "ShapeError", "SpikyError", "TEXT_VERSION", "TensorType", "Value", "__version__",
-    "all_ops", "bindings_for", "broadcast_shapes", "cse", "dce", "dim_add", "dim_eval", "dim_mul",
+    "all_ops", "bindings_for", "broadcast_shapes", "compile_plan", "cse", "dce", "dim_add", "dim_eval", "dim_mul",
     "execute", "fold_constants", "get_op", "graph_symbols", "kernel_source", "optimize",
     "parse_graph", "print_graph", "promote", "register_op", "specialize", "verify",
 ]

@@ -307,7 +307,7 @@ class DynamicGraph:
                          buckets={s: [b] for s, b in bindings.items()})
         entry, hit = CompileCache(config.nkipy_cache).get_or_build(
             ckey, _host_builder(static, kernel_name), kernel_name=kernel_name)
-        self.models[key] = load_host_graph(
+        self.models[key], _executor = load_host_graph(
             self.device, static, kernel_name, self.options["host_executor"] or config.host_executor, entry)
         if not hit:
             self.device.record_compile()

@@ -33,7 +33,7 @@ from spiky.torch.neuron import NtffProfiler, load_neuron_model
 from spiky.torch.neuronx_cc import NeuronCompiler, compile_neff, detect_target, find_neuronx_cc
 from spiky.torch.options import Options
 from spiky.torch.targets import runtime_device
-from spiky_ir import Graph, IRError, execute, kernel_source, optimize, print_graph
+from spiky_ir import Graph, IRError, compile_plan, kernel_source, optimize, print_graph
 from spiky_ir import __version__ as ir_version
 from spiky_ir.fx import OutputSlot, lower_fx_graph
 from spiky_ir.hlo import emit_hlo
@@ -61,6 +61,8 @@ class CompiledGraph:
     """Device type of each FX output as traced (device calls keep "cpu" outputs on the host)."""
     profiler: NtffProfiler | None = None
     """``save_ntff``: profiles chosen executions (host calls)."""
+    host_executor: str | None = None
+    """What runs the graph on the host target (``"numpy"`` or ``"xla"``); None on neuron."""
 
     def __init__(
         self, graph: Graph, device: rt.Device, kernel_name: str, cache_entry: CacheEntry | None = None,
@@ -76,19 +78,35 @@ class CompiledGraph:
         self.kernel_name = kernel_name
         self.cache_entry = cache_entry
         self.cache_hit = cache_hit
-        # neuron: the loaded NEFF; host: the IR run by the numpy reference executor.
+        # neuron: the loaded NEFF; host: the IR run by the numpy executor (the reference's plan).
         self.model = model if model is not None else device.load_host_model(
-            lambda arrays: execute(graph, arrays),
+            compile_plan(graph),
             [_spec(v.type) for v in graph.inputs],
             [_spec(v.type) for v in graph.outputs],
             kernel_name,
         )
 
     def __call__(self, args: list[Any]) -> list[torch.Tensor | None]:
+        # The per-call path is kept to a few attribute reads: plain CPU tensors become numpy
+        # views (no copy; the runtime makes non-contiguous ones contiguous), anything else
+        # ("nkipy" tensors, tensors numpy cannot view, non-tensors) takes the careful path.
+        try:
+            arrays = [a.detach().numpy() if a.requires_grad else a.numpy() for a in args]
+        except (TypeError, AttributeError, RuntimeError):
+            return self._call_general(args)
+        args.clear()  # boxed convention: drop our references to the inputs early
+        results = self.model.run(arrays) if self.profiler is None else self.profiler.run(self.model, arrays)
+        slots = self.output_slots
+        if slots is None:
+            return [torch.from_numpy(out) for out in results]
+        outs = [torch.from_numpy(out) for out in results]
+        return [None if slot is None else outs[slot] for slot in slots]
+
+    def _call_general(self, args: list[Any]) -> list[torch.Tensor | None]:
         if any(is_device_tensor(a) for a in args):
             return call_on_device(self, args)  # "nkipy" tensors: no host round trip
         arrays = [_to_numpy(a) for a in args]
-        args.clear()  # boxed convention: drop our references to the inputs early
+        args.clear()
         results = self.profiler.run(self.model, arrays) if self.profiler is not None else self.model.run(arrays)
         outs = [torch.from_numpy(out) for out in results]
         slots = self.output_slots if self.output_slots is not None else range(len(outs))
@@ -179,6 +197,7 @@ def compile_graph(gm: fx.GraphModule, target: str, options: Options) -> Compiled
     config = current_config()
     device = runtime_device(target)
     model: rt.Model | None = None
+    executor: str | None = None
     if target == "neuron":  # HLO -> neuronx-cc -> NEFF (cached), loaded through the nrt driver
         model, entry, hit = load_neuron_model(graph, options, config, device, kernel_name)
     else:
@@ -188,8 +207,10 @@ def compile_graph(gm: fx.GraphModule, target: str, options: Options) -> Compiled
         entry, hit = CompileCache(config.nkipy_cache).get_or_build(
             key, _host_builder(graph, kernel_name, groups), kernel_name=kernel_name
         )
-        model = load_host_graph(device, graph, kernel_name, options["host_executor"] or config.host_executor, entry)
+        model, executor = load_host_graph(
+            device, graph, kernel_name, options["host_executor"] or config.host_executor, entry)
     compiled = CompiledGraph(graph, device, kernel_name, entry, hit, lowered.output_slots, model=model)
+    compiled.host_executor = executor
     compiled.profiler = NtffProfiler.for_graph(options, config, kernel_name, entry)
     compiled.keep_outputs_on_device = bool(options["keep_outputs_on_device"])
     compiled.output_devices = fx_output_devices(gm)

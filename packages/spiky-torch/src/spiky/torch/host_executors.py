@@ -1,13 +1,18 @@
 """Host executors: what runs a compiled graph's body on the host target.
 
-- ``numpy``: spiky-ir's reference interpreter (:func:`spiky_ir.execute`), op by op. It *is*
-  the semantics; every other executor is checked against it.
+- ``numpy``: spiky-ir's reference semantics (:func:`spiky_ir.execute`), run as a plan
+  prepared once per graph (:func:`spiky_ir.compile_plan`: the same numpy code per op, with
+  the lookups, type promotion and checks done at load time). A 1-op call costs ~2 µs.
 - ``xla``: the graph's HLO module (the same artefact the Neuron target hands to
   ``neuronx-cc``) compiled by XLA:CPU into fused native code (:mod:`spiky_ir.hlo.xla_cpu`,
   needs ``pip install spiky-torch[xla]``). Compiled once per graph (bucket), kept in memory
   and serialized into the graph's cache entry; a call is one XLA execution with no per-op
   Python work, inputs aliased zero-copy from the runtime's device buffers.
-- ``auto``: ``xla`` when jax/jaxlib are installed, else ``numpy``.
+- ``auto``: ``xla`` when jax/jaxlib are installed, else ``numpy`` -- except for tiny graphs
+  (at most :data:`TINY_GRAPH_NODES` nodes and :data:`TINY_GRAPH_ELEMENTS` elements in all
+  their values), which run on ``numpy``: XLA's fixed cost per call (~6 µs plus ~3.5 µs per
+  input, through jaxlib's Python API) is larger than the whole plan there. The log line
+  ``<kernel>: host executor numpy (auto: tiny graph ...)`` says so.
 
 The choice is ``init_nkipy_backend(host_executor=...)`` (default ``"auto"``) or the
 per-function option ``options={"host_executor": ...}``. Graphs XLA cannot run here fall
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import threading
 import time
@@ -37,7 +43,7 @@ import spiky_runtime as rt
 from spiky.cache import HLO_PROTO, CacheEntry
 from spiky.errors import SpikyConfigError
 from spiky.torch.collectives import collective_groups
-from spiky_ir import Graph, IRError, execute
+from spiky_ir import Graph, IRError, compile_plan
 from spiky_ir.hlo import emit_hlo, xla_cpu
 
 log = logging.getLogger("spiky.compile")
@@ -46,6 +52,9 @@ HOST_EXECUTORS = ("auto", "numpy", "xla")
 XLA_EXECUTABLE_PREFIX = "model.xla-cpu."
 """Serialized XLA:CPU executables live in the cache entry as ``model.xla-cpu.<host fingerprint>.bin``."""
 _MAGIC = b"SPIKYXLA1\n"
+TINY_GRAPH_NODES = 16
+TINY_GRAPH_ELEMENTS = 65_536
+"""``auto`` runs graphs up to these sizes on the numpy plan (crossover measured in docs/PERFORMANCE.md)."""
 
 Array = np.ndarray[Any, np.dtype[Any]]
 HostFn = Callable[[Sequence[Array]], Sequence[Array]]
@@ -74,7 +83,8 @@ def host_executor_info() -> HostExecutorInfo:
     """
     missing = xla_cpu.unavailable_reason()
     if missing is None:
-        return HostExecutorInfo("xla", True, f"XLA:CPU through jax/jaxlib {xla_cpu.JAX_VERSION}")
+        return HostExecutorInfo("xla", True, f"XLA:CPU through jax/jaxlib {xla_cpu.JAX_VERSION}; tiny graphs "
+                                f"(<= {TINY_GRAPH_NODES} nodes, <= {TINY_GRAPH_ELEMENTS:,} elements) on the numpy plan")
     return HostExecutorInfo("numpy", False, f"numpy reference interpreter; XLA:CPU unavailable: {missing}")
 
 
@@ -218,25 +228,41 @@ def host_function(
     elif executor != "numpy":
         raise SpikyConfigError(f"host_function needs a resolved executor ('numpy' or 'xla'), got {executor!r}")
 
-    def run_numpy(arrays: Sequence[Array]) -> Sequence[Array]:
-        return execute(graph, arrays)
+    return compile_plan(graph), "numpy"
 
-    return run_numpy, "numpy"
+
+def tiny_graph(graph: Graph) -> str | None:
+    """Why ``auto`` runs ``graph`` (static shapes) on the numpy plan rather than XLA, or None."""
+    if len(graph.nodes) > TINY_GRAPH_NODES:
+        return None
+    elements = sum(math.prod(v.type.static_shape()) for v in graph.inputs)
+    elements += sum(math.prod(v.type.static_shape()) for node in graph.nodes for v in node.outputs)
+    if elements > TINY_GRAPH_ELEMENTS:
+        return None
+    return (f"tiny graph, {len(graph.nodes)} node(s) and {elements:,} elements: XLA's per-call dispatch "
+            "would cost more than the whole numpy plan")
 
 
 def load_host_graph(
     device: rt.Device, graph: Graph, kernel_name: str, requested: str, entry: CacheEntry | None = None
-) -> rt.Model:
-    """Load ``graph`` (static shapes) on a host-driver device with the executor ``requested``.
+) -> tuple[rt.Model, str]:
+    """Load ``graph`` (static shapes) on a host-driver device; returns the model and the executor it uses.
 
     ``requested`` is ``"auto"``, ``"numpy"`` or ``"xla"``; the one used is logged on
-    ``spiky.compile`` (``<kernel>: host executor xla``).
+    ``spiky.compile`` (``<kernel>: host executor xla``, with the reason when ``auto`` chose
+    the numpy plan for a tiny graph).
     """
-    fn, used = host_function(graph, kernel_name, resolve_host_executor(requested), entry)
-    log.info("%s: host executor %s", kernel_name, used)
-    return device.load_host_model(
+    resolved, why = resolve_host_executor(requested), ""
+    if requested == "auto" and resolved == "xla":
+        tiny = tiny_graph(graph)
+        if tiny is not None:
+            resolved, why = "numpy", f" (auto: {tiny})"
+    fn, used = host_function(graph, kernel_name, resolved, entry)
+    log.info("%s: host executor %s%s", kernel_name, used, why)
+    model = device.load_host_model(
         fn,
         [rt.TensorSpec(v.type.static_shape(), v.type.dtype.to_numpy()) for v in graph.inputs],
         [rt.TensorSpec(v.type.static_shape(), v.type.dtype.to_numpy()) for v in graph.outputs],
         kernel_name,
     )
+    return model, used

@@ -1,0 +1,93 @@
+"""The plan executor's own contract: what it does once, what it copies, what it refuses.
+
+Numerics against the reference are checked op by op in ``test_hlo_xla.py``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from spiky_ir import DType, Graph, IRError, TensorType, compile_plan, execute
+
+F32 = DType.float32
+
+
+def _chain() -> Graph:
+    """(x + 1) * x, with a constant, returning the sum and x itself twice."""
+    g = Graph()
+    x = g.add_input("x", TensorType((2, 3), F32))
+    one = g.add_op("full", [], {"shape": (2, 3), "value": 1.0, "dtype": F32})
+    y = g.add_op("multiply", [g.add_op("add", [x, one]), x])
+    g.set_outputs([y, x, x, one, g.add_op("transpose", [y], {"axes": (1, 0)})])
+    return g
+
+
+@pytest.mark.smoke
+def test_matches_execute_and_returns_fresh_arrays() -> None:
+    g = _chain()
+    plan = compile_plan(g)
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    got, want = plan([x]), execute(g, [x])
+    for a, b in zip(got, want, strict=True):
+        assert a.tobytes() == b.tobytes() and a.shape == b.shape and a.dtype == b.dtype
+        assert a.flags.c_contiguous and a.flags.owndata  # no views of inputs, constants or each other
+    assert len({id(a) for a in got}) == len(got)
+    assert not any(np.shares_memory(a, x) for a in got)
+
+
+@pytest.mark.smoke
+def test_mutating_outputs_does_not_change_the_next_call() -> None:
+    plan = compile_plan(_chain())
+    x = np.ones((2, 3), np.float32)
+    first = plan([x])
+    for out in first:
+        out[...] = 99.0
+    again = plan([x])
+    assert again[3].tolist() == [[1.0] * 3] * 2  # the precomputed constant was copied out, not handed out
+    assert again[0].tolist() == [[2.0] * 3] * 2
+
+
+@pytest.mark.smoke
+def test_zero_operand_nodes_run_once() -> None:
+    g = _chain()
+    plan = compile_plan(g)
+    assert len(plan._steps) == 3  # add, multiply, transpose; the full is computed at build time
+
+
+@pytest.mark.smoke
+@pytest.mark.parametrize(
+    ("array", "message"),
+    [
+        (np.ones((3, 2), np.float32), r"input %x of graph 'main' expects f32\[2, 3\], got float32\[3, 2\]"),
+        (np.ones((2, 3), np.float64), r"expects f32\[2, 3\], got float64\[2, 3\]"),
+    ],
+)
+def test_bad_inputs_name_the_input(array: np.ndarray, message: str) -> None:  # type: ignore[type-arg]
+    with pytest.raises(IRError, match=message):
+        compile_plan(_chain())([array])
+
+
+@pytest.mark.smoke
+def test_wrong_input_count() -> None:
+    with pytest.raises(IRError, match="takes 1 inputs, got 2"):
+        compile_plan(_chain())([np.ones((2, 3), np.float32)] * 2)
+
+
+@pytest.mark.smoke
+def test_symbolic_graphs_are_refused_with_what_to_do() -> None:
+    g = Graph()
+    x = g.add_input("x", TensorType(("s0", 3), F32))
+    g.set_outputs([g.add_op("exp", [x])])
+    with pytest.raises(IRError, match=r"needs static shapes; input %x is f32\[s0,3\].*specialize"):
+        compile_plan(g)
+
+
+@pytest.mark.smoke
+def test_zero_dim_elementwise_gives_arrays() -> None:
+    g = Graph()
+    a = g.add_input("a", TensorType((), DType.float16))
+    b = g.add_input("b", TensorType((), DType.int32))
+    g.set_outputs([g.add_op("add", [a, b])])
+    out = compile_plan(g)([np.array(1.5, np.float16), np.array(2, np.int32)])[0]
+    assert type(out) is np.ndarray and out.dtype == np.float16 and out.shape == () and float(out) == 3.5
