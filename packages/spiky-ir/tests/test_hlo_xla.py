@@ -23,7 +23,7 @@ import pytest
 
 from spiky_ir import DType, Graph, ShapeError, TensorType, all_ops, compile_plan, execute
 from spiky_ir.hlo import emit_hlo, missing_rules
-from spiky_ir.hlo.xla_cpu import run_hlo
+from spiky_ir.hlo.xla_cpu import compile_hlo, run_hlo
 
 F32, F16, BF16, F64 = DType.float32, DType.float16, DType.bfloat16, DType.float64
 I8, I16, I32, I64, U8, BOOL = DType.int8, DType.int16, DType.int32, DType.int64, DType.uint8, DType.bool
@@ -290,3 +290,32 @@ def test_collective_without_replica_groups_says_what_to_pass() -> None:
     graph = _graph(COLLECTIVES[0])
     with pytest.raises(IRError, match=r"process group 'g' has no replica groups; pass emit_hlo"):
         emit_hlo(graph)
+
+
+def _at_offset(shape: tuple[int, ...], offset: int) -> np.ndarray:  # type: ignore[type-arg]
+    """A float32 array whose data starts ``offset`` bytes past a 64-byte boundary."""
+    count = int(np.prod(shape))
+    raw = np.zeros(count * 4 + 128, np.uint8)
+    start = (-raw.ctypes.data) % 64 + offset
+    return raw[start:start + count * 4].view(np.float32).reshape(shape)
+
+
+@pytest.mark.smoke
+@pytest.mark.parametrize("offset", [0, 4])
+def test_inputs_at_one_address_reuse_their_xla_buffer_and_see_new_contents(offset: int) -> None:
+    g = Graph()
+    x = g.add_input("x", TensorType((2, 8), F32))
+    g.set_outputs([g.add_op("exp", [x])])
+    exe = compile_hlo(emit_hlo(g).proto, [((2, 8), np.dtype(np.float32))])
+    a = _at_offset((2, 8), offset)
+    for value in (0.0, 1.0, -2.0):
+        a[...] = value  # same memory, new contents: XLA must read them, not a stale copy
+        np.testing.assert_allclose(exe([a])[0], np.exp(a), rtol=1e-6)
+    if offset == 0:  # aliased: the buffer of the first call is reused
+        assert exe._last[0] is not None and exe._last[0][0] == a.ctypes.data
+    else:  # unaligned: XLA copied it, so nothing may be reused
+        assert exe._last[0] is None
+    b = _at_offset((2, 8), offset)
+    b[...] = 3.0
+    np.testing.assert_allclose(exe([b])[0], np.exp(b), rtol=1e-6)
+    np.testing.assert_allclose(exe([a])[0], np.exp(a), rtol=1e-6)

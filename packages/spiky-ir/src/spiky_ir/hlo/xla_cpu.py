@@ -16,9 +16,10 @@ numpy executor is the host target.
 
 The call path (:meth:`XlaCpuExecutable.__call__` with input specs) is one
 ``batched_device_put`` per input (zero-copy: XLA aliases a numpy array that is 64-byte
-aligned, as the runtime's device buffers are; others are copied), one ``execute_sharded``
-and one zero-copy numpy view per output. There is no per-op Python work; XLA runs the
-fused program with the GIL released.
+aligned, as the runtime's device buffers are; others are copied) -- reused while an input
+stays at the same address, as parameters do -- one ``execute_sharded`` and one zero-copy
+numpy view per output. There is no per-op Python work; XLA runs the fused program with the
+GIL released.
 """
 
 from __future__ import annotations
@@ -158,6 +159,10 @@ class XlaCpuExecutable:
         self._put_one, self._zero_copy = lib.batched_device_put, lib.HostBufferSemantics.ZERO_COPY
         self.input_specs = None if input_specs is None else [(tuple(s), np.dtype(d)) for s, d in input_specs]
         self._avals = None if self.input_specs is None else [self._aval(s, d) for s, d in self.input_specs]
+        # Per input: (address, XLA buffer aliasing it) of the last call. A buffer made with
+        # ZERO_COPY is only a view of host memory that XLA reads when it runs, so an input at
+        # the same address (weights, pool blocks) reuses it: ~0.8 µs instead of ~3.5 µs.
+        self._last: list[tuple[int, Any] | None] = [None] * len(self.input_specs or ())
 
     def _aval(self, shape: tuple[int, ...], dtype: np.dtype[Any]) -> Any:
         return self._core.ShapedArray(shape, dtype)
@@ -167,17 +172,28 @@ class XlaCpuExecutable:
         if self.input_specs is None or self._avals is None:
             arrays = [np.ascontiguousarray(a) for a in inputs]
             avals = [self._aval(a.shape, a.dtype) for a in arrays]
-        else:
-            arrays, avals = list(inputs), self._avals
-            if len(arrays) != len(avals):
-                raise IRError(f"XLA:CPU executable takes {len(avals)} inputs, got {len(arrays)}")
-            for a, (shape, dtype) in zip(arrays, self.input_specs, strict=True):
-                if a.shape != shape or a.dtype != dtype or not a.flags.c_contiguous:
-                    raise IRError(f"XLA:CPU input is {a.dtype}{list(a.shape)} (C-contiguous: "
-                                  f"{a.flags.c_contiguous}), expected C-contiguous {dtype}{list(shape)}")
-        # committed, no forced copy, zero-copy when aligned, 64-bit types kept (no x64 narrowing)
-        return [put(aval, sharding, [a], devices, True, False, zero_copy, True)
-                for a, aval in zip(arrays, avals, strict=True)]
+            # committed, no forced copy, zero-copy when aligned, 64-bit types kept (no x64 narrowing)
+            return [put(aval, sharding, [a], devices, True, False, zero_copy, True)
+                    for a, aval in zip(arrays, avals, strict=True)]
+        if len(inputs) != len(self._avals):
+            raise IRError(f"XLA:CPU executable takes {len(self._avals)} inputs, got {len(inputs)}")
+        buffers: list[Any] = []
+        last = self._last
+        for index, (a, (shape, dtype), aval) in enumerate(zip(inputs, self.input_specs, self._avals, strict=True)):
+            if a.shape != shape or a.dtype != dtype or not a.flags.c_contiguous:
+                raise IRError(f"XLA:CPU input is {a.dtype}{list(a.shape)} (C-contiguous: "
+                              f"{a.flags.c_contiguous}), expected C-contiguous {dtype}{list(shape)}")
+            address = a.ctypes.data
+            seen = last[index]
+            if seen is not None and seen[0] == address:
+                buffers.append(seen[1])
+                continue
+            buffer = put(aval, sharding, [a], devices, True, False, zero_copy, True)
+            # Only an alias of this very memory can be reused; a copied (unaligned) input cannot.
+            aliased = address % ZERO_COPY_ALIGNMENT == 0 and buffer.unsafe_buffer_pointer() == address
+            last[index] = (address, buffer) if aliased else None
+            buffers.append(buffer)
+        return buffers
 
     def __call__(self, inputs: Sequence[Array]) -> list[Array]:
         results = self._exe.execute_sharded(self._put(inputs))
