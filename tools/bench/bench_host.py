@@ -34,7 +34,8 @@ from typing import Any
 # One core for the whole process (threads created later inherit it): XLA:CPU's dot kernels use
 # the client's own thread pool even with the XLA_FLAGS below (measured: ~1 s of CPU on other
 # threads per second of MLP calls), so the flags alone do not make the comparison one-threaded.
-os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+ALL_CORES = os.sched_getaffinity(0)
+os.sched_setaffinity(0, {min(ALL_CORES)})
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # numpy's BLAS: one thread too (before numpy loads)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -165,7 +166,12 @@ def bench_breakdown(quick: bool) -> None:
 
 
 def bench_pipeline(quick: bool) -> None:
-    """tools/bench/bench_runtime.py section 2 with the compute as an IR graph on each executor."""
+    """tools/bench/bench_runtime.py section 2 with the compute as an IR graph on each executor.
+
+    Runs on every core the process was given (overlap needs a second core); the runtime's
+    threads, created by the bundles below, inherit that.
+    """
+    os.sched_setaffinity(0, ALL_CORES)
     calls = 10 if quick else 50
     rows_, cols = 2048, 1024  # 8 MiB float32 per input
     g = Graph()
@@ -174,7 +180,8 @@ def bench_pipeline(quick: bool) -> None:
     spec = rt.TensorSpec((rows_, cols), "float32")
     dev = rt.Device("host", 0)
     inputs = [np.random.default_rng(i).standard_normal((rows_, cols)).astype(np.float32) for i in range(4)]
-    print(f"\n3. pipelined vs plain, {calls} calls of sin(tanh(x)) on (2048, 1024) float32 (8 MiB in, 8 MiB out)")
+    print(f"\n3. pipelined vs plain, {calls} calls of sin(tanh(x)) on (2048, 1024) float32 (8 MiB in, 8 MiB out), "
+          f"{len(ALL_CORES)} cores")
     for executor in ("numpy", "xla"):
         fn, used = host_function(g, f"work_{executor}", executor)
         model = dev.load_host_model(fn, [spec], [spec], f"work_{executor}")

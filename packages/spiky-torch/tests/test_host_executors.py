@@ -7,6 +7,7 @@ The model tables of test_backend.py and tests/test_models.py run with both execu
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from torch import nn
 
 import spiky
 import spiky.torch
+import spiky_ir
 import spiky_runtime as rt
 from spiky.torch import host_executors as he
 from spiky_ir import DType, Graph, TensorType, execute
@@ -178,7 +180,39 @@ def test_auto_runs_tiny_graphs_on_the_numpy_plan_and_others_on_xla(caplog: pytes
     used = _executors_logged(caplog)
     assert len(used) == 2
     assert used[0].startswith("numpy (auto: tiny graph, 3 node(s) and 25 elements")  # x, exp, the constant 1, add
-    assert used[1] == "xla"  # 1 MB of weights: well past the tiny limit
+    # 1 MB of weights, well past the tiny limit: both executors were timed and the log says which won.
+    match = re.fullmatch(r"(numpy|xla) \(auto: measured numpy plan ([\d,]+) µs, XLA ([\d,]+) µs per call\)", used[1])
+    assert match is not None, used[1]
+    plan_us, xla_us = (float(match.group(i).replace(",", "")) for i in (2, 3))
+    assert match.group(1) == ("numpy" if plan_us * he.AUTO_MARGIN <= xla_us else "xla")
+
+
+@xla
+@pytest.mark.smoke
+@pytest.mark.parametrize(("plan_s", "xla_s", "chosen"), [(1e-3, 2e-3, "numpy"), (1e-3, 1.1e-3, "xla"), (None, 1e-3, "xla")])
+def test_auto_keeps_xla_unless_the_plan_is_clearly_faster(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, plan_s: float | None, xla_s: float, chosen: str,
+) -> None:
+    def fake_best_of(fn: Any, arrays: Any, runs: int, give_up_s: float) -> float:
+        fn(arrays)  # really runs: the synthetic inputs must suit both executors
+        if isinstance(fn, spiky_ir.Plan):
+            if plan_s is None:
+                raise FloatingPointError("boom")
+            return plan_s
+        return xla_s
+
+    monkeypatch.setattr(he, "_best_of", fake_best_of)
+    he.clear_xla_executables()
+    spiky.torch.init_nkipy_backend(host_executor="auto")
+    model, x = nn.Sequential(nn.Linear(64, 512), nn.GELU(), nn.Linear(512, 64)), torch.randn(16, 64)
+    with torch.no_grad(), caplog.at_level(logging.INFO, logger="spiky.compile"):
+        got = torch.compile(model, backend="nkipy", dynamic=False)(x)
+        torch.testing.assert_close(got, model(x), rtol=1e-4, atol=1e-5)
+    (used,) = _executors_logged(caplog)
+    assert used.startswith(f"{chosen} (auto: ")
+    if plan_s is None:
+        assert "the timing run failed (FloatingPointError: boom)" in used
+    he.clear_xla_executables()
 
 
 @pytest.mark.smoke

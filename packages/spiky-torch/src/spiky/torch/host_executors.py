@@ -8,11 +8,19 @@
   needs ``pip install spiky-torch[xla]``). Compiled once per graph (bucket), kept in memory
   and serialized into the graph's cache entry; a call is one XLA execution with no per-op
   Python work, inputs aliased zero-copy from the runtime's device buffers.
-- ``auto``: ``xla`` when jax/jaxlib are installed, else ``numpy`` -- except for tiny graphs
-  (at most :data:`TINY_GRAPH_NODES` nodes and :data:`TINY_GRAPH_ELEMENTS` elements in all
-  their values), which run on ``numpy``: XLA's fixed cost per call (~6 µs plus ~3.5 µs per
-  input, through jaxlib's Python API) is larger than the whole plan there. The log line
-  ``<kernel>: host executor numpy (auto: tiny graph ...)`` says so.
+- ``auto``: ``numpy`` without jax/jaxlib. With them, per graph:
+
+  - tiny graphs (at most :data:`TINY_GRAPH_NODES` nodes and :data:`TINY_GRAPH_ELEMENTS`
+    elements in all their values) run on ``numpy``: XLA's fixed cost per call (~6 µs plus
+    ~1.7-3.5 µs per input, through jaxlib's Python API) is more than the whole plan;
+  - other graphs are compiled by XLA, then both executors are timed once on synthetic
+    inputs of the graph's types, and the numpy plan is kept only if it was at least
+    :data:`AUTO_MARGIN` times faster (neither wins everywhere on XLA:CPU: it fuses and its
+    ``erf`` is 200x numpy's, but its ``sin`` is 10x slower and a large elementwise ``add``
+    3x slower, measured in docs/PERFORMANCE.md). The choice is made once per graph and
+    process.
+
+  The log line ``<kernel>: host executor numpy (auto: ...)`` gives the reason and the times.
 
 The choice is ``init_nkipy_backend(host_executor=...)`` (default ``"auto"``) or the
 per-function option ``options={"host_executor": ...}``. Graphs XLA cannot run here fall
@@ -43,7 +51,7 @@ import spiky_runtime as rt
 from spiky.cache import HLO_PROTO, CacheEntry
 from spiky.errors import SpikyConfigError
 from spiky.torch.collectives import collective_groups
-from spiky_ir import Graph, IRError, compile_plan
+from spiky_ir import Graph, IRError, compile_plan, print_graph
 from spiky_ir.hlo import emit_hlo, xla_cpu
 
 log = logging.getLogger("spiky.compile")
@@ -55,6 +63,9 @@ _MAGIC = b"SPIKYXLA1\n"
 TINY_GRAPH_NODES = 16
 TINY_GRAPH_ELEMENTS = 65_536
 """``auto`` runs graphs up to these sizes on the numpy plan (crossover measured in docs/PERFORMANCE.md)."""
+AUTO_MARGIN = 1.25
+"""``auto`` keeps XLA unless the numpy plan measured at least this much faster: XLA runs with
+the GIL released (the pipelined executor overlaps it) and one timing on a busy host is noisy."""
 
 Array = np.ndarray[Any, np.dtype[Any]]
 HostFn = Callable[[Sequence[Array]], Sequence[Array]]
@@ -197,9 +208,10 @@ def xla_executable(graph: Graph, kernel_name: str, entry: CacheEntry | None = No
 
 
 def clear_xla_executables() -> None:
-    """Forget the in-memory XLA executables (the on-disk copies stay in their cache entries)."""
+    """Forget the in-memory XLA executables (the on-disk copies stay in their cache entries) and auto's choices."""
     with _lock:
         _in_memory.clear()
+        _measured.clear()
 
 
 # -- the host fn handed to the runtime -----------------------------------------------------------
@@ -243,6 +255,61 @@ def tiny_graph(graph: Graph) -> str | None:
             "would cost more than the whole numpy plan")
 
 
+_measured: dict[str, tuple[str, str]] = {}
+"""auto's measured choice (executor, reason) per graph (its IR text)."""
+
+
+def _sample_inputs(graph: Graph) -> list[Array]:
+    """Inputs of the graph's types for timing: normal floats, zero ints (valid indices), 64-byte aligned like the
+    runtime's buffers (so XLA aliases them, as it does on real calls)."""
+    rng = np.random.default_rng(0)
+    arrays = []
+    for value in graph.inputs:
+        shape, dtype = value.type.static_shape(), np.dtype(value.type.dtype.to_numpy())
+        raw = np.zeros(math.prod(shape) * dtype.itemsize + xla_cpu.ZERO_COPY_ALIGNMENT, np.uint8)
+        start = (-raw.ctypes.data) % xla_cpu.ZERO_COPY_ALIGNMENT
+        array = raw[start:start + math.prod(shape) * dtype.itemsize].view(dtype).reshape(shape)
+        if value.type.dtype.is_floating:
+            array[...] = rng.standard_normal(shape)
+        arrays.append(array)
+    return arrays
+
+
+def _best_of(fn: HostFn, arrays: Sequence[Array], runs: int, give_up_s: float) -> float:
+    best = float("inf")
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn(arrays)
+        best = min(best, time.perf_counter() - start)
+        if best > give_up_s:
+            break
+    return best
+
+
+def measure_choice(graph: Graph, xla_fn: HostFn) -> tuple[str, str]:
+    """auto's choice for a graph XLA runs: ``("numpy" | "xla", reason)`` from one timing of each executor."""
+    key = print_graph(graph)
+    with _lock:
+        known = _measured.get(key)
+    if known is not None:
+        return known
+    arrays = _sample_inputs(graph)
+    plan = compile_plan(graph)
+    try:
+        xla_fn(arrays)  # warm
+        xla_s = _best_of(xla_fn, arrays, 3, float("inf"))
+        # A plan far slower than XLA is not timed again (some graphs take seconds on numpy).
+        plan_s = _best_of(plan, arrays, 3, 20 * xla_s + 1e-3)
+    except Exception as exc:  # any failure on synthetic inputs: keep XLA, and say why
+        choice = ("xla", f"auto: XLA; the timing run failed ({type(exc).__name__}: {exc})")
+    else:
+        times = f"auto: measured numpy plan {plan_s * 1e6:,.0f} µs, XLA {xla_s * 1e6:,.0f} µs per call"
+        choice = ("numpy" if plan_s * AUTO_MARGIN <= xla_s else "xla", times)
+    with _lock:
+        _measured[key] = choice
+    return choice
+
+
 def load_host_graph(
     device: rt.Device, graph: Graph, kernel_name: str, requested: str, entry: CacheEntry | None = None
 ) -> tuple[rt.Model, str]:
@@ -258,6 +325,11 @@ def load_host_graph(
         if tiny is not None:
             resolved, why = "numpy", f" (auto: {tiny})"
     fn, used = host_function(graph, kernel_name, resolved, entry)
+    if requested == "auto" and used == "xla":
+        chosen, reason = measure_choice(graph, fn)
+        why = f" ({reason})"
+        if chosen == "numpy":
+            fn, used = compile_plan(graph), "numpy"
     log.info("%s: host executor %s%s", kernel_name, used, why)
     model = device.load_host_model(
         fn,
