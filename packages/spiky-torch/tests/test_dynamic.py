@@ -262,3 +262,28 @@ def test_training_with_dynamic_batch_matches_eager_gradients() -> None:
         for got, expected in zip(grads, [p.grad for p in model.parameters()], strict=True):
             torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
         model.zero_grad()
+
+
+@pytest.mark.smoke
+def test_repeated_shapes_take_the_remembered_route_with_the_same_results_and_stats() -> None:
+    """Calls whose input shapes were seen before skip the symbol/bucket work; nothing observable changes."""
+    torch.manual_seed(0)
+    model = _mlp().eval()
+
+    def fn(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+        return model(x), x.shape[0] * 2  # a SymInt output: its value comes from the route too
+
+    compiled = torch.compile(fn, backend="nkipy", dynamic=True)
+    inputs = [torch.randn(b, 16) for b in (3, 5, 3, 5, 3)]
+    inputs += [torch.randn(5, 16), torch.randn(3, 16)]
+    with torch.no_grad():
+        for x in inputs:
+            out, doubled = compiled(x)
+            torch.testing.assert_close(out, model(x), rtol=RTOL, atol=ATOL)
+            assert doubled == 2 * x.shape[0]
+    stats = _stats()
+    batches = [x.shape[0] for x in inputs]
+    assert stats.calls == len(inputs) and stats.compiles == 2
+    assert stats.bucket_hits == {(4,): batches.count(3), (8,): batches.count(5)}
+    assert stats.real_elements == 16 * sum(batches)
+    assert stats.padded_elements == 16 * (4 * batches.count(3) + 8 * batches.count(5))

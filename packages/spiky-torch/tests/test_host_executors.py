@@ -189,7 +189,8 @@ def test_auto_runs_tiny_graphs_on_the_numpy_plan_and_others_on_xla(caplog: pytes
 
 @xla
 @pytest.mark.smoke
-@pytest.mark.parametrize(("plan_s", "xla_s", "chosen"), [(1e-3, 2e-3, "numpy"), (1e-3, 1.1e-3, "xla"), (None, 1e-3, "xla")])
+@pytest.mark.parametrize(("plan_s", "xla_s", "chosen"),
+                         [(1e-3, 2e-3, "numpy"), (1e-3, 1.1e-3, "xla"), (None, 1e-3, "xla")])
 def test_auto_keeps_xla_unless_the_plan_is_clearly_faster(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, plan_s: float | None, xla_s: float, chosen: str,
 ) -> None:

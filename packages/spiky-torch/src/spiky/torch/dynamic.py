@@ -24,6 +24,7 @@ Per-function statistics: :func:`bucket_stats` (bucket hits, compiles, JIT compil
 from __future__ import annotations
 
 import logging
+import math
 import time
 import weakref
 from collections import Counter
@@ -182,6 +183,23 @@ def _to_numpy(value: Any) -> np.ndarray[Any, Any]:
     return array
 
 
+_TENSOR, _VALUE, _NONE = 0, 1, 2
+_MAX_ROUTES = 4096
+
+
+@dataclass(frozen=True)
+class _Route:
+    """What a call with one combination of input shapes runs (see ``DynamicGraph.__call__``)."""
+
+    key: BucketKey
+    bundle: rt.Bundle
+    lengths: tuple[np.ndarray[Any, Any], ...]
+    real_elements: int
+    padded_elements: int
+    slots: tuple[tuple[int, int], ...]
+    """Per FX output: (_TENSOR, output index), (_VALUE, a SymInt's value) or (_NONE, 0)."""
+
+
 class DynamicGraph:
     """A boxed callable (aot_autograd's convention) serving every size of one symbolic graph."""
 
@@ -249,6 +267,10 @@ class DynamicGraph:
         self.models: dict[BucketKey, rt.Model] = {}
         self.bundles: dict[BucketKey, rt.Bundle] = {}
         self._precompiled = False
+        # Input shapes -> what a call with them runs; only for unpadded layouts without precompile
+        # pending, and forgotten whenever a bucket is added (a new bucket can change the choice).
+        self._routes: dict[tuple[tuple[int, ...], ...], _Route] | None = (
+            {} if options["input_layout"] != "padded" and options["output_layout"] != "padded" else None)
         log.info("%s: dynamic graph over %s (padded %s, exact %s), lowered in %.1f ms", self.name,
                  list(self.symbols), sorted(self.plan.padded), sorted(exact), (time.perf_counter() - start) * 1e3)
 
@@ -307,6 +329,8 @@ class DynamicGraph:
                          buckets={s: [b] for s, b in bindings.items()})
         entry, hit = CompileCache(config.nkipy_cache).get_or_build(
             ckey, _host_builder(static, kernel_name), kernel_name=kernel_name)
+        if self._routes is not None:
+            self._routes.clear()
         self.models[key], _executor = load_host_graph(
             self.device, static, kernel_name, self.options["host_executor"] or config.host_executor, entry)
         if not hit:
@@ -348,6 +372,32 @@ class DynamicGraph:
     # -- calls --
 
     def __call__(self, args: list[Any]) -> list[Any]:
+        # Fast route: plain CPU tensors whose shapes were seen before reuse what the first call
+        # with those shapes derived (symbol sizes, bucket, length inputs, stats increments,
+        # output slots); only the runtime call and the tensor views are left per call.
+        if self._routes is not None:
+            try:
+                arrays = [a.detach().numpy() if a.requires_grad else a.numpy()
+                          for a, is_tensor in zip(args, self.tensor_args, strict=True) if is_tensor]
+            except (TypeError, AttributeError, RuntimeError, ValueError):
+                pass  # "nkipy" tensors and anything unusual: the general path says what is wrong
+            else:
+                route = self._routes.get(tuple(a.shape for a in arrays))
+                if route is not None:
+                    args.clear()
+                    return self._run_route(route, arrays)
+        return self._call_general(args)
+
+    def _run_route(self, route: _Route, arrays: list[np.ndarray[Any, Any]]) -> list[Any]:
+        stats = self.stats
+        stats.calls += 1
+        stats.bucket_hits[route.key] += 1
+        stats.real_elements += route.real_elements
+        stats.padded_elements += route.padded_elements
+        outs = [torch.from_numpy(out) for out in route.bundle.run([*arrays, *route.lengths], unpad=True)]
+        return [outs[slot] if kind == _TENSOR else slot if kind == _VALUE else None for kind, slot in route.slots]
+
+    def _call_general(self, args: list[Any]) -> list[Any]:
         tensors = [a for a, is_tensor in zip(args, self.tensor_args, strict=True) if is_tensor]
         args.clear()
         device = next((t.device for t in tensors if is_device_tensor(t)), None)
@@ -383,7 +433,34 @@ class DynamicGraph:
                 if keep_padded:
                     _set_real_shape(tensor, tuple(tensor.shape))
             results.append(tensor)
-        return self._slots(results, sizes, device)
+        returned = self._slots(results, sizes, device)
+        if self._routes is not None and device is None and all(self.runtime_unpads):
+            self._remember_route(shapes, key, lengths, sizes)
+        return returned
+
+    def _remember_route(self, shapes: list[tuple[int, ...]], key: BucketKey, lengths: list[np.ndarray[Any, Any]],
+                        sizes: Mapping[str, int]) -> None:
+        routes = self._routes
+        assert routes is not None
+        if len(routes) >= _MAX_ROUTES:
+            routes.clear()
+        bucket = dict(zip(self.symbols, key, strict=True))
+        real = padded = 0
+        for value, dims in zip(self.graph.inputs, self.input_dims, strict=True):
+            if dims:
+                real += math.prod(int(dim_eval(d, sizes)) for d in value.type.shape)
+                padded += math.prod(int(dim_eval(d, bucket)) for d in value.type.shape)
+        slots: list[tuple[int, int]] = []
+        for index, slot in enumerate(self.output_slots):
+            if slot is not None:
+                slots.append((_TENSOR, slot))
+            elif index in self.dim_outputs:
+                slots.append((_VALUE, int(dim_eval(self.dim_outputs[index], sizes))))
+            else:
+                slots.append((_NONE, 0))
+        for array in lengths:
+            array.flags.writeable = False  # shared by every call of the route
+        routes[tuple(shapes)] = _Route(key, self.bundles[key], tuple(lengths), real, padded, tuple(slots))
 
     def _real_extent(self, layout: Any, sizes: Mapping[str, int], bucket: Mapping[str, int]) -> list[int]:
         from spiky_ir.padding import _real_shape
