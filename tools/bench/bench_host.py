@@ -61,8 +61,9 @@ def one_op(a: torch.Tensor) -> torch.Tensor:
 
 
 CASES: dict[str, tuple[Callable[[], Callable[..., Any]], Callable[[], list[torch.Tensor]], int]] = {
-    # name -> (model factory, inputs, calls per round)
+    # name -> (model factory, inputs, calls per round); "dynamic" rows compile with dynamic=True
     "1-op (a + 1, 1x8)": (lambda: one_op, lambda: [torch.randn(1, 8)], 4000),
+    "1-op dynamic (5x8)": (lambda: one_op, lambda: [torch.randn(5, 8)], 4000),
     "MLP 8x256->1024->256": (
         lambda: nn.Sequential(nn.Linear(256, 1024), nn.ReLU(), nn.Linear(1024, 256)).eval(),
         lambda: [torch.randn(8, 256)], 1000),
@@ -100,13 +101,13 @@ def other_threads_cpu_s() -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def compiled(variant: str, model: Callable[..., Any]) -> Callable[..., Any]:
+def compiled(variant: str, model: Callable[..., Any], dynamic: bool) -> Callable[..., Any]:
     if variant == "eager":
         return model
     if variant in ("aot_eager", "inductor"):
-        return torch.compile(model, backend=variant, dynamic=False)
+        return torch.compile(model, backend=variant, dynamic=dynamic)
     executor = variant.split()[1]
-    return torch.compile(model, backend="nkipy", dynamic=False, options={"host_executor": executor})
+    return torch.compile(model, backend="nkipy", dynamic=dynamic, options={"host_executor": executor})
 
 
 def bench_models(quick: bool, only: str | None) -> None:
@@ -125,7 +126,8 @@ def bench_models(quick: bool, only: str | None) -> None:
             times: dict[str, float] = {}
             other = 0.0
             for variant in VARIANTS:
-                fn = compiled(variant, model)
+                torch._dynamo.reset()
+                fn = compiled(variant, model, "dynamic" in name)
                 out = fn(*inputs)  # compile outside the timing
                 torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
                 before = other_threads_cpu_s()

@@ -196,8 +196,9 @@ class _Route:
     lengths: tuple[np.ndarray[Any, Any], ...]
     real_elements: int
     padded_elements: int
-    slots: tuple[tuple[int, int], ...]
-    """Per FX output: (_TENSOR, output index), (_VALUE, a SymInt's value) or (_NONE, 0)."""
+    slots: tuple[tuple[int, int], ...] | None
+    """Per FX output: (_TENSOR, output index), (_VALUE, a SymInt's value) or (_NONE, 0); None: the
+    runtime's outputs as they are."""
 
 
 class DynamicGraph:
@@ -212,6 +213,7 @@ class DynamicGraph:
         self.options = options
         self.tensor_args = [isinstance(n.meta.get("val"), torch.Tensor)
                             for n in gm.graph.nodes if n.op == "placeholder"]
+        self._tensor_indices = tuple(i for i, is_tensor in enumerate(self.tensor_args) if is_tensor)
         lowered = lower_fx_graph(gm)
         self.output_slots = lowered.output_slots
         self.output_devices = fx_output_devices(gm)
@@ -378,8 +380,8 @@ class DynamicGraph:
         if self._routes is not None:
             try:
                 arrays = [a.detach().numpy() if a.requires_grad else a.numpy()
-                          for a, is_tensor in zip(args, self.tensor_args, strict=True) if is_tensor]
-            except (TypeError, AttributeError, RuntimeError, ValueError):
+                          for a in (args[i] for i in self._tensor_indices)]
+            except (TypeError, AttributeError, RuntimeError, IndexError):
                 pass  # "nkipy" tensors and anything unusual: the general path says what is wrong
             else:
                 route = self._routes.get(tuple(a.shape for a in arrays))
@@ -395,6 +397,8 @@ class DynamicGraph:
         stats.real_elements += route.real_elements
         stats.padded_elements += route.padded_elements
         outs = [torch.from_numpy(out) for out in route.bundle.run([*arrays, *route.lengths], unpad=True)]
+        if route.slots is None:
+            return outs
         return [outs[slot] if kind == _TENSOR else slot if kind == _VALUE else None for kind, slot in route.slots]
 
     def _call_general(self, args: list[Any]) -> list[Any]:
@@ -460,7 +464,9 @@ class DynamicGraph:
                 slots.append((_NONE, 0))
         for array in lengths:
             array.flags.writeable = False  # shared by every call of the route
-        routes[tuple(shapes)] = _Route(key, self.bundles[key], tuple(lengths), real, padded, tuple(slots))
+        identity = slots == [(_TENSOR, i) for i in range(len(slots))]
+        routes[tuple(shapes)] = _Route(key, self.bundles[key], tuple(lengths), real, padded,
+                                       None if identity else tuple(slots))
 
     def _real_extent(self, layout: Any, sizes: Mapping[str, int], bucket: Mapping[str, int]) -> list[int]:
         from spiky_ir.padding import _real_shape
