@@ -32,17 +32,18 @@ using HostMemory = std::unique_ptr<void, HostFree>;
 // Host memory of `nbytes` (at least 1 byte), 64-byte aligned. Throws OutOfMemory.
 HostMemory allocate_host(std::size_t nbytes);
 
-// A caller's host buffer lent to the driver as a model input (host driver: no H2D copy);
-// released when the call no longer needs it.
-class BorrowedInput {
+// Host memory lent to the driver (host driver): a caller's buffer as a model input (no H2D
+// copy) or the call's host output array (no D2H copy); released when the call no longer
+// needs it.
+class BorrowedHost {
  public:
-  BorrowedInput(Driver& driver, MemHandle handle) : driver_(&driver), handle_(handle) {}
-  BorrowedInput(BorrowedInput&& other) noexcept
+  BorrowedHost(Driver& driver, MemHandle handle) : driver_(&driver), handle_(handle) {}
+  BorrowedHost(BorrowedHost&& other) noexcept
       : driver_(std::exchange(other.driver_, nullptr)), handle_(other.handle_) {}
-  BorrowedInput& operator=(BorrowedInput&&) = delete;
-  BorrowedInput(const BorrowedInput&) = delete;
-  BorrowedInput& operator=(const BorrowedInput&) = delete;
-  ~BorrowedInput() {
+  BorrowedHost& operator=(BorrowedHost&&) = delete;
+  BorrowedHost(const BorrowedHost&) = delete;
+  BorrowedHost& operator=(const BorrowedHost&) = delete;
+  ~BorrowedHost() {
     if (driver_ != nullptr) driver_->release_borrowed(handle_);
   }
 
@@ -105,8 +106,12 @@ class Call {
   // Stage state.
   std::vector<std::unique_ptr<Block>> in_blocks_;  // bucket-sized inputs this call owns
   std::vector<DeviceRef> in_refs_;
-  std::vector<BorrowedInput> borrowed_;  // host inputs the driver runs on in place
+  std::vector<BorrowedHost> borrowed_;  // host inputs the driver runs on in place
   std::vector<std::unique_ptr<Block>> out_blocks_;  // results (padded, or unpadded copies)
+  // Outputs the driver wrote straight into host arrays (to_host, not padded): out_blocks_[j]
+  // is null and out_host_[j] holds the result.
+  std::vector<HostMemory> out_host_;
+  std::vector<BorrowedHost> borrowed_out_;
   std::vector<HostArray> host_outputs_;
   std::vector<std::shared_ptr<DeviceTensor>> device_outputs_;
   ExecutionTimings timings_;

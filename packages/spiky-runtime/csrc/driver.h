@@ -98,10 +98,11 @@ class Driver {
                             std::size_t dst_offset, const StridedCopy& op) = 0;
   virtual void fill_strided(MemHandle dst, std::size_t dst_offset, const StridedFill& op) = 0;
 
-  // Drivers whose device memory is host memory may run a model directly on a caller's host
-  // buffer: a read-only input with no H2D copy. Returns a handle for `data` valid until
+  // Drivers whose device memory is host memory may run a model directly on host memory: a
+  // caller's buffer as a read-only input (no H2D copy), or the host array a call returns as
+  // an output the model writes (no D2H copy). Returns a handle for `data` valid until
   // release_borrowed(handle), or nullopt when the driver cannot (nrt: device memory is not
-  // host-addressable, every input is copied).
+  // host-addressable, every input and output is copied).
   virtual std::optional<MemHandle> borrow_host(const void* /*data*/, std::size_t /*nbytes*/) {
     return std::nullopt;
   }

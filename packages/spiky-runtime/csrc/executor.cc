@@ -157,7 +157,21 @@ void Executor::execute(Call& call) {
   const Model& model = call.model();
   std::vector<DeviceRef> out_refs;
   call.out_blocks_.clear();
-  for (const TensorSpec& spec : model.outputs()) {
+  call.out_host_.clear();
+  call.out_host_.resize(model.outputs().size());
+  for (std::size_t j = 0; j < model.outputs().size(); ++j) {
+    const TensorSpec& spec = model.outputs()[j];
+    if (call.options_.to_host && spec.nbytes() && call.output_specs_[j].shape() == spec.shape()) {
+      // Host memory is device memory here: the model writes the array the call returns.
+      HostMemory mem = allocate_host(spec.nbytes());
+      if (const auto lent = driver_.borrow_host(mem.get(), spec.nbytes())) {
+        call.borrowed_out_.emplace_back(driver_, *lent);
+        call.out_host_[j] = std::move(mem);
+        call.out_blocks_.push_back(nullptr);
+        out_refs.push_back(DeviceRef{*lent, 0, spec.nbytes()});
+        continue;
+      }
+    }
     call.out_blocks_.push_back(pool_.allocate(device_bytes(spec.nbytes())));
     out_refs.push_back(call.out_blocks_.back()->ref());
   }
@@ -166,6 +180,7 @@ void Executor::execute(Call& call) {
     PhaseTimer timer(call.timings_.exec_ms);
     driver_.execute(model.id(), call.in_refs_, out_refs);
   }
+  call.borrowed_out_.clear();
   // Inputs are consumed: their buffers go back to the pool, device inputs and borrowed host
   // buffers are released.
   call.in_refs_.clear();
@@ -210,12 +225,17 @@ void Executor::download(Call& call) {
   PhaseTimer timer(call.timings_.d2h_ms);
   for (std::size_t j = 0; j < call.out_blocks_.size(); ++j) {
     const TensorSpec& spec = call.output_specs_[j];
+    if (!call.out_blocks_[j]) {  // written in place by the model (see execute)
+      call.host_outputs_.push_back(HostArray{spec, std::move(call.out_host_[j])});
+      continue;
+    }
     HostMemory mem = allocate_host(spec.nbytes());
     const DeviceRef src = call.out_blocks_[j]->ref();
     if (spec.nbytes()) driver_.read(src.handle, src.offset, mem.get(), spec.nbytes());
     call.host_outputs_.push_back(HostArray{spec, std::move(mem)});
   }
   call.out_blocks_.clear();
+  call.out_host_.clear();
 }
 
 void Executor::finish(Call& call, std::exception_ptr error) {
@@ -223,7 +243,9 @@ void Executor::finish(Call& call, std::exception_ptr error) {
   call.in_refs_.clear();
   call.in_blocks_.clear();
   call.borrowed_.clear();
+  call.borrowed_out_.clear();
   call.out_blocks_.clear();
+  call.out_host_.clear();
   for (auto& in : call.inputs_) {
     in.device.reset();
     in.keepalive.reset();

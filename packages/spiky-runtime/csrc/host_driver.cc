@@ -107,7 +107,7 @@ HostDriver::Region HostDriver::region(MemHandle handle, std::size_t offset,
 std::optional<MemHandle> HostDriver::borrow_host(const void* data, std::size_t nbytes) {
   std::lock_guard<std::mutex> lock(mutex_);
   const MemHandle handle = next_handle_++;
-  // Only ever read (model inputs): the const_cast gives the Region type, not a write.
+  // Inputs are only read; outputs are host arrays the executor allocated for the call.
   borrowed_.emplace(handle, Region{static_cast<std::byte*>(const_cast<void*>(data)), nbytes});
   return handle;
 }
