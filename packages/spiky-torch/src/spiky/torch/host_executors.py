@@ -96,7 +96,7 @@ def host_executor_info() -> HostExecutorInfo:
     if missing is None:
         return HostExecutorInfo("xla", True, f"XLA:CPU through jax/jaxlib {xla_cpu.JAX_VERSION}; tiny graphs "
                                 f"(<= {TINY_GRAPH_NODES} nodes, <= {TINY_GRAPH_ELEMENTS:,} elements) on the numpy plan")
-    return HostExecutorInfo("numpy", False, f"numpy reference interpreter; XLA:CPU unavailable: {missing}")
+    return HostExecutorInfo("numpy", False, f"numpy plan of the reference semantics; XLA:CPU unavailable: {missing}")
 
 
 def check_host_executor(value: Any) -> str | None:

@@ -138,8 +138,9 @@ OPTIONS: dict[str, OptionSpec] = {
         OptionSpec(
             "host_executor",
             None,
-            "host target: 'numpy' (reference interpreter), 'xla' (XLA:CPU) or 'auto' (XLA when jax is "
-            "installed); None: init_nkipy_backend(host_executor=...)",
+            "host target: 'numpy' (the reference semantics as a prepared plan), 'xla' (XLA:CPU) or 'auto' "
+            "(per graph: tiny graphs on numpy, others on XLA when jax is installed unless numpy measured "
+            "faster); None: init_nkipy_backend(host_executor=...)",
             _host_executor,
         ),
         OptionSpec(
