@@ -190,7 +190,7 @@ def test_auto_runs_tiny_graphs_on_the_numpy_plan_and_others_on_xla(caplog: pytes
 @xla
 @pytest.mark.smoke
 @pytest.mark.parametrize(("plan_s", "xla_s", "chosen"),
-                         [(1e-3, 2e-3, "numpy"), (1e-3, 1.1e-3, "xla"), (None, 1e-3, "xla")])
+                         [(1e-3, 2e-3, "numpy"), (1e-3, 1.1e-3, "xla"), (None, 1e-3, "xla"), (1e-3, 0.5, "xla")])
 def test_auto_keeps_xla_unless_the_plan_is_clearly_faster(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, plan_s: float | None, xla_s: float, chosen: str,
 ) -> None:
@@ -213,6 +213,8 @@ def test_auto_keeps_xla_unless_the_plan_is_clearly_faster(
     assert used.startswith(f"{chosen} (auto: ")
     if plan_s is None:
         assert "the timing run failed (FloatingPointError: boom)" in used
+    if xla_s > he.AUTO_TIMING_LIMIT_S:
+        assert used == "xla (auto: XLA takes 500 ms per call; the numpy plan is not timed for calls over 10 ms)"
     he.clear_xla_executables()
 
 

@@ -14,7 +14,8 @@
     elements in all their values) run on ``numpy``: XLA's fixed cost per call (~6 µs plus
     ~1.7-3.5 µs per input, through jaxlib's Python API) is more than the whole plan;
   - other graphs are compiled by XLA, then both executors are timed once on synthetic
-    inputs of the graph's types, and the numpy plan is kept only if it was at least
+    inputs of the graph's types (the plan only when an XLA call takes at most
+    :data:`AUTO_TIMING_LIMIT_S`), and the numpy plan is kept only if it was at least
     :data:`AUTO_MARGIN` times faster (neither wins everywhere on XLA:CPU: it fuses and its
     ``erf`` is 200x numpy's, but its ``sin`` is 10x slower and a large elementwise ``add``
     3x slower, measured in docs/PERFORMANCE.md). The choice is made once per graph and
@@ -66,6 +67,9 @@ TINY_GRAPH_ELEMENTS = 65_536
 AUTO_MARGIN = 1.25
 """``auto`` keeps XLA unless the numpy plan measured at least this much faster: XLA runs with
 the GIL released (the pipelined executor overlaps it) and one timing on a busy host is noisy."""
+AUTO_TIMING_LIMIT_S = 0.01
+"""``auto`` times the numpy plan only for graphs whose XLA call takes at most this long (10 ms), so
+the timing stays a small part of a compile; bigger graphs keep XLA."""
 
 Array = np.ndarray[Any, np.dtype[Any]]
 HostFn = Callable[[Sequence[Array]], Sequence[Array]]
@@ -297,14 +301,17 @@ def measure_choice(graph: Graph, xla_fn: HostFn) -> tuple[str, str]:
     plan = compile_plan(graph).run_unchecked
     try:
         xla_fn(arrays)  # warm
-        xla_s = _best_of(xla_fn, arrays, 3, float("inf"))
-        # A plan far slower than XLA is not timed again (some graphs take seconds on numpy).
-        plan_s = _best_of(plan, arrays, 3, 20 * xla_s + 1e-3)
+        xla_s = _best_of(xla_fn, arrays, 3, AUTO_TIMING_LIMIT_S)
+        if xla_s > AUTO_TIMING_LIMIT_S:
+            choice = ("xla", f"auto: XLA takes {xla_s * 1e3:,.0f} ms per call; the numpy plan is not timed "
+                             f"for calls over {AUTO_TIMING_LIMIT_S * 1e3:.0f} ms")
+        else:
+            # A plan far slower than XLA is not timed again (erf-heavy graphs are 200x slower on numpy).
+            plan_s = _best_of(plan, arrays, 3, 20 * xla_s + 1e-3)
+            times = f"auto: measured numpy plan {plan_s * 1e6:,.0f} µs, XLA {xla_s * 1e6:,.0f} µs per call"
+            choice = ("numpy" if plan_s * AUTO_MARGIN <= xla_s else "xla", times)
     except Exception as exc:  # any failure on synthetic inputs: keep XLA, and say why
         choice = ("xla", f"auto: XLA; the timing run failed ({type(exc).__name__}: {exc})")
-    else:
-        times = f"auto: measured numpy plan {plan_s * 1e6:,.0f} µs, XLA {xla_s * 1e6:,.0f} µs per call"
-        choice = ("numpy" if plan_s * AUTO_MARGIN <= xla_s else "xla", times)
     with _lock:
         _measured[key] = choice
     return choice
