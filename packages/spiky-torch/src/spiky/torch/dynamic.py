@@ -333,7 +333,7 @@ class DynamicGraph:
             ckey, _host_builder(static, kernel_name), kernel_name=kernel_name)
         if self._routes is not None:
             self._routes.clear()
-        self.models[key], _executor = load_host_graph(
+        self.models[key] = load_host_graph(
             self.device, static, kernel_name, self.options["host_executor"] or config.host_executor, entry)
         if not hit:
             self.device.record_compile()

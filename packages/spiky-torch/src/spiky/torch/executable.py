@@ -61,8 +61,6 @@ class CompiledGraph:
     """Device type of each FX output as traced (device calls keep "cpu" outputs on the host)."""
     profiler: NtffProfiler | None = None
     """``save_ntff``: profiles chosen executions (host calls)."""
-    host_executor: str | None = None
-    """What runs the graph on the host target (``"numpy"`` or ``"xla"``); None on neuron."""
 
     def __init__(
         self, graph: Graph, device: rt.Device, kernel_name: str, cache_entry: CacheEntry | None = None,
@@ -197,7 +195,6 @@ def compile_graph(gm: fx.GraphModule, target: str, options: Options) -> Compiled
     config = current_config()
     device = runtime_device(target)
     model: rt.Model | None = None
-    executor: str | None = None
     if target == "neuron":  # HLO -> neuronx-cc -> NEFF (cached), loaded through the nrt driver
         model, entry, hit = load_neuron_model(graph, options, config, device, kernel_name)
     else:
@@ -207,10 +204,8 @@ def compile_graph(gm: fx.GraphModule, target: str, options: Options) -> Compiled
         entry, hit = CompileCache(config.nkipy_cache).get_or_build(
             key, _host_builder(graph, kernel_name, groups), kernel_name=kernel_name
         )
-        model, executor = load_host_graph(
-            device, graph, kernel_name, options["host_executor"] or config.host_executor, entry)
+        model = load_host_graph(device, graph, kernel_name, options["host_executor"] or config.host_executor, entry)
     compiled = CompiledGraph(graph, device, kernel_name, entry, hit, lowered.output_slots, model=model)
-    compiled.host_executor = executor
     compiled.profiler = NtffProfiler.for_graph(options, config, kernel_name, entry)
     compiled.keep_outputs_on_device = bool(options["keep_outputs_on_device"])
     compiled.output_devices = fx_output_devices(gm)

@@ -319,8 +319,8 @@ def measure_choice(graph: Graph, xla_fn: HostFn) -> tuple[str, str]:
 
 def load_host_graph(
     device: rt.Device, graph: Graph, kernel_name: str, requested: str, entry: CacheEntry | None = None
-) -> tuple[rt.Model, str]:
-    """Load ``graph`` (static shapes) on a host-driver device; returns the model and the executor it uses.
+) -> rt.Model:
+    """Load ``graph`` (static shapes) on a host-driver device with the executor ``requested``.
 
     ``requested`` is ``"auto"``, ``"numpy"`` or ``"xla"``; the one used is logged on
     ``spiky.compile`` (``<kernel>: host executor xla``, with the reason when ``auto`` chose
@@ -338,10 +338,9 @@ def load_host_graph(
         if chosen == "numpy":
             fn, used = compile_plan(graph).run_unchecked, "numpy"
     log.info("%s: host executor %s%s", kernel_name, used, why)
-    model = device.load_host_model(
+    return device.load_host_model(
         fn,
         [rt.TensorSpec(v.type.static_shape(), v.type.dtype.to_numpy()) for v in graph.inputs],
         [rt.TensorSpec(v.type.static_shape(), v.type.dtype.to_numpy()) for v in graph.outputs],
         kernel_name,
     )
-    return model, used
