@@ -7,8 +7,8 @@
    host_executor="numpy", "xla" and "auto" (the default: the numpy plan for tiny graphs,
    XLA for the others), for a 1-op graph, an MLP and a GPT-style block.
    Targets: 1-op within 1.2x of aot_eager; MLP and GPT block on XLA within 1.2x of Inductor.
-2. where a 1-op Spiky/XLA call spends its time (XLA executable alone, the runtime's Model.run
-   around it, the whole compiled function).
+2. where a 1-op call spends its time, per executor (the host fn alone, the runtime's
+   Model.run around it, the whole compiled function), next to the floor.
 3. the pipelined-vs-plain loop of tools/bench/bench_runtime.py (section 2) with its compute
    as an IR graph run by each executor.
 
@@ -145,23 +145,27 @@ def bench_breakdown(quick: bool) -> None:
     g = Graph()
     x = g.add_input("x", TensorType((1, 8), DType.float32))
     g.set_outputs([g.add_op("exp", [x])])
-    fn, used = host_function(g, "one_op", "xla")
-    assert used == "xla"
     dev = rt.Device("host", 0)
     spec = rt.TensorSpec((1, 8), "float32")
-    model = dev.load_host_model(fn, [spec], [spec], "one_op")
     a = np.ones((1, 8), np.float32)
     t = torch.ones(1, 8)
-    compiled_fn = torch.compile(torch.exp, backend="nkipy", dynamic=False, options={"host_executor": "xla"})
+    torch._dynamo.reset()
     aot = torch.compile(torch.exp, backend="aot_eager", dynamic=False)
-    compiled_fn(t)
     aot(t)
-    rows = [
-        ("XLA executable called directly", per_call_us(lambda: fn([a]), n)),
-        ("runtime Model.run (H2D, host fn, D2H)", per_call_us(lambda: model.run([a]), n)),
-        ("torch.compile(aot_eager) (the floor)", per_call_us(lambda: aot(t), n)),
-        ("torch.compile(nkipy, xla) whole call", per_call_us(lambda: compiled_fn(t), n)),
-    ]
+    rows = [("torch.compile(aot_eager) (the floor)", per_call_us(lambda: aot(t), n))]
+    for executor in ("numpy", "xla"):
+        fn, used = host_function(g, f"one_op_{executor}", executor)
+        assert used == executor
+        model = dev.load_host_model(fn, [spec], [spec], f"one_op_{executor}")
+        torch._dynamo.reset()
+        whole = torch.compile(torch.exp, backend="nkipy", dynamic=False,
+                              options={"host_executor": executor})
+        whole(t)
+        rows += [
+            (f"{executor}: host fn called directly", per_call_us(lambda fn=fn: fn([a]), n)),
+            (f"{executor}: runtime Model.run around it", per_call_us(lambda model=model: model.run([a]), n)),
+            (f"{executor}: torch.compile(nkipy) whole call", per_call_us(lambda whole=whole: whole(t), n)),
+        ]
     print("\n2. where a 1-op call spends its time (exp on 1x8 float32), µs")
     for label, us in rows:
         print(f"   {label:<42} {us:8.1f}")
