@@ -28,6 +28,7 @@ def test_info(capsys: pytest.CaptureFixture[str]) -> None:
     for name in ("spiky-torch", "spiky-ir", "spiky-runtime", "spiky-dist", "torch", "numpy"):
         assert f"  {name}" in out
     assert "host           available" in out
+    assert "host executor  'auto' uses " in out
     assert "libnrt:" in out and "neuronx-cc:" in out
     assert "cache:" in out and "entries" in out
 

@@ -47,7 +47,7 @@ def info(out: TextIO) -> None:
         out.write(f"  {dist:<14} {_version(dist)}\n")
     out.write("targets:\n  host           available\n")
     executor = host_executor_info()
-    out.write(f"  host executor  {executor.resolved} for 'auto' ({executor.reason})\n")
+    out.write(f"  host executor  'auto' uses {executor.reason}\n")
     libnrt = find_libnrt()
     try:
         compiler: str = f"{find_neuronx_cc().version}"

@@ -98,9 +98,11 @@ def host_executor_info() -> HostExecutorInfo:
     """
     missing = xla_cpu.unavailable_reason()
     if missing is None:
-        return HostExecutorInfo("xla", True, f"XLA:CPU through jax/jaxlib {xla_cpu.JAX_VERSION}; tiny graphs "
-                                f"(<= {TINY_GRAPH_NODES} nodes, <= {TINY_GRAPH_ELEMENTS:,} elements) on the numpy plan")
-    return HostExecutorInfo("numpy", False, f"numpy plan of the reference semantics; XLA:CPU unavailable: {missing}")
+        return HostExecutorInfo(
+            "xla", True, f"XLA:CPU through jax/jaxlib {xla_cpu.JAX_VERSION}; per graph: tiny graphs (<= "
+            f"{TINY_GRAPH_NODES} nodes, <= {TINY_GRAPH_ELEMENTS:,} elements) on the numpy plan, others on XLA unless "
+            f"the plan measures {AUTO_MARGIN}x faster")
+    return HostExecutorInfo("numpy", False, f"the numpy plan (the reference semantics); XLA:CPU unavailable: {missing}")
 
 
 def check_host_executor(value: Any) -> str | None:
