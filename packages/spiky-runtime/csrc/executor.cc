@@ -153,6 +153,17 @@ void Executor::upload(Call& call) {
   }
 }
 
+// Input buffers go back to the pool; device inputs and borrowed host buffers are released.
+void Executor::release_inputs(Call& call) {
+  call.in_refs_.clear();
+  call.in_blocks_.clear();
+  call.borrowed_.clear();
+  for (auto& in : call.inputs_) {
+    in.device.reset();
+    in.keepalive.reset();
+  }
+}
+
 void Executor::execute(Call& call) {
   const Model& model = call.model();
   std::vector<DeviceRef> out_refs;
@@ -181,15 +192,7 @@ void Executor::execute(Call& call) {
     driver_.execute(model.id(), call.in_refs_, out_refs);
   }
   call.borrowed_out_.clear();
-  // Inputs are consumed: their buffers go back to the pool, device inputs and borrowed host
-  // buffers are released.
-  call.in_refs_.clear();
-  call.in_blocks_.clear();
-  call.borrowed_.clear();
-  for (auto& in : call.inputs_) {
-    in.device.reset();
-    in.keepalive.reset();
-  }
+  release_inputs(call);  // consumed
 }
 
 void Executor::unpad(Call& call) {
@@ -240,16 +243,10 @@ void Executor::download(Call& call) {
 
 void Executor::finish(Call& call, std::exception_ptr error) {
   // Everything the call still owns goes back before anyone is woken.
-  call.in_refs_.clear();
-  call.in_blocks_.clear();
-  call.borrowed_.clear();
+  release_inputs(call);
   call.borrowed_out_.clear();
   call.out_blocks_.clear();
   call.out_host_.clear();
-  for (auto& in : call.inputs_) {
-    in.device.reset();
-    in.keepalive.reset();
-  }
   if (!error) {
     call.timings_.total_ms = ms_between(*call.first_start_, Clock::now());
     stats_.record_execution(call.timings_, call.bucket());

@@ -62,6 +62,7 @@ class Executor {
   void unpad(Call& call);
   void download(Call& call);
   void finish(Call& call, std::exception_ptr error);
+  static void release_inputs(Call& call);
   void prepare_outputs(Call& call);
 
   void upload_task(const std::shared_ptr<Call>& call);
