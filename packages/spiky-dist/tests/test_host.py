@@ -89,3 +89,20 @@ def test_bad_reduce_op_is_named(tmp_path: Path) -> None:
         np.testing.assert_array_equal(host.all_reduce(np.arange(3, dtype=np.float32), "sum", name), [0, 1, 2])
     finally:
         dist.destroy_process_group()
+
+
+@pytest.mark.smoke
+def test_processes_that_ran_collectives_let_gloo_threads_settle_at_exit() -> None:
+    """Registered once, by the first HostCollectives or staged eager collective; never by import alone."""
+    code = (
+        "import atexit, torch\n"
+        "import spiky_dist.staging as staging\n"
+        "from spiky_dist import HostCollectives\n"
+        "n = atexit._ncallbacks()\n"
+        "print(atexit._ncallbacks() - n)\n"
+        "HostCollectives(); HostCollectives(); staging._host_one(torch.ones(2))\n"
+        "print(atexit._ncallbacks() - n)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=_env())
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["0", "1"]

@@ -11,6 +11,9 @@ collectives in the same order, as in any SPMD program.
 
 from __future__ import annotations
 
+import atexit
+import threading
+import time
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
@@ -47,11 +50,42 @@ def _tensor(array: Array) -> torch.Tensor:
     return torch.from_numpy(np.array(array, copy=True, order="C"))
 
 
+EXIT_SETTLE_S = 0.2
+"""How long the interpreter waits at exit, once collectives ran here, for gloo's threads (see below)."""
+_settle_lock = threading.Lock()
+_settle_registered = False
+
+
+def _settle() -> None:
+    time.sleep(EXIT_SETTLE_S)  # the GIL is released: gloo's threads can finish their decrefs
+
+
+def settle_gloo_at_exit() -> None:
+    """Make interpreter exit wait a moment for gloo's worker threads (registered once per process).
+
+    A gloo worker thread destroys a finished work object a moment after the caller was
+    woken, and with it the tensors the work held (a barrier holds every earlier work). A
+    tensor created from Python is then released through Python, which needs the GIL; if the
+    main thread is already finalizing the interpreter, CPython ends that thread with a forced
+    unwind that aborts the process ("terminate called without an active exception", seen in
+    about 1 run of 20 of a two-rank example). An ``atexit`` hook runs before finalization,
+    so sleeping there lets those threads finish first.
+    """
+    global _settle_registered
+    if _settle_registered:
+        return
+    with _settle_lock:
+        if not _settle_registered:
+            _settle_registered = True
+            atexit.register(_settle)
+
+
 class HostCollectives:
     """Collectives over the process groups of ``torch.distributed`` (gloo on the host)."""
 
     def __init__(self, timeout: timedelta | None = None) -> None:
         self.timeout = timeout
+        settle_gloo_at_exit()
 
     def _run(self, name: str, group_name: str, call: Callable[[Any], Any]) -> None:
         group = resolve_group(group_name)

@@ -18,14 +18,21 @@ from typing import Any
 
 import torch
 
+from spiky_dist.host import settle_gloo_at_exit
+
 _lock = threading.Lock()
 _libraries: dict[str, torch.library.Library] = {}
 
 c10d = torch.ops.c10d
 
 
+def _host_one(tensor: torch.Tensor) -> torch.Tensor:
+    settle_gloo_at_exit()  # the host copy goes to gloo's threads
+    return tensor.detach().cpu()
+
+
 def _host(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    return [t.detach().cpu() for t in tensors]
+    return [_host_one(t) for t in tensors]
 
 
 def _back(devices: Sequence[torch.Tensor], hosts: Sequence[torch.Tensor]) -> None:
@@ -63,8 +70,8 @@ def _allgather(outputs: list[list[torch.Tensor]], inputs: list[torch.Tensor], pg
 
 def _allgather_base(output: torch.Tensor, input: torch.Tensor, pg: Any,
                     async_op: bool = True, timeout: int = -1) -> tuple[torch.Tensor, Any]:
-    host_out = output.detach().cpu()
-    _, work = c10d._allgather_base_.default(host_out, input.detach().cpu(), pg, async_op, timeout)
+    host_out = _host_one(output)
+    _, work = c10d._allgather_base_.default(host_out, _host_one(input), pg, async_op, timeout)
     work.wait()
     output.copy_(host_out)
     return output, work
@@ -72,8 +79,8 @@ def _allgather_base(output: torch.Tensor, input: torch.Tensor, pg: Any,
 
 def _reduce_scatter_base(output: torch.Tensor, input: torch.Tensor, pg: Any, op: Any,
                          async_op: bool = True, timeout: int = -1) -> tuple[torch.Tensor, Any]:
-    host_out = output.detach().cpu()
-    _, work = c10d._reduce_scatter_base_.default(host_out, input.detach().cpu(), pg, op, async_op, timeout)
+    host_out = _host_one(output)
+    _, work = c10d._reduce_scatter_base_.default(host_out, _host_one(input), pg, op, async_op, timeout)
     work.wait()
     output.copy_(host_out)
     return output, work
@@ -82,8 +89,8 @@ def _reduce_scatter_base(output: torch.Tensor, input: torch.Tensor, pg: Any, op:
 def _alltoall_base(output: torch.Tensor, input: torch.Tensor, pg: Any,
                    output_split_sizes: list[int], input_split_sizes: list[int],
                    async_op: bool = True, timeout: int = -1) -> Any:
-    host_out = output.detach().cpu()
-    work = c10d.alltoall_base_.default(host_out, input.detach().cpu(), pg, output_split_sizes,
+    host_out = _host_one(output)
+    work = c10d.alltoall_base_.default(host_out, _host_one(input), pg, output_split_sizes,
                                        input_split_sizes, async_op, timeout)
     work.wait()
     output.copy_(host_out)
