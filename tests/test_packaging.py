@@ -58,5 +58,7 @@ def test_spiky_runtime_wheel_builds_and_runs(fresh_python: Path, tmp_path: Path)
         "spec = rt.TensorSpec((3,), 'float32')\n"
         "m = dev.load_host_model(lambda xs: [xs[0] * 2], [spec], [spec], 'double')\n"
         "print(m.run([np.arange(3, dtype=np.float32)])[0].tolist(), dev.stats().total_executions)\n"
+        "import os; h = os.path.join(rt.get_include(), 'spiky_runtime', 'c_abi.h')\n"
+        "print(os.path.isfile(h), os.path.dirname(rt.__file__) in h)\n"  # the C ABI header ships in the wheel
     )
-    assert _run(fresh_python, "-c", code, cwd=tmp_path).strip() == "[0.0, 2.0, 4.0] 1"
+    assert _run(fresh_python, "-c", code, cwd=tmp_path).split() == ["[0.0, 2.0, 4.0]", "1", "True", "True"]

@@ -16,7 +16,8 @@ fi
 # Everything that changes what gets installed or built goes into the stamp.
 stamp_file="$venv/.spiky-stamp"
 stamp=$(cd "$root" && cat tools/requirements-dev.txt packages/*/pyproject.toml \
-  packages/spiky-runtime/hatch_build.py packages/spiky-runtime/csrc/* 2>/dev/null | sha256sum | cut -d' ' -f1)
+  packages/spiky-runtime/hatch_build.py packages/spiky-runtime/csrc/* \
+  packages/spiky-runtime/src/spiky_runtime/include/spiky_runtime/* 2>/dev/null | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp_file" ] && [ "$(cat "$stamp_file")" = "$stamp" ] \
    && [ -n "$(ls "$root"/packages/spiky-runtime/src/spiky_runtime/_core*.so 2>/dev/null)" ]; then
   echo "[bootstrap] $venv is up to date" >&2

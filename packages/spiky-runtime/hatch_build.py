@@ -2,6 +2,9 @@
 
 The compiler is invoked directly (``$CXX``, else ``c++``/``g++``): no CMake, no setuptools.
 Each translation unit compiles to an object in parallel (two workers), then one link.
+The public C ABI header lives in the package (``src/spiky_runtime/include/spiky_runtime/
+c_abi.h``, package data that ``spiky_runtime.get_include()`` points at) and is on the include
+path; the other headers are private, in ``csrc/``.
 Objects in ``build/obj`` are reused while newer than their source, every header and the
 flags (pip runs the hook twice for an editable install: metadata, then the wheel).
 ``SPIKY_WERROR=1`` turns warnings into errors. Regular wheels get the extension through
@@ -57,7 +60,8 @@ def build_extension(root: Path, out_dir: Path) -> Path:
     flags = list(CXXFLAGS)
     if os.environ.get("SPIKY_WERROR") == "1":
         flags.append("-Werror")
-    includes = [f"-I{pybind11.get_include()}", f"-I{sysconfig.get_paths()['include']}"]
+    public = root / "src" / "spiky_runtime" / "include"
+    includes = [f"-I{public}", f"-I{pybind11.get_include()}", f"-I{sysconfig.get_paths()['include']}"]
     sources = sorted((root / "csrc").glob("*.cc"))
     if not sources:
         raise RuntimeError(f"spiky-runtime: no sources in {root / 'csrc'}")
@@ -72,7 +76,8 @@ def build_extension(root: Path, out_dir: Path) -> Path:
         for old in obj_dir.glob("*.o"):
             old.unlink()
         stamp.write_text(signature)
-    newest_header = max((h.stat().st_mtime for h in (root / "csrc").glob("*.h")), default=0.0)
+    headers = [*(root / "csrc").glob("*.h"), *public.rglob("*.h")]
+    newest_header = max((h.stat().st_mtime for h in headers), default=0.0)
 
     def compile_one(src: Path) -> Path:
         obj = obj_dir / (src.stem + ".o")

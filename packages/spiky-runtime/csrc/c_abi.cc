@@ -1,4 +1,6 @@
-// The C ABI of c_abi.h and its three Python entry points (bind_c_abi):
+// The C ABI of spiky_runtime/c_abi.h (in src/spiky_runtime/include/: package data, so
+// consumers build against spiky_runtime.get_include()) and its three Python entry points
+// (bind_c_abi):
 //   allocator_capsule(device)                      -> PyCapsule of a SpikyAllocatorV1
 //   device_tensor_from_pointer(capsule, ptr, shape, dtype) -> DeviceTensor sharing the memory
 //   adopt_device_tensor(capsule, tensor)          -> device address owning the tensor's memory
@@ -8,7 +10,7 @@
 // Each capsule owns an AddressTable: device address -> DeviceTensor (the memory, possibly
 // still being produced by a pipelined call). Create one capsule per device and keep it: the
 // addresses of one table mean nothing to another.
-#include "c_abi.h"
+#include "spiky_runtime/c_abi.h"
 
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>

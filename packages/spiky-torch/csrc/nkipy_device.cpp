@@ -1,7 +1,8 @@
 // The "nkipy" torch device: torch's PrivateUse1 backend over spiky-runtime's memory pool.
 //
-// Storage comes from the runtime through the C ABI of spiky_c_abi.h (a capsule of function
-// pointers per device), so this extension links torch only. Device addresses are opaque (not
+// Storage comes from the runtime through the C ABI of <spiky_runtime/c_abi.h> (shipped by
+// spiky-runtime, found through spiky_runtime.get_include(); a capsule of function pointers
+// per device), so this extension links torch only. Device addresses are opaque (not
 // host-dereferenceable, as on Neuron): every byte moves through the ABI's copy functions.
 //
 // What runs "on the device" here is memory management, copies, fills and views; every other
@@ -25,7 +26,7 @@
 #include <string>
 #include <vector>
 
-#include "spiky_c_abi.h"
+#include <spiky_runtime/c_abi.h>  // spiky_runtime.get_include()
 
 namespace {
 

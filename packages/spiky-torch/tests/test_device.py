@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 import spiky.torch
+import spiky_runtime
 from spiky.torch import device as nkipy_device
 
 pytestmark = pytest.mark.skipif(not nkipy_device.is_available(), reason="nkipy device extension unavailable")
@@ -189,15 +190,25 @@ def test_fallback_error_mode(monkeypatch: pytest.MonkeyPatch) -> None:
         torch.cos(d)
 
 
-def test_c_abi_header_copy_matches_the_runtime() -> None:
-    repo = Path(__file__).resolve().parents[3]
-    runtime = repo / "packages/spiky-runtime/csrc/c_abi.h"
-    copy = repo / "packages/spiky-torch/csrc/spiky_c_abi.h"
-    if not runtime.exists():
-        pytest.skip("runtime sources not in this checkout")
-    ours, theirs = copy.read_text().splitlines(), runtime.read_text().splitlines()
-    # The copy has one extra first comment line; the rest is the same contract, byte for byte.
-    assert ours[1][3:] == theirs[0][3:] and ours[2:] == theirs[1:]
+def test_extension_builds_against_the_runtime_header(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from spiky.torch import device_ext
+
+    # One header, the runtime's: spiky-torch ships no copy of it.
+    assert not list(device_ext.source_dir().rglob("*.h"))
+    include = Path(spiky_runtime.get_include())
+    assert device_ext.runtime_headers() == [include / "spiky_runtime" / "c_abi.h"]
+    # A changed ABI header is a different build (the cache key hashes the header's bytes).
+    key = device_ext.build_key()
+    fake = tmp_path / "spiky_runtime" / "c_abi.h"
+    fake.parent.mkdir()
+    fake.write_bytes((include / "spiky_runtime" / "c_abi.h").read_bytes())
+    monkeypatch.setattr(spiky_runtime, "get_include", lambda: str(tmp_path))
+    assert device_ext.build_key() == key  # same bytes, same key (the path does not matter)
+    fake.write_text(fake.read_text().replace("SPIKY_ALLOCATOR_ABI_VERSION 1u", "SPIKY_ALLOCATOR_ABI_VERSION 2u"))
+    assert device_ext.build_key() != key
+    fake.unlink()
+    with pytest.raises(FileNotFoundError, match=r"spiky_runtime/c_abi.h not found under spiky_runtime.get_include"):
+        device_ext.build_key()
 
 
 def test_extension_build_is_cached_by_torch_version_and_source_hash() -> None:

@@ -14,9 +14,15 @@ Python callables, so everything works on any machine::
 
 ``Device("host", 0)`` returns the process-wide device for that (driver, index): every
 Device object for it shares one pool and one set of statistics.
+
+C and C++ code that uses the runtime's allocator ABI (``allocator_capsule``) builds against
+the header shipped in this package: ``-I`` :func:`get_include` and
+``#include <spiky_runtime/c_abi.h>``.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from spiky_runtime._core import (
     Buffer,
@@ -41,8 +47,20 @@ from spiky_runtime.profile import profile
 
 __version__ = "0.1.0"
 
+
+def get_include() -> str:
+    """The directory to put on a C/C++ include path for ``#include <spiky_runtime/c_abi.h>``.
+
+    The header (the C allocator ABI behind :func:`spiky_runtime._core.allocator_capsule`) is
+    package data, so this works the same for wheels and editable installs. Like
+    ``numpy.get_include()``, it returns an absolute path as a string.
+    """
+    return str(Path(__file__).resolve().parent / "include")
+
+
 __all__ = [
     "__version__",
+    "get_include",
     # devices and memory
     "Device",
     "Buffer",

@@ -12,7 +12,8 @@ _HostFn = Callable[[list[npt.NDArray[Any]]], Sequence[npt.ArrayLike]]
 def device_count(driver: str = "host") -> int: ...
 def driver_names() -> list[str]: ...
 
-# The C allocator ABI (csrc/c_abi.h) for foreign tensors (spiky-torch's "nkipy" device).
+# The C allocator ABI (<spiky_runtime/c_abi.h>, under spiky_runtime.get_include()) for foreign
+# tensors (spiky-torch's "nkipy" device).
 def allocator_capsule(device: Device) -> Any:
     """A PyCapsule of the device's ``SpikyAllocatorV1``; keep one per device (it owns its addresses)."""
 def device_tensor_from_pointer(capsule: Any, ptr: int, shape: Sequence[int], dtype: str) -> DeviceTensor:

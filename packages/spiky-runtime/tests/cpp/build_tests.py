@@ -35,7 +35,8 @@ def build(sanitize: bool = False, jobs: int = 2) -> Path:
     """Compiles (incrementally) and links the test binary; returns its path."""
     cxx = _compiler()
     flags = [*BASE_FLAGS, *(SANITIZE_FLAGS if sanitize else ["-O1"])]
-    includes = [f"-I{ROOT / 'csrc'}", f"-I{ROOT / 'tests' / 'cpp'}"]
+    public = ROOT / "src" / "spiky_runtime" / "include"  # <spiky_runtime/c_abi.h>
+    includes = [f"-I{ROOT / 'csrc'}", f"-I{public}", f"-I{ROOT / 'tests' / 'cpp'}"]
     out = ROOT / "build" / "cpp-tests" / ("sanitize" if sanitize else "plain")
     out.mkdir(parents=True, exist_ok=True)
     stamp = out / "flags.txt"
@@ -48,7 +49,7 @@ def build(sanitize: bool = False, jobs: int = 2) -> Path:
     sources = [s for s in sorted((ROOT / "csrc").glob("*.cc")) if "<pybind11/" not in s.read_text()]
     # The harness binary: main.cc + test_*.cc (other programs may live in tests/cpp too).
     sources += [ROOT / "tests" / "cpp" / "main.cc", *sorted((ROOT / "tests" / "cpp").glob("test_*.cc"))]
-    headers = [*(ROOT / "csrc").glob("*.h"), *(ROOT / "tests" / "cpp").glob("*.h")]
+    headers = [*(ROOT / "csrc").glob("*.h"), *public.rglob("*.h"), *(ROOT / "tests" / "cpp").glob("*.h")]
     newest_header = max((h.stat().st_mtime for h in headers), default=0.0)
 
     def compile_one(src: Path) -> Path:

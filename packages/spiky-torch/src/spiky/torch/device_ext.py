@@ -2,11 +2,14 @@
 
 The extension is compiled at first use with :func:`torch.utils.cpp_extension.load` against
 the torch that is running, so installing spiky-torch never needs torch in a build
-environment (and never pulls a second torch). Builds are cached in
+environment (and never pulls a second torch). It includes the runtime's C allocator ABI
+from the installed spiky-runtime (``<spiky_runtime/c_abi.h>`` under
+:func:`spiky_runtime.get_include`; there is no copy here). Builds are cached in
 ``$SPIKY_TORCH_EXT_DIR`` (default ``$XDG_CACHE_HOME/spiky/torch_ext``, else
-``~/.cache/spiky/torch_ext``), one directory per torch version + Python + source hash; a
-file lock makes parallel processes build once. A cached build imports in milliseconds;
-a fresh one takes ~30 s on two cores (``python -c "import spiky.torch"`` warms it up).
+``~/.cache/spiky/torch_ext``), one directory per torch version + Python + hash of the
+sources and the runtime's headers; a file lock makes parallel processes build once. A
+cached build imports in milliseconds; a fresh one takes ~30 s on two cores
+(``python -c "import spiky.torch"`` warms it up).
 """
 
 from __future__ import annotations
@@ -24,9 +27,11 @@ from types import ModuleType
 
 import torch
 
+import spiky_runtime
+
 log = logging.getLogger("spiky.device")
 
-SOURCES = ("nkipy_device.cpp", "spiky_c_abi.h")
+SOURCES = ("nkipy_device.cpp",)
 _loaded: ModuleType | None = None
 
 
@@ -41,6 +46,18 @@ def source_dir() -> Path:
     raise FileNotFoundError(f"nkipy device sources not found in {shipped} or {repo}; reinstall spiky-torch")
 
 
+def runtime_headers() -> list[Path]:
+    """The headers of the installed spiky-runtime the extension includes (``spiky_runtime/c_abi.h``)."""
+    include = Path(spiky_runtime.get_include())
+    headers = sorted(include.rglob("*.h"))
+    if include / "spiky_runtime" / "c_abi.h" not in headers:
+        raise FileNotFoundError(
+            f"spiky_runtime/c_abi.h not found under spiky_runtime.get_include() = {include}; "
+            "reinstall spiky-runtime (pip install packages/spiky-runtime)"
+        )
+    return headers
+
+
 def cache_root() -> Path:
     explicit = os.environ.get("SPIKY_TORCH_EXT_DIR")
     if explicit:
@@ -50,12 +67,16 @@ def cache_root() -> Path:
 
 
 def build_key() -> str:
-    """torch version, Python ABI and the sources' hash: what makes a build reusable."""
+    """torch version, Python ABI, the sources' and the runtime headers' hash: what makes a build reusable."""
     digest = hashlib.sha256()
     directory = source_dir()
     for name in SOURCES:
         digest.update(name.encode())
         digest.update((directory / name).read_bytes())
+    include = Path(spiky_runtime.get_include())
+    for header in runtime_headers():
+        digest.update(header.relative_to(include).as_posix().encode())
+        digest.update(header.read_bytes())
     abi = sysconfig.get_config_var("EXT_SUFFIX") or sys.version
     digest.update(f"{torch.__version__}|{abi}".encode())
     return digest.hexdigest()[:16]
@@ -97,7 +118,7 @@ def _build(name: str, build_dir: Path) -> ModuleType:
     module: ModuleType = cpp_extension.load(
         name=name,
         sources=[str(directory / SOURCES[0])],
-        extra_include_paths=[str(directory)],
+        extra_include_paths=[str(directory), spiky_runtime.get_include()],
         extra_cflags=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
         build_directory=str(build_dir),
         verbose=False,

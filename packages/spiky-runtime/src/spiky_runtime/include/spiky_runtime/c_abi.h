@@ -1,10 +1,13 @@
-/* A copy of spiky-runtime csrc/c_abi.h (the contract; keep them identical).
- * The runtime's C ABI for foreign allocators (the torch "nkipy" device).
+/* The runtime's C ABI for foreign allocators (the torch "nkipy" device).
  *
  * spiky_runtime._core.allocator_capsule(device) returns a PyCapsule named
  * SPIKY_ALLOCATOR_CAPSULE_NAME holding a pointer to a SpikyAllocatorV1: plain C function
  * pointers over the device's memory pool, so a consumer (spiky-torch's C++ extension) needs
  * this header only, never the runtime's C++ types or symbols.
+ *
+ * This file is the only copy: it ships inside the spiky_runtime package, and consumers build
+ * with `-I$(python -c "import spiky_runtime; print(spiky_runtime.get_include())")` and
+ * `#include <spiky_runtime/c_abi.h>`.
  *
  * Pointers. allocate() hands out a *device address*: an opaque, non-null, 512-byte aligned
  * number that is unique among live allocations of the capsule, with room for `nbytes` after
