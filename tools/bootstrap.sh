@@ -15,7 +15,7 @@ fi
 
 # Everything that changes what gets installed or built goes into the stamp.
 stamp_file="$venv/.spiky-stamp"
-stamp=$(cd "$root" && cat tools/requirements-dev.txt packages/*/pyproject.toml \
+stamp=$(cd "$root" && cat tools/requirements-dev.txt tools/requirements-zoo.txt packages/*/pyproject.toml \
   packages/spiky-runtime/hatch_build.py packages/spiky-runtime/csrc/* \
   packages/spiky-runtime/src/spiky_runtime/include/spiky_runtime/* 2>/dev/null | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp_file" ] && [ "$(cat "$stamp_file")" = "$stamp" ] \
@@ -27,6 +27,9 @@ fi
 pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
 echo "[bootstrap] installing pinned dev tools (torch 2.13.0 CPU, pytest, mypy, ruff, ...)" >&2
 "${pip[@]}" install -r "$root/tools/requirements-dev.txt"
+echo "[bootstrap] installing the model zoo's vision libraries into $venv/spiky-zoo (tools/requirements-zoo.txt)" >&2
+rm -rf "$venv/spiky-zoo"
+"${pip[@]}" install --no-deps --target "$venv/spiky-zoo" -r "$root/tools/requirements-zoo.txt"
 echo "[bootstrap] building and installing spiky-ir, spiky-runtime (C++), spiky-dist, spiky-torch" >&2
 # -Werror: the C++ must build without warnings; no build isolation: use the pinned tools.
 SPIKY_WERROR=1 "${pip[@]}" install --no-build-isolation -c "$root/tools/requirements-dev.txt" \
