@@ -98,6 +98,53 @@ std::string type_name(py::handle obj) {
   return py::str(py::type::handle_of(obj).attr("__name__"));
 }
 
+// ---------------------------------------------------------------- dtypes
+
+// numpy has no bfloat16 of its own: the runtime's bfloat16 is ml_dtypes.bfloat16, a numpy
+// extension dtype (ml_dtypes is a dependency of the package, needing only numpy). It is
+// imported the first time a bfloat16 numpy dtype is needed (a bfloat16 spec's .dtype, a read,
+// an output array), never when spiky_runtime is imported.
+py::dtype import_bfloat16() {
+  py::module_ ml_dtypes;
+  try {
+    ml_dtypes = py::module_::import("ml_dtypes");
+  } catch (py::error_already_set& e) {
+    throw Error(std::string("bfloat16 arrays need the ml_dtypes package (numpy has no bfloat16 of "
+                            "its own); install it with 'pip install ml_dtypes' (importing it "
+                            "failed: ") + e.what() + ")");
+  }
+  return py::dtype::from_args(ml_dtypes.attr("bfloat16"));
+}
+
+// numpy dtype objects per DType, made once (with the GIL held) and kept for the process:
+// building them from names on every call showed up in per-call overhead.
+py::dtype to_numpy(DType dtype) {
+  static std::array<py::handle, kDTypeCount> cache{};
+  py::handle& slot = cache.at(static_cast<std::size_t>(dtype));
+  if (!slot) {  // never freed
+    slot = (dtype == DType::kBFloat16 ? import_bfloat16() : py::dtype(dtype_name(dtype))).release();
+  }
+  return py::reinterpret_borrow<py::dtype>(slot);
+}
+
+// True when `dt` is ml_dtypes.bfloat16 (by numpy type number, registered when ml_dtypes is
+// imported). Never imports ml_dtypes: before it is imported no array can be bfloat16.
+bool is_bfloat16(const py::dtype& dt) {
+  static int type_num = -1;  // guarded by the GIL
+  if (type_num < 0) {
+    PyObject* module = PyImport_GetModule(py::str("ml_dtypes").ptr());
+    if (module == nullptr) {
+      PyErr_Clear();
+      return false;
+    }
+    const bool blocked = module == Py_None;  // sys.modules["ml_dtypes"] = None: imports fail
+    Py_DECREF(module);
+    if (blocked) return false;
+    type_num = to_numpy(DType::kBFloat16).num();
+  }
+  return dt.num() == type_num;
+}
+
 // The common case without Python attribute calls: a native-order dtype we support, by
 // kind and size. nullopt sends the caller to the checked path (and its error message).
 std::optional<DType> fast_dtype(const py::dtype& dt) {
@@ -125,6 +172,8 @@ std::optional<DType> fast_dtype(const py::dtype& dt) {
         case 8: return DType::kFloat64;
         default: return std::nullopt;
       }
+    case 'V':  // extension dtypes: ml_dtypes.bfloat16 has kind 'V'
+      return size == 2 && is_bfloat16(dt) ? std::optional<DType>(DType::kBFloat16) : std::nullopt;
     default: return std::nullopt;
   }
 }
@@ -141,6 +190,11 @@ DType dtype_of(const py::dtype& dt, const std::string& context) {
 }
 
 DType dtype_from_object(py::handle obj, const std::string& context) {
+  // Names of the table first: "bfloat16" needs no numpy lookup (numpy knows it only once
+  // ml_dtypes is imported).
+  if (py::isinstance<py::str>(obj)) {
+    if (const auto dtype = find_dtype(obj.cast<std::string>())) return *dtype;
+  }
   py::dtype dt;
   try {
     dt = py::dtype::from_args(py::reinterpret_borrow<py::object>(obj));
@@ -149,15 +203,6 @@ DType dtype_from_object(py::handle obj, const std::string& context) {
                           " is not a numpy dtype; expected one of: " + supported_dtype_names());
   }
   return dtype_of(dt, context);
-}
-
-// numpy dtype objects per DType, made once (with the GIL held) and kept for the process:
-// building them from names on every call showed up in per-call overhead.
-py::dtype to_numpy(DType dtype) {
-  static std::array<py::handle, 9> cache{};
-  const auto index = static_cast<std::size_t>(dtype);
-  if (!cache.at(index)) cache[index] = py::dtype(dtype_name(dtype)).release();  // never freed
-  return py::reinterpret_borrow<py::dtype>(cache[index]);
 }
 
 std::vector<py::ssize_t> np_shape(const TensorSpec& spec) {

@@ -32,30 +32,53 @@ std::vector<std::byte> integer_pattern(double value, const std::string& context,
   return bytes_of(static_cast<T>(value));
 }
 
-// IEEE binary16 bits of a float, round to nearest even.
-std::uint16_t half_bits(float f) {
-  std::uint32_t x = 0;
-  std::memcpy(&x, &f, sizeof(x));
-  const std::uint32_t sign = (x >> 16) & 0x8000u;
-  const std::uint32_t exp = (x >> 23) & 0xffu;
-  std::uint32_t mant = x & 0x7fffffu;
-  if (exp == 0xffu) return static_cast<std::uint16_t>(sign | 0x7c00u | (mant ? 0x200u : 0u));
-  const int e = static_cast<int>(exp) - 127 + 15;
+// IEEE binary16 bits of a double, rounded to nearest even in one step (numpy's float64 ->
+// float16 cast does the same; going through float first would round twice). Overflow gives
+// inf, NaN a quiet NaN with the sign and the top payload bits.
+std::uint16_t half_bits(double value) {
+  std::uint64_t x = 0;
+  std::memcpy(&x, &value, sizeof(x));
+  const auto sign = static_cast<std::uint16_t>((x >> 48) & 0x8000u);
+  const auto exp = static_cast<int>((x >> 52) & 0x7ffu);
+  const std::uint64_t mant = x & ((std::uint64_t{1} << 52) - 1);
+  if (exp == 0x7ff) {
+    if (mant == 0) return static_cast<std::uint16_t>(sign | 0x7c00u);
+    return static_cast<std::uint16_t>(sign | 0x7e00u | (mant >> 42));
+  }
+  // Rounds `sig` right by `shift` bits to nearest even.
+  auto round_shift = [](std::uint64_t sig, int shift) {
+    std::uint64_t out = sig >> shift;
+    const std::uint64_t rem = sig & ((std::uint64_t{1} << shift) - 1);
+    const std::uint64_t mid = std::uint64_t{1} << (shift - 1);
+    if (rem > mid || (rem == mid && (out & 1u))) ++out;
+    return out;
+  };
+  const int e = exp - 1023 + 15;  // biased binary16 exponent
   if (e >= 0x1f) return static_cast<std::uint16_t>(sign | 0x7c00u);  // overflow -> inf
   if (e <= 0) {
-    if (e < -10) return static_cast<std::uint16_t>(sign);  // underflow -> 0
-    mant |= 0x800000u;
-    const int shift = 14 - e;
-    std::uint32_t half = mant >> shift;
-    const std::uint32_t rem = mant & ((1u << shift) - 1);
-    const std::uint32_t mid = 1u << (shift - 1);
-    if (rem > mid || (rem == mid && (half & 1u))) ++half;
-    return static_cast<std::uint16_t>(sign | half);
+    // Subnormal binary16 (units of 2^-24), or zero. Double subnormals are far below that.
+    if (exp == 0) return sign;
+    const int shift = 1051 - exp;  // sig * 2^(exp-1075) / 2^-24
+    if (shift > 63) return sign;
+    const std::uint64_t sig = mant | (std::uint64_t{1} << 52);
+    return static_cast<std::uint16_t>(sign | round_shift(sig, shift));  // may carry to 0x0400
   }
-  std::uint32_t half = (static_cast<std::uint32_t>(e) << 10) | (mant >> 13);
-  const std::uint32_t rem = mant & 0x1fffu;
-  if (rem > 0x1000u || (rem == 0x1000u && (half & 1u))) ++half;  // may carry into inf: fine
-  return static_cast<std::uint16_t>(sign | half);
+  const std::uint64_t bits = (static_cast<std::uint64_t>(e) << 52 | mant);
+  // The exponent rides above the mantissa, so a carry out of the mantissa bumps it (to inf
+  // at the top): the right result.
+  return static_cast<std::uint16_t>(sign | round_shift(bits, 42));
+}
+
+// bfloat16 bits of a double as ml_dtypes (and torch) convert it: to float first, then to the
+// top 16 bits rounded to nearest even. Overflow gives inf, NaN the quiet NaN 0x7fc0 with the
+// sign.
+std::uint16_t bfloat16_bits(double value) {
+  const auto f = static_cast<float>(value);
+  std::uint32_t x = 0;
+  std::memcpy(&x, &f, sizeof(x));
+  if (std::isnan(f)) return static_cast<std::uint16_t>((x >> 16 & 0x8000u) | 0x7fc0u);
+  const std::uint32_t bias = 0x7fffu + ((x >> 16) & 1u);
+  return static_cast<std::uint16_t>((x + bias) >> 16);  // a carry bumps the exponent (to inf)
 }
 
 }  // namespace
@@ -80,9 +103,10 @@ std::vector<std::byte> fill_pattern(double value, DType dtype, const std::string
       return integer_pattern<std::int64_t>(value, context, dtype);
     }
     case DType::kUInt8: return integer_pattern<std::uint8_t>(value, context, dtype);
-    case DType::kFloat16: return bytes_of(half_bits(static_cast<float>(value)));
+    case DType::kFloat16: return bytes_of(half_bits(value));
     case DType::kFloat32: return bytes_of(static_cast<float>(value));
     case DType::kFloat64: return bytes_of(value);
+    case DType::kBFloat16: return bytes_of(bfloat16_bits(value));
   }
   throw Error("internal error: DType without a fill pattern");
 }

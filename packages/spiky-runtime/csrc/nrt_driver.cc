@@ -11,8 +11,8 @@
 namespace spiky::runtime {
 namespace {
 
-// Runtime-private NEFF dtypes (bf16, fp8, u16/u32/u64) have no TensorSpec dtype: such NEFFs
-// are reported at load.
+// NEFF dtypes and the TensorSpec dtype each travels as. Those without one (fp8, u16/u32/u64)
+// make a NEFF that spiky_runtime reports at load.
 struct NrtDtypeName {
   int code;
   const char* name;
@@ -21,7 +21,7 @@ struct NrtDtypeName {
 
 constexpr NrtDtypeName kNrtDtypes[] = {
     {NRT_DTYPE_F32, "float32", DType::kFloat32}, {NRT_DTYPE_F16, "float16", DType::kFloat16},
-    {NRT_DTYPE_BF16, "bfloat16", std::nullopt},  {NRT_DTYPE_I8, "int8", DType::kInt8},
+    {NRT_DTYPE_BF16, "bfloat16", DType::kBFloat16}, {NRT_DTYPE_I8, "int8", DType::kInt8},
     {NRT_DTYPE_U8, "uint8", DType::kUInt8},      {NRT_DTYPE_I16, "int16", DType::kInt16},
     {NRT_DTYPE_U16, "uint16", std::nullopt},     {NRT_DTYPE_I32, "int32", DType::kInt32},
     {NRT_DTYPE_U32, "uint32", std::nullopt},     {NRT_DTYPE_I64, "int64", DType::kInt64},
@@ -406,14 +406,23 @@ TensorSpec io_spec(const NrtTensorInfo& info, const std::string& ctx, const Tens
   TensorSpec spec(std::move(shape), *dt->dtype);
   if (spec.nbytes() != info.size) {
     throw InvalidArgument(ctx + "is " + std::to_string(info.size) + " bytes in the NEFF, but its shape and dtype (" +
-                          spec.to_string() + ") make " + std::to_string(spec.nbytes()));
+                          spec.to_string() + ") make " + std::to_string(spec.nbytes()) +
+                          "; the NEFF's tensor table is inconsistent: recompile the model");
   }
   if (declared != nullptr) {
     const bool bool_as_u8 = declared->dtype() == DType::kBool && spec.dtype() == DType::kUInt8;
-    if (declared->shape() != spec.shape() || (declared->dtype() != spec.dtype() && !bool_as_u8)) {
+    const bool dtype_differs = declared->dtype() != spec.dtype() && !bool_as_u8;
+    if (declared->shape() != spec.shape() || dtype_differs) {
+      // bfloat16 and float16 have the same size but different bits: never bind one as the other.
+      const std::string what =
+          dtype_differs ? std::string("the dtypes differ (NEFF ") + dtype_name(spec.dtype()) + ", declared " +
+                              dtype_name(declared->dtype()) + ")"
+                        : std::string("the shapes differ");
       throw InvalidArgument(ctx + "is " + spec.to_string() + " (" + std::to_string(info.size) +
                             " bytes) in the NEFF, but the caller declared " + declared->to_string() + " (" +
-                            std::to_string(declared->nbytes()) + " bytes)");
+                            std::to_string(declared->nbytes()) + " bytes): " + what + "; declare " +
+                            spec.to_string() + " as the NEFF has it, or recompile the model for " +
+                            declared->to_string());
     }
     return *declared;  // bool stays bool for the caller; the bytes are the same
   }

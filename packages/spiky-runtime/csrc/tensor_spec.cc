@@ -16,8 +16,9 @@ struct DTypeInfo {
   std::size_t itemsize;
 };
 
-// One table: adding a dtype touches only this line list and the enum.
-constexpr std::array<DTypeInfo, 9> kDTypes{{
+// One table: adding a dtype touches this line list, the enum and kDTypeCount; fill_pattern
+// (bundle.cc) and the bindings' numpy mapping (bindings.cc) then say what is missing.
+constexpr std::array<DTypeInfo, kDTypeCount> kDTypes{{
     {DType::kBool, "bool", 1},
     {DType::kInt8, "int8", 1},
     {DType::kInt16, "int16", 2},
@@ -27,16 +28,33 @@ constexpr std::array<DTypeInfo, 9> kDTypes{{
     {DType::kFloat16, "float16", 2},
     {DType::kFloat32, "float32", 4},
     {DType::kFloat64, "float64", 8},
+    {DType::kBFloat16, "bfloat16", 2},
 }};
 
-const DTypeInfo& info(DType dtype) {
-  for (const auto& entry : kDTypes) {
-    if (entry.dtype == dtype) return entry;
+constexpr bool table_is_dense() {
+  for (std::size_t i = 0; i < kDTypes.size(); ++i) {
+    if (static_cast<std::size_t>(kDTypes[i].dtype) != i) return false;
   }
-  throw Error("internal error: DType value without a table entry");
+  return true;
+}
+static_assert(table_is_dense(), "kDTypes must list every DType once, in enum order");
+
+const DTypeInfo& info(DType dtype) {
+  const auto index = static_cast<std::size_t>(dtype);
+  if (index >= kDTypes.size()) throw Error("internal error: DType value without a table entry");
+  return kDTypes[index];
 }
 
 }  // namespace
+
+const std::vector<DType>& all_dtypes() {
+  static const std::vector<DType> dtypes = [] {
+    std::vector<DType> out;
+    for (const auto& entry : kDTypes) out.push_back(entry.dtype);
+    return out;
+  }();
+  return dtypes;
+}
 
 std::size_t dtype_itemsize(DType dtype) { return info(dtype).itemsize; }
 
@@ -51,10 +69,15 @@ std::string supported_dtype_names() {
   return out;
 }
 
-DType parse_dtype(const std::string& name, const std::string& context) {
+std::optional<DType> find_dtype(const std::string& name) {
   for (const auto& entry : kDTypes) {
     if (name == entry.name) return entry.dtype;
   }
+  return std::nullopt;
+}
+
+DType parse_dtype(const std::string& name, const std::string& context) {
+  if (const auto dtype = find_dtype(name)) return *dtype;
   throw InvalidArgument(context + "unsupported dtype '" + name +
                         "'; expected one of: " + supported_dtype_names());
 }

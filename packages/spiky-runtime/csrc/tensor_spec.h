@@ -3,12 +3,14 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
 namespace spiky::runtime {
 
-// The element types the runtime moves and checks. Names follow numpy.
+// The element types the runtime moves and checks. Names follow numpy; bfloat16 is the
+// `ml_dtypes.bfloat16` numpy extension dtype (numpy has none of its own).
 enum class DType : std::uint8_t {
   kBool,
   kInt8,
@@ -19,14 +21,25 @@ enum class DType : std::uint8_t {
   kFloat16,
   kFloat32,
   kFloat64,
+  kBFloat16,
 };
+
+// Number of DType values (the enum is dense from 0): sizes per-dtype caches.
+inline constexpr std::size_t kDTypeCount = 10;
+static_assert(static_cast<std::size_t>(DType::kBFloat16) + 1 == kDTypeCount,
+              "kDTypeCount is the last DType + 1");
+
+// Every DType, in table order (for tests and per-dtype loops).
+const std::vector<DType>& all_dtypes();
 
 std::size_t dtype_itemsize(DType dtype);
 const char* dtype_name(DType dtype);
+// The DType named `name` ("float32", "bfloat16", ...), or nullopt.
+std::optional<DType> find_dtype(const std::string& name);
 // Parses a numpy dtype name ("float32", ...); throws InvalidArgument naming the value
 // and listing the supported names. `context` prefixes the message (may be empty).
 DType parse_dtype(const std::string& name, const std::string& context);
-// "bool, int8, ..., float64" for error messages.
+// "bool, int8, ..., float64, bfloat16" for error messages.
 std::string supported_dtype_names();
 
 // Shape + dtype of one tensor. Dims are validated non-negative on construction.

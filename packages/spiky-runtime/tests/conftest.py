@@ -1,13 +1,44 @@
-"""Shared fixtures: every test gets the process-wide host device in a known state."""
+"""Shared fixtures: every test gets the process-wide host device in a known state; a test
+taking ``dtype_case`` runs once per row of the dtype table (dtype_table.py)."""
 
 from __future__ import annotations
 
 import gc
+import importlib.util
+import sys
 from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 import spiky_runtime as rt
+
+
+def _load_dtype_table() -> ModuleType:
+    # tests/ is not a package (pytest runs with --import-mode=importlib): load by path, once.
+    name = "_spiky_runtime_dtype_table"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent / "dtype_table.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up while the class is built
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+DTYPE_TABLE = _load_dtype_table()
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "dtype_case" in metafunc.fixturenames:
+        metafunc.parametrize("dtype_case", DTYPE_TABLE.DTYPES, ids=DTYPE_TABLE.NAMES)
+
+
+@pytest.fixture
+def dtype_table() -> ModuleType:
+    """dtype_table.py: DTYPES, NAMES, BY_NAME (e.g. ``dtype_table.BY_NAME["bfloat16"]``)."""
+    return DTYPE_TABLE
 
 
 @pytest.fixture

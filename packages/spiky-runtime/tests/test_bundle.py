@@ -9,8 +9,6 @@ import pytest
 
 import spiky_runtime as rt
 
-DTYPES = ["bool", "int8", "int16", "int32", "int64", "uint8", "float16", "float32", "float64"]
-
 
 def spec(shape: tuple[int, ...], dtype: str = "float32") -> rt.TensorSpec:
     return rt.TensorSpec(shape, dtype)
@@ -35,25 +33,60 @@ def sample(shape: tuple[int, ...], dtype: str, seed: int = 0) -> np.ndarray[Any,
 
 
 @pytest.mark.smoke
-@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("rank", [1, 2, 3, 4])
-def test_pad_each_dim_every_dtype(dev: rt.Device, dtype: str, rank: int) -> None:
+def test_pad_each_dim_every_dtype(dev: rt.Device, dtype_case: Any, rank: int) -> None:
     base = (5, 4, 3, 6)[:rank]
-    fill = 1.0 if dtype == "bool" else 7.0
+    fill = dtype_case.fills[1]  # bool 1, int -1 (uint8 7), float -inf
+    bits = dtype_case.bits
     for d in range(rank):
         bucket_shape = tuple(8 if k == d else n for k, n in enumerate(base))
-        bundle = identity_bundle(dev, {8: bucket_shape}, {d: "s0"}, dtype, fill)
-        x = sample(base, dtype, seed=d)
+        bundle = identity_bundle(dev, {8: bucket_shape}, {d: "s0"}, dtype_case.name, fill)
+        x = dtype_case.sample(base, seed=d)
         # The model sees the padded tensor: data in the corner, the fill value elsewhere.
         (padded,) = bundle.run([x], unpad=False)
         assert padded.shape == bucket_shape
-        expected = np.full(bucket_shape, fill, dtype=dtype)
+        expected = np.full(bucket_shape, dtype_case.convert(fill))
         expected[tuple(slice(0, n) for n in base)] = x
-        np.testing.assert_array_equal(padded, expected)
+        np.testing.assert_array_equal(bits(padded), bits(expected))
         # Unpadded on device back to the caller's shape.
         (out,) = bundle.run([x])
         assert out.shape == x.shape and out.dtype == x.dtype
-        np.testing.assert_array_equal(out, x)
+        np.testing.assert_array_equal(bits(out), bits(x))
+
+
+def test_fill_values_are_written_bit_exact(dev: rt.Device, dtype_case: Any) -> None:
+    """Each fill value of the table (and, for floats, random ones) is padded with exactly the bits
+    numpy (ml_dtypes for bfloat16) gives that float64 value: one bundle input per value, padded
+    along the inner dim (strided fills) and the outer one (the contiguous tail)."""
+    fills = list(dtype_case.fills)
+    if dtype_case.kind == "float":
+        rng = np.random.default_rng(7)
+        fills += list(rng.standard_normal(48) * 10.0 ** rng.integers(-45, 45, 48))
+    n = len(fills)
+    bucket = [spec((4, 4), dtype_case.name)] * n
+    model = dev.load_host_model(lambda xs: [np.array(x) for x in xs], bucket, bucket, "fills")
+    bundle = rt.Bundle({4: model}, input_dims=[{0: "s0", 1: "s1"}] * n, output_dims=[None] * n,
+                       fill_values=fills, name="fills", bucket_sizes={4: {"s0": 4, "s1": 4}})
+    xs = [dtype_case.sample((3, 2), seed=i) for i in range(n)]
+    padded = bundle.run(xs)
+    for fill, x, out in zip(fills, xs, padded, strict=True):
+        want = np.full((4, 4), dtype_case.convert(fill))
+        want[:3, :2] = x
+        np.testing.assert_array_equal(dtype_case.bits(out), dtype_case.bits(want), err_msg=f"fill value {fill!r}")
+
+
+def test_unrepresentable_fill_values_are_rejected(dev: rt.Device, dtype_table: Any) -> None:
+    # Floats take every value (rounded to nearest; out of range is +-inf): the others have limits.
+    cases = [case for case in dtype_table.DTYPES if case.bad_fills]
+    assert {case.kind for case in cases} == {"bool", "int"}
+    for case in cases:
+        s = spec((4,), case.name)
+        model = dev.load_host_model(lambda xs: [xs[0]], [s], [s], "m")
+        expected = ("is not a bool; expected 0 or 1" if case.kind == "bool"
+                    else f"is not representable as {case.name}; expected an integer in range")
+        for fill in case.bad_fills:
+            with pytest.raises(rt.InvalidArgumentError, match=rf"^bundle 'b': input 0: fill value \S+ {expected}$"):
+                rt.Bundle({4: model}, [{0: "s0"}], [{0: "s0"}], fill_values=[fill], name="b")
 
 
 def test_pads_every_dim_at_once_with_one_symbol(dev: rt.Device) -> None:

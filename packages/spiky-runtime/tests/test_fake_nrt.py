@@ -1,7 +1,7 @@
 """Contract tests of the fake libnrt (tests/fake_nrt/fake_nrt.c), driven through ctypes.
 
 The fake stands in for the Neuron Runtime in every test of the nrt driver, so each rule it claims
-to enforce (NEURON_INTERFACES.md plus the header comment of fake_nrt.c) is checked here.
+to enforce (docs/neuron-interfaces.md plus the header comment of fake_nrt.c) is checked here.
 """
 
 from __future__ import annotations
@@ -675,6 +675,48 @@ def test_execute_rejects_bad_bindings(fake: Any, nrt: Any, case: str) -> None:
     for t in extra:
         free(nrt, t)
     m.close()
+
+
+def test_bf16_and_f16_io_execute_with_exact_bytes(fake: Any, nrt: Any) -> None:
+    # 2-byte floats: NEFF dtype codes 6 (bf16) and 7 (f16), sizes from the shape, bytes untouched.
+    data = neff.fake_neff_bytes([("x", "bfloat16", (3, 5)), ("y", "float16", (3, 5))],
+                                [("out_bf16", "bfloat16", (3, 5)), ("out_f16", "float16", (3, 5))], "kernel_half")
+    st, model = load(nrt, data)
+    assert st == C.NRT_SUCCESS
+    info = ctypes.c_void_p()
+    assert nrt.nrt_get_model_tensor_info(model, ctypes.byref(info)) == C.NRT_SUCCESS
+    got = [(e.name.decode(), e.usage, e.size, e.dtype) for e in control.tensor_infos(info.value)]
+    assert got == [("x", 0, 30, 0x6), ("y", 0, 30, 0x7), ("out_bf16", 1, 30, 0x6), ("out_f16", 1, 30, 0x7)]
+    assert nrt.nrt_free_model_tensor_info(info) == C.NRT_SUCCESS
+    seen: dict[str, bytes] = {}
+
+    def swap(neff_id: str, ins: dict[str, memoryview], outs: dict[str, memoryview]) -> int:
+        seen.update({name: bytes(view) for name, view in ins.items()})
+        outs["out_bf16"][:] = ins["x"]
+        outs["out_f16"][:] = ins["y"]
+        return OK
+
+    fake.set_execute(swap)
+    x_bytes, y_bytes = bytes(range(30)), bytes(range(100, 130))
+    tensors = {name: alloc(nrt, 30, name) for name in ("x", "y", "out_bf16", "out_f16")}
+    write(nrt, tensors["x"], x_bytes)
+    write(nrt, tensors["y"], y_bytes)
+    ins = new_set(nrt, {"x": tensors["x"], "y": tensors["y"]})
+    outs = new_set(nrt, {"out_bf16": tensors["out_bf16"], "out_f16": tensors["out_f16"]})
+    assert nrt.nrt_execute(model, ins, outs) == C.NRT_SUCCESS
+    assert seen == {"x": x_bytes, "y": y_bytes}
+    assert read(nrt, tensors["out_bf16"], 30) == x_bytes and read(nrt, tensors["out_f16"], 30) == y_bytes
+    # A bf16 input bound to a float32-sized tensor (60 bytes) is refused before the rule runs.
+    wide = alloc(nrt, 60, "wide")
+    bad = new_set(nrt, {"x": wide, "y": tensors["y"]})
+    assert nrt.nrt_execute(model, bad, outs) == C.NRT_EXEC_BAD_INPUT
+    assert "model 'kernel_half' input 'x' is 60 bytes, the NEFF expects 30" in fake.last_error()
+    assert fake.execute_count() == 1
+    for s in (ins, outs, bad):
+        destroy_set(nrt, s)
+    for t in [*tensors.values(), wide]:
+        free(nrt, t)
+    assert nrt.nrt_unload(model) == C.NRT_SUCCESS
 
 
 @pytest.mark.smoke

@@ -1,46 +1,47 @@
-"""Host driver through Buffer: round trips per dtype, offsets, bounds, device copies."""
+"""Host driver through Buffer: round trips per dtype (the table of dtype_table.py), offsets, bounds,
+device copies."""
 
 from __future__ import annotations
 
+from typing import Any
+
+import ml_dtypes
 import numpy as np
 import pytest
 
 import spiky_runtime as rt
 
-DTYPES = ["bool", "int8", "int16", "int32", "int64", "uint8", "float16", "float32", "float64"]
-
-
-def sample(dtype: str, shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    if dtype == "bool":
-        return rng.integers(0, 2, size=shape).astype(bool)
-    if dtype.startswith(("int", "uint")):
-        info = np.iinfo(dtype)
-        return rng.integers(info.min, info.max, size=shape, dtype=dtype, endpoint=True)
-    return rng.standard_normal(shape).astype(dtype)
-
 
 @pytest.mark.smoke
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_write_read_round_trip(dev: rt.Device, dtype: str) -> None:
-    x = sample(dtype, (3, 5, 7))
+def test_write_read_round_trip(dev: rt.Device, dtype_case: Any) -> None:
+    x = dtype_case.sample((3, 5, 7))
     buf = dev.allocate(x.nbytes)
     buf.write(x)
-    y = buf.read(dtype, (3, 5, 7))
-    assert y.dtype == np.dtype(dtype)
+    y = buf.read(dtype_case.name, (3, 5, 7))
+    assert y.dtype == dtype_case.np_dtype
     assert y.shape == (3, 5, 7)
-    np.testing.assert_array_equal(y, x)
+    np.testing.assert_array_equal(dtype_case.bits(y), dtype_case.bits(x))  # bit-exact (NaN payloads too)
     assert y.flags.writeable and y.flags.owndata  # a new array, not a view of device memory
-    y[...] = 0
-    np.testing.assert_array_equal(buf.read(dtype, (3, 5, 7)), x)
+    y[...] = y.dtype.type(0)
+    np.testing.assert_array_equal(dtype_case.bits(buf.read(dtype_case.np_dtype, (3, 5, 7))), dtype_case.bits(x))
+    # At an offset, in a dtype of the same size: raw bytes, reinterpreted.
+    buf.write(x[0, 0, :2], offset=dtype_case.itemsize)
+    got = buf.read(dtype_case.name, (3,))
+    np.testing.assert_array_equal(dtype_case.bits(got), dtype_case.bits(np.concatenate([x.ravel()[:1], x[0, 0, :2]])))
 
 
-def test_read_accepts_numpy_types_and_dtypes(dev: rt.Device) -> None:
-    x = np.arange(6, dtype=np.float32)
+@pytest.mark.parametrize(
+    "dtype",
+    [np.float32, np.dtype("float32"), "float32", "f4", ml_dtypes.bfloat16, np.dtype(ml_dtypes.bfloat16), "bfloat16"],
+    ids=repr,
+)
+def test_read_accepts_numpy_types_and_dtypes(dev: rt.Device, dtype: Any) -> None:
+    x = np.arange(6, dtype=np.float32).astype(dtype)
     buf = dev.allocate(x.nbytes)
     buf.write(x)
-    for dt in (np.float32, np.dtype("float32"), "float32", "f4"):
-        np.testing.assert_array_equal(buf.read(dt, (2, 3)), x.reshape(2, 3))
+    got = buf.read(dtype, (2, 3))
+    assert got.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(got.astype(np.float32), np.arange(6, dtype=np.float32).reshape(2, 3))
 
 
 def test_offsets(dev: rt.Device) -> None:

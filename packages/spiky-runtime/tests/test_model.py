@@ -9,6 +9,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -351,3 +352,136 @@ def test_interpreter_exit_with_daemon_thread_running_models() -> None:
         )
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.strip() == "ok"
+
+
+# ---- dtypes: every row of dtype_table.py (bfloat16 is ml_dtypes.bfloat16) -------------------
+
+
+def test_supported_dtypes_are_the_table(dtype_table: Any) -> None:
+    # The runtime lists its dtypes in error messages, in table order: the test table matches.
+    with pytest.raises(rt.InvalidArgumentError) as info:
+        rt.TensorSpec((1,), np.complex64)
+    assert str(info.value) == (
+        "TensorSpec: unsupported dtype 'complex64'; expected one of: " + ", ".join(dtype_table.NAMES)
+    )
+
+
+@pytest.mark.smoke
+def test_tensor_spec_every_dtype(dtype_case: Any) -> None:
+    np_dtype = dtype_case.np_dtype
+    specs = [rt.TensorSpec((2, 3), dt) for dt in (dtype_case.name, np_dtype, np_dtype.type)]
+    for spec in specs:
+        assert spec.dtype == np_dtype and spec.nbytes == 6 * dtype_case.itemsize
+        assert spec == specs[0] and hash(spec) == hash(specs[0])
+        assert repr(spec) == f"TensorSpec(shape=(2, 3), dtype={dtype_case.name})"
+    assert specs[0].dtype is specs[0].dtype  # one numpy dtype object per dtype, made once
+
+
+@pytest.mark.smoke
+def test_host_model_round_trip_every_dtype(dev: rt.Device, dtype_case: Any) -> None:
+    seen: dict[str, Any] = {}
+
+    def fn(xs: list[np.ndarray[Any, Any]]) -> list[np.ndarray[Any, Any]]:
+        x = xs[0]
+        seen.update(ptr=x.ctypes.data, dtype=x.dtype, writeable=x.flags.writeable)
+        return [x[::-1].copy(), x]
+
+    spec = rt.TensorSpec((4, 5), dtype_case.name)
+    model = dev.load_host_model(fn, [spec], [spec, spec], name="flip")
+    x = dtype_case.sample((4, 5), seed=3)
+    flipped, same = model.run([x])
+    # The fn saw the caller's array itself (borrowed: no copy, no conversion), read-only.
+    assert seen == {"ptr": x.ctypes.data, "dtype": dtype_case.np_dtype, "writeable": False}
+    assert flipped.dtype == same.dtype == dtype_case.np_dtype
+    np.testing.assert_array_equal(dtype_case.bits(same), dtype_case.bits(x))
+    np.testing.assert_array_equal(dtype_case.bits(flipped), dtype_case.bits(x[::-1]))
+    # Device tensors: H2D, D2H and a device input of a bundle, bit for bit.
+    t = dev.to_device(x)
+    assert t.dtype == dtype_case.np_dtype and t.shape == (4, 5) and t.nbytes == x.nbytes
+    assert repr(t) == f"DeviceTensor(shape=(4, 5), dtype={dtype_case.name}, device=host:0)"
+    np.testing.assert_array_equal(dtype_case.bits(t.numpy()), dtype_case.bits(x))
+    bundle = rt.Bundle({4: model}, [{}], [{}, {}], name="flip")
+    out_t, _ = bundle.submit([t], to_host=False).result()
+    np.testing.assert_array_equal(dtype_case.bits(out_t.numpy()), dtype_case.bits(x[::-1]))
+
+
+# Same itemsize, different bits: a 16-bit array of the wrong type is never taken as another.
+CONFUSABLE = [("bfloat16", "float16"), ("float16", "bfloat16"), ("bfloat16", "int16"), ("int16", "bfloat16")]
+
+
+@pytest.mark.parametrize(("declared", "given"), CONFUSABLE)
+def test_16_bit_dtypes_are_never_confused(dev: rt.Device, dtype_table: Any, declared: str, given: str) -> None:
+    spec = rt.TensorSpec((4,), declared)
+    wrong = np.zeros(4, dtype_table.BY_NAME[given].np_dtype)
+    model = dev.load_host_model(lambda xs: [xs[0]], [spec], [spec], name="m")
+    with pytest.raises(rt.InvalidArgumentError,
+                       match=rf"^model 'm': input 0: expected shape \(4,\) dtype {declared}, got shape \(4,\) "
+                             rf"dtype {given}$"):
+        model.run([wrong])
+    bad_out = dev.load_host_model(lambda xs: [wrong], [spec], [spec], name="out")
+    with pytest.raises(rt.InvalidArgumentError,
+                       match=rf"^model 'out': output 0: host fn returned shape \(4,\) dtype {given}, expected shape "
+                             rf"\(4,\) dtype {declared}$"):
+        bad_out.run([np.zeros(4, dtype_table.BY_NAME[declared].np_dtype)])
+    bundle = rt.Bundle({4: model}, [{0: "n"}], [{0: "n"}], name="b")
+    with pytest.raises(rt.InvalidArgumentError, match=rf"bundle 'b': input 0: expected dtype {declared} and 1 dims, "
+                                                      rf"got shape \(4,\) dtype {given}"):
+        bundle.run([wrong])
+
+
+def test_bfloat16_lookalikes_are_rejected(dev: rt.Device) -> None:
+    bf16 = np.dtype(ml_dtypes.bfloat16)
+    with pytest.raises(rt.InvalidArgumentError, match=r"TensorSpec: unsupported dtype 'uint16'; expected one of: .*"):
+        rt.TensorSpec((1,), np.uint16)  # the torch boundary's bit view: must be viewed as bfloat16
+    with pytest.raises(rt.InvalidArgumentError, match=r"unsupported dtype 'void16'"):
+        rt.TensorSpec((1,), np.dtype("V2"))  # raw 2-byte records are not bfloat16
+    swapped = bf16.newbyteorder(">" if np.little_endian else "<")
+    with pytest.raises(rt.InvalidArgumentError, match=r"has non-native byte order; expected native bfloat16"):
+        rt.TensorSpec((1,), swapped)
+    with pytest.raises(rt.InvalidArgumentError, match=r"Device.to_device: unsupported dtype 'float8_e4m3fn'"):
+        dev.to_device(np.zeros(2, ml_dtypes.float8_e4m3fn))
+
+
+def _python(script: str) -> str:
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def test_ml_dtypes_is_imported_only_when_a_bfloat16_dtype_is_needed() -> None:
+    out = _python("""
+        import sys
+        import numpy as np
+        import spiky_runtime as rt
+        print("import", "ml_dtypes" in sys.modules)
+        spec = rt.TensorSpec((2,), "bfloat16")
+        print("spec", "ml_dtypes" in sys.modules, spec.nbytes, spec)
+        print("dtype", spec.dtype, "ml_dtypes" in sys.modules)
+    """)
+    assert out.splitlines() == ["import False", "spec False 4 TensorSpec(shape=(2,), dtype=bfloat16)",
+                                "dtype bfloat16 True"]
+
+
+def test_without_ml_dtypes_bfloat16_arrays_are_a_clear_error() -> None:
+    out = _python("""
+        import sys
+        sys.modules["ml_dtypes"] = None  # as if not installed: importing it raises ImportError
+        import numpy as np
+        import spiky_runtime as rt
+        spec = rt.TensorSpec((2,), "bfloat16")
+        print(spec.nbytes)
+        try:
+            spec.dtype
+        except rt.SpikyRuntimeError as e:
+            print(type(e).__name__, e)
+        try:  # a 2-byte extension-kind array is not mistaken for bfloat16, nor an import error
+            rt.Device("host").to_device(np.zeros(2, "V2"))
+        except rt.InvalidArgumentError as e:
+            print(type(e).__name__, e)
+    """)
+    lines = out.splitlines()
+    assert lines[0] == "4"
+    assert lines[1].startswith("SpikyRuntimeError bfloat16 arrays need the ml_dtypes package (numpy has no bfloat16 "
+                               "of its own); install it with 'pip install ml_dtypes' (importing it failed: ")
+    assert lines[2].startswith("InvalidArgumentError Device.to_device: unsupported dtype 'void16'; expected one of")

@@ -83,6 +83,40 @@ def test_sync_and_pipelined_identical(dev: rt.Device) -> None:
             np.testing.assert_array_equal(u, v)
 
 
+def test_sync_and_pipelined_identical_every_dtype(dev: rt.Device, dtype_case: Any) -> None:
+    """Per dtype, bit for bit: a flip along the padded dim (so the fill value moves into the
+    data) and the padded input itself, through host and device outputs, chained calls included."""
+    fill = dtype_case.fills[1]
+    bits = dtype_case.bits
+
+    def bundle(pipelined: bool) -> rt.Bundle:
+        models = {
+            b: dev.load_host_model(lambda xs: [xs[0][::-1].copy(), np.array(xs[0])],
+                                   [rt.TensorSpec((b, 3), dtype_case.name)],
+                                   [rt.TensorSpec((b, 3), dtype_case.name)] * 2, f"flip{b}")
+            for b in (4, 8)
+        }
+        return rt.Bundle(models, [{0: "s0"}], [{0: "s0"}, {0: "s0"}], fill_values=[fill], name="flip",
+                         pipelined=pipelined)
+
+    sync, piped = bundle(False), bundle(True)
+    xs = [dtype_case.sample((1 + i % 8, 3), seed=i) for i in range(12)]
+    futures = [piped.submit([x], to_host=i % 2 == 0) for i, x in enumerate(xs)]  # all in flight
+    chained = piped.submit([futures[1].result()[1]], to_host=False)  # a pending device tensor as input
+    for i, (x, fut) in enumerate(zip(xs, futures, strict=True)):
+        want = sync.run([x])
+        got = fut.result() if i % 2 == 0 else [t.numpy() for t in fut.result()]
+        for u, v in zip(want, got, strict=True):
+            assert u.dtype == v.dtype == dtype_case.np_dtype and u.shape == v.shape
+            np.testing.assert_array_equal(bits(u), bits(v))
+        padded = np.full((4 if len(x) <= 4 else 8, 3), dtype_case.convert(fill))
+        padded[: len(x)] = x
+        np.testing.assert_array_equal(bits(want[0]), bits(padded[::-1][: len(x)]))  # fill rows moved in
+        np.testing.assert_array_equal(bits(want[1]), bits(x))
+    np.testing.assert_array_equal(bits(chained.result()[1].numpy()), bits(xs[1]))
+    dev.synchronize()
+
+
 @pytest.mark.parametrize("pipelined", [False, True])
 def test_stats_on_both_paths(dev: rt.Device, pipelined: bool) -> None:
     bundle = affine_bundle(dev, pipelined=pipelined)

@@ -1,7 +1,11 @@
 // Padding and unpadding along each dim of 1-D..4-D tensors for every dtype, through the host
-// driver's copy_strided / fill_strided primitives, against a per-element reference.
+// driver's copy_strided / fill_strided primitives, against a per-element reference; the dtype
+// table; the exact bits of fill values (float16 as numpy rounds float64, bfloat16 as ml_dtypes).
+#include <cmath>
 #include <cstring>
+#include <limits>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "bundle.h"
@@ -14,10 +18,6 @@
 using namespace spiky::runtime;
 
 namespace {
-
-const DType kAllDTypes[] = {DType::kBool,  DType::kInt8,    DType::kInt16,
-                            DType::kInt32, DType::kInt64,   DType::kUInt8,
-                            DType::kFloat16, DType::kFloat32, DType::kFloat64};
 
 std::int64_t numel(const std::vector<std::int64_t>& shape) {
   std::int64_t n = 1;
@@ -93,7 +93,7 @@ void check_pad_round_trip(const std::vector<std::int64_t>& actual,
 TEST(pad_unpad_each_dim_1d_to_4d_every_dtype) {
   const std::vector<std::int64_t> base = {5, 4, 3, 6};
   int cases = 0;
-  for (DType dtype : kAllDTypes) {
+  for (DType dtype : all_dtypes()) {
     const double fill = dtype == DType::kBool ? 1.0 : -3.0 + (dtype == DType::kUInt8 ? 10.0 : 0.0);
     for (std::size_t rank = 1; rank <= 4; ++rank) {
       const std::vector<std::int64_t> padded(base.begin(), base.begin() + static_cast<std::ptrdiff_t>(rank));
@@ -159,4 +159,127 @@ TEST(fill_patterns) {
   std::int64_t v = 0;
   std::memcpy(&v, fill_pattern(-7, DType::kInt64, "").data(), 8);
   CHECK_EQ(v, -7);
+}
+
+// ---------------------------------------------------------------- dtypes and fill bits
+
+namespace {
+
+std::uint16_t bits16(double value, DType dtype) {
+  const auto pattern = fill_pattern(value, dtype, "test: ");
+  CHECK_EQ(pattern.size(), std::size_t{2});
+  std::uint16_t bits = 0;
+  std::memcpy(&bits, pattern.data(), 2);
+  return bits;
+}
+
+// Exact values of 16-bit float bits, decoded independently of the encoders under test.
+double half_value(std::uint16_t h) {
+  const double sign = (h & 0x8000u) ? -1.0 : 1.0;
+  const int exp = (h >> 10) & 0x1f;
+  const int mant = h & 0x3ff;
+  if (exp == 0x1f) return mant ? std::numeric_limits<double>::quiet_NaN() : sign * HUGE_VAL;
+  if (exp == 0) return sign * std::ldexp(mant, -24);
+  return sign * std::ldexp(mant + 1024, exp - 25);
+}
+
+double bfloat16_value(std::uint16_t b) {
+  const std::uint32_t x = static_cast<std::uint32_t>(b) << 16;
+  float f = 0;
+  std::memcpy(&f, &x, sizeof(f));
+  return f;
+}
+
+}  // namespace
+
+TEST(dtype_table_has_every_dtype_once) {
+  CHECK_EQ(all_dtypes().size(), kDTypeCount);
+  for (std::size_t i = 0; i < all_dtypes().size(); ++i) {
+    const DType d = all_dtypes()[i];
+    CHECK_EQ(static_cast<std::size_t>(d), i);
+    CHECK(parse_dtype(dtype_name(d), "") == d);
+    CHECK(find_dtype(dtype_name(d)) == d);
+  }
+  CHECK_EQ(supported_dtype_names(),
+           std::string("bool, int8, int16, int32, int64, uint8, float16, float32, float64, bfloat16"));
+  CHECK_EQ(dtype_itemsize(DType::kBFloat16), std::size_t{2});
+  CHECK_EQ(std::string(dtype_name(DType::kBFloat16)), std::string("bfloat16"));
+  const TensorSpec spec({2, 3}, DType::kBFloat16);
+  CHECK_EQ(spec.nbytes(), std::size_t{12});
+  CHECK_EQ(spec.to_string(), std::string("(2, 3) bfloat16"));
+  CHECK(spec != TensorSpec({2, 3}, DType::kFloat16));  // same size, different type
+  CHECK(!find_dtype("uint16"));
+  CHECK(!find_dtype("bf16"));
+  CHECK_THROWS(parse_dtype("uint16", ""), InvalidArgument);
+}
+
+TEST(fill_patterns_16_bit_floats_exact_bits) {
+  const double inf = std::numeric_limits<double>::infinity();
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  struct Case {
+    double value;
+    std::uint16_t f16;   // numpy: np.array(value).astype(np.float16) (one rounding)
+    std::uint16_t bf16;  // ml_dtypes: np.array(value).astype(bfloat16) (through float32)
+  };
+  const Case cases[] = {
+      {0.0, 0x0000, 0x0000},
+      {-0.0, 0x8000, 0x8000},
+      {1.0, 0x3c00, 0x3f80},
+      {-2.5, 0xc100, 0xc020},
+      {-inf, 0xfc00, 0xff80},
+      {inf, 0x7c00, 0x7f80},
+      {nan, 0x7e00, 0x7fc0},
+      {std::copysign(nan, -1.0), 0xfe00, 0xffc0},
+      {3.0, 0x4200, 0x4040},
+      {0.1, 0x2e66, 0x3dcd},
+      {1e9, 0x7c00, 0x4e6e},
+      {1e30, 0x7c00, 0x714a},
+      {1e39, 0x7c00, 0x7f80},
+      {65504.0, 0x7bff, 0x4780},
+      {65519.0, 0x7bff, 0x4780},
+      {65520.0, 0x7c00, 0x4780},  // float16's top tie rounds to even: inf
+      {1 + 0x1p-11, 0x3c00, 0x3f80},
+      {1 + 0x3p-11, 0x3c02, 0x3f80},
+      {1 + 0x1p-11 + 0x1p-40, 0x3c01, 0x3f80},  // through float32 it would tie: 0x3c00
+      {1 + 0x1p-8, 0x3c04, 0x3f80},
+      {1 + 0x3p-8, 0x3c0c, 0x3f82},
+      {1 + 0x1p-8 + 0x1p-30, 0x3c04, 0x3f80},  // bfloat16 goes through float32, as ml_dtypes
+      {0x1p-24, 0x0001, 0x3380},
+      {0x1p-25, 0x0000, 0x3300},
+      {0x3p-25, 0x0002, 0x33c0},
+      {0x1p-14, 0x0400, 0x3880},
+      {0x1p-14 - 0x1p-26, 0x0400, 0x3880},  // the largest subnormal carries into the first normal
+      {1e-40, 0x0000, 0x0001},
+      {-1e-300, 0x8000, 0x8000},
+      {0x1.fefp127, 0x7c00, 0x7f7f},
+      {0x1.ff8p127, 0x7c00, 0x7f80},
+  };
+  for (const auto& c : cases) {
+    CHECK_EQ(bits16(c.value, DType::kFloat16), c.f16);
+    CHECK_EQ(bits16(c.value, DType::kBFloat16), c.bf16);
+  }
+}
+
+TEST(fill_patterns_round_trip_every_16_bit_float) {
+  // Every finite and infinite bit pattern: its exact value converts back to the same bits.
+  for (std::uint32_t b = 0; b <= 0xffffu; ++b) {
+    const auto bits = static_cast<std::uint16_t>(b);
+    const bool half_nan = (bits & 0x7c00u) == 0x7c00u && (bits & 0x3ffu);
+    const bool bf16_nan = (bits & 0x7f80u) == 0x7f80u && (bits & 0x7fu);
+    if (!half_nan) CHECK_EQ(bits16(half_value(bits), DType::kFloat16), bits);
+    if (!bf16_nan) CHECK_EQ(bits16(bfloat16_value(bits), DType::kBFloat16), bits);
+  }
+}
+
+TEST(fill_patterns_of_the_other_dtypes) {
+  std::uint32_t f32 = 0;
+  std::memcpy(&f32, fill_pattern(-std::numeric_limits<double>::infinity(), DType::kFloat32, "").data(), 4);
+  CHECK_EQ(f32, 0xff800000u);
+  double f64 = 0;
+  std::memcpy(&f64, fill_pattern(0.1, DType::kFloat64, "").data(), 8);
+  CHECK_EQ(f64, 0.1);
+  CHECK_EQ(fill_pattern(1.0, DType::kBool, "").size(), std::size_t{1});
+  CHECK_EQ(static_cast<int>(fill_pattern(-1, DType::kInt8, "")[0]), 0xff);
+  CHECK_EQ(static_cast<int>(fill_pattern(255, DType::kUInt8, "")[0]), 0xff);
+  for (DType d : all_dtypes()) CHECK_EQ(fill_pattern(0.0, d, "").size(), dtype_itemsize(d));
 }
