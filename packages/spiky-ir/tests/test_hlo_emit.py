@@ -1,4 +1,4 @@
-"""The module conventions the Neuron toolchain expects (NEURON_INTERFACES.md), checked on the proto."""
+"""The module conventions the Neuron toolchain expects (docs/neuron-interfaces.md), checked on the proto."""
 
 from __future__ import annotations
 

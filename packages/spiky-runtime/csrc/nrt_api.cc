@@ -15,7 +15,7 @@ struct StatusName {
   const char* name;
 };
 
-// Codes from NEURON_INTERFACES.md. 1200-1206 are documented only as hardware errors.
+// Codes from docs/neuron-interfaces.md. 1200-1206 are documented only as hardware errors.
 constexpr StatusName kStatusNames[] = {
     {NRT_SUCCESS, "SUCCESS"},
     {NRT_FAILURE, "FAILURE"},

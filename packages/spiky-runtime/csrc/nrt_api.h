@@ -1,7 +1,7 @@
 // The Neuron Runtime C API (libnrt.so.1), loaded at run time.
 //
 // No Neuron header and no link-time dependency: the ABI below is declared from
-// docs/NEURON_INTERFACES.md, the library is dlopen'ed and every symbol Spiky uses is resolved
+// docs/neuron-interfaces.md, the library is dlopen'ed and every symbol Spiky uses is resolved
 // up front, so a missing library or symbol is reported once, by name, when the nrt driver
 // starts, never as a crash in the middle of a run. The nrt driver owns one NrtApi per process
 // (the documented runtime singleton) and converts every NRT_STATUS into an NrtError in one
@@ -101,7 +101,7 @@ struct NrtTensorInfoArray {
 static_assert(offsetof(NrtTensorInfo, usage) == 256 && offsetof(NrtTensorInfo, size) == 264 &&
                   offsetof(NrtTensorInfo, dtype) == 272 && offsetof(NrtTensorInfo, shape) == 280 &&
                   offsetof(NrtTensorInfo, ndim) == 288 && sizeof(NrtTensorInfo) == 296,
-              "nrt_tensor_info_t layout (NEURON_INTERFACES.md)");
+              "nrt_tensor_info_t layout (docs/neuron-interfaces.md)");
 #endif
 
 // ---- errors -------------------------------------------------------------------------------
@@ -142,7 +142,7 @@ void check_nrt(const char* call, int status, const std::string& context = {});
 // ---- the loaded library -------------------------------------------------------------------
 
 // The libnrt symbols Spiky calls, X(name, return type, parameter list). Exactly the API of
-// NEURON_INTERFACES.md; a test keeps the two in step.
+// docs/neuron-interfaces.md; a test keeps the two in step.
 #define SPIKY_NRT_SYMBOLS(X)                                                                    \
   X(nrt_init, int, (int framework, const char* fw_version, const char* fal_version))           \
   X(nrt_close, void, ())                                                                        \

@@ -17,7 +17,7 @@ from pathlib import Path
 
 SOURCE = Path(__file__).resolve().with_name("fake_nrt.c")
 
-# The libnrt symbols the fake exports: exactly the list of NEURON_INTERFACES.md.
+# The libnrt symbols the fake exports: exactly the list of docs/neuron-interfaces.md.
 NRT_SYMBOLS: tuple[str, ...] = (
     "nrt_init",
     "nrt_close",

@@ -15,7 +15,7 @@ import ctypes
 from collections.abc import Callable
 from pathlib import Path
 
-# NRT_STATUS codes (NEURON_INTERFACES.md).
+# NRT_STATUS codes (docs/neuron-interfaces.md).
 NRT_SUCCESS = 0
 NRT_FAILURE = 1
 NRT_INVALID = 2
@@ -35,7 +35,7 @@ NRT_TENSOR_NAME_MAX = 256
 
 
 class NrtTensorInfo(ctypes.Structure):
-    """``nrt_tensor_info_t`` as NEURON_INTERFACES.md lays it out."""
+    """``nrt_tensor_info_t`` as docs/neuron-interfaces.md lays it out."""
 
     _fields_ = [
         ("name", ctypes.c_char * NRT_TENSOR_NAME_MAX),

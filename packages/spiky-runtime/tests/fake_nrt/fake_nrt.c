@@ -2,7 +2,7 @@
  * fake_nrt.c: a contract fake of the Neuron Runtime C API (libnrt.so.1), for tests only.
  *
  * Built by tests/fake_nrt/build.py into a shared library with soname libnrt.so.1. It exports
- * the libnrt functions listed in docs/NEURON_INTERFACES.md with the same signatures (the ABI is
+ * the libnrt functions listed in docs/neuron-interfaces.md with the same signatures (the ABI is
  * declared here; no Neuron header is used) plus control functions prefixed fake_nrt_ that tests
  * call through ctypes (tests/fake_nrt/control.py). "Device" memory is host memory.
  *
@@ -127,7 +127,7 @@
 #pragma GCC diagnostic ignored "-Wunused-variable"
 #endif
 
-/* ---- the libnrt ABI, declared from NEURON_INTERFACES.md ---------------------------------- */
+/* ---- the libnrt ABI, declared from docs/neuron-interfaces.md ----------------------------- */
 
 typedef int NRT_STATUS;
 enum {
@@ -162,7 +162,7 @@ typedef struct nrt_tensor_info_array {
 } nrt_tensor_info_array_t;
 
 #if UINTPTR_MAX == 0xffffffffffffffffu
-/* The layout NEURON_INTERFACES.md describes, on LP64. */
+/* The layout docs/neuron-interfaces.md describes, on LP64. */
 _Static_assert(offsetof(nrt_tensor_info_t, usage) == 256, "usage offset");
 _Static_assert(offsetof(nrt_tensor_info_t, size) == 264, "size offset");
 _Static_assert(offsetof(nrt_tensor_info_t, dtype) == 272, "dtype offset");

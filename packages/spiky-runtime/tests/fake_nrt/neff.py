@@ -23,7 +23,7 @@ HEADER_SIZE = 1024
 FORMAT_VERSION = 1
 IO_MEMBER = "spiky_io.txt"
 
-# NRT dtype codes (NEURON_INTERFACES.md); bool travels as u8.
+# NRT dtype codes (docs/neuron-interfaces.md); bool travels as u8.
 DTYPE_CODES: dict[str, int] = {
     "float32": 0xA,
     "float16": 0x7,

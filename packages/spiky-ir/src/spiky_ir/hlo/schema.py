@@ -1,8 +1,9 @@
 """The ``xla.HloModuleProto`` subset we write, as :class:`~spiky_ir.hlo.wire.Message` dataclasses.
 
 Field numbers and types follow OpenXLA's ``xla/service/hlo.proto`` and ``xla/xla_data.proto``
-(see ``HLO_SCHEMA_FACTS.md``): they are the wire format and must match exactly. Class names
-drop the ``Proto`` suffix. Fields we never write are left out; readers skip them.
+(the repository's ``docs/neuron-interfaces.md`` lists the conventions): they are the wire
+format and must match exactly. Class names drop the ``Proto`` suffix. Fields we never write
+are left out; readers skip them.
 """
 
 # pb() returns a dataclasses.field (with the proto field number in its metadata), which

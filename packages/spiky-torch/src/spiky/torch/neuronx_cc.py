@@ -7,7 +7,7 @@
                           extra_args="--lnc 1 -O2")
     result.neff_path, result.log_path, result.seconds
 
-The command is the one NKIPy uses (NEURON_INTERFACES.md)::
+The command is the one NKIPy uses (docs/neuron-interfaces.md)::
 
     neuronx-cc compile --framework XLA <dir>/model.hlo.pb --pipeline compile SaveTemps
         --target <trn1|trn2|inf2> --output <dir>/model.neff <extra args>
