@@ -20,6 +20,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -95,6 +96,13 @@ SPLIT = neff.fake_neff_bytes(
 )
 
 
+# bf16 and f16 I/O: NEFF dtype codes 6 and 7 (ml_dtypes.bfloat16 and numpy's float16 here).
+BF16 = np.dtype(ml_dtypes.bfloat16)
+HALF = neff.fake_neff_bytes([("x", "bfloat16", (2, 3)), ("y", "float16", (2, 3))],
+                            [("out_bf16", "bfloat16", (2, 3)), ("out_f16", "float16", (2, 3))], "kernel_half")
+half_seen: list[dict[str, bytes]] = []  # the input bytes kernel_half saw, per execution
+
+
 def _f32(view: memoryview) -> np.ndarray[Any, Any]:
     return np.frombuffer(view, np.float32)
 
@@ -107,6 +115,14 @@ def _rule(neff_id: str, ins: dict[str, memoryview], outs: dict[str, memoryview])
         x, cache = _f32(ins["x"]), _f32(ins["cache.must_alias_input"])
         _f32(outs["output0"])[:] = x * 2 + cache
         np.frombuffer(outs["output1"], np.uint8)[:] = x > 0
+    elif neff_id == "kernel_half":  # bf16 x, f16 y -> x * 2 (bf16), y + 1 (f16), on the raw bytes
+        half_seen.append({name: bytes(view) for name, view in ins.items()})
+        x = np.frombuffer(ins["x"], BF16)
+        np.frombuffer(outs["out_bf16"], BF16)[:] = (x.astype(np.float32) * 2).astype(BF16)
+        np.frombuffer(outs["out_f16"], np.float16)[:] = np.frombuffer(ins["y"], np.float16) + np.float16(1)
+    elif neff_id.startswith("kernel_echo"):  # output i = the bytes of input i (padding shows)
+        for src, dst in zip(ins.values(), outs.values(), strict=True):
+            dst[:] = src
     elif neff_id.startswith("kernel_rows"):  # (n, 3) -> row sums (n,) and x + 1
         x = _f32(ins["x"]).reshape(-1, 3)
         _f32(outs["output0"])[:] = x.sum(axis=1)
@@ -331,6 +347,93 @@ def test_fill_values_other_than_zero_write_rows(nrt: rt.Device, fake: Any) -> No
     np.testing.assert_array_equal(sums, [1 + 2 - 1.5, 3 + 4 - 1.5])  # the pad column holds -1.5
     np.testing.assert_array_equal(plus, x + 1)
     assert fake.call_count("nrt_tensor_write") >= 3  # the input rows, and the -1.5 pad rows
+
+
+# ---- 16-bit floats: bf16 (NRT_DTYPE_BF16) and f16 (NRT_DTYPE_F16) ---------------------------
+
+
+@pytest.mark.smoke
+def test_bf16_and_f16_neff_io_load_and_run(nrt: rt.Device, fake: Any) -> None:
+    model = nrt.load_neff(HALF, "kernel_half")
+    assert model.inputs == [rt.TensorSpec((2, 3), "bfloat16"), rt.TensorSpec((2, 3), "float16")]
+    assert model.outputs == [rt.TensorSpec((2, 3), BF16), rt.TensorSpec((2, 3), np.float16)]
+    assert [s.dtype for s in model.outputs] == [BF16, np.dtype(np.float16)]
+    x = np.array([[1.0, -2.5, 0.1], [1e30, -np.inf, 3e-39]]).astype(BF16)  # 0.1 rounded; a subnormal
+    y = np.array([[1.0, -2.5, 0.1], [65504, -np.inf, 6e-8]]).astype(np.float16)
+    half_seen.clear()
+    out_bf16, out_f16 = model.run([x, y])
+    assert half_seen == [{"x": x.tobytes(), "y": y.tobytes()}]  # the device saw the caller's bits
+    assert out_bf16.dtype == BF16 and out_f16.dtype == np.float16
+    want_bf16 = (x.astype(np.float32) * 2).astype(BF16)
+    np.testing.assert_array_equal(out_bf16.view(np.uint16), want_bf16.view(np.uint16))
+    np.testing.assert_array_equal(out_f16.view(np.uint16), (y + np.float16(1)).view(np.uint16))
+    # Declaring what the NEFF has (as names or numpy dtypes) loads the same model.
+    declared = nrt.load_neff(HALF, "kernel_half", inputs=[rt.TensorSpec((2, 3), "bfloat16"),
+                                                          rt.TensorSpec((2, 3), np.float16)],
+                             outputs=[rt.TensorSpec((2, 3), ml_dtypes.bfloat16), rt.TensorSpec((2, 3), "float16")])
+    np.testing.assert_array_equal(declared.run([x, y])[0].view(np.uint16), want_bf16.view(np.uint16))
+    assert fake.execute_count() == 2
+
+
+_BF16_X = rt.TensorSpec((2, 3), "bfloat16")
+_F16_Y = rt.TensorSpec((2, 3), "float16")
+_WHAT_TO_DO = "; declare {neff} as the NEFF has it, or recompile the model for {declared}$"
+
+
+@pytest.mark.parametrize(
+    ("inputs", "outputs", "message"),
+    [
+        # bf16 and f16 have the same size: only the dtype check stands between them.
+        ([rt.TensorSpec((2, 3), "float16"), _F16_Y], None,
+         r"input 'x' is \(2, 3\) bfloat16 \(12 bytes\) in the NEFF, but the caller declared \(2, 3\) float16 "
+         r"\(12 bytes\): the dtypes differ \(NEFF bfloat16, declared float16\)"
+         + _WHAT_TO_DO.format(neff=r"\(2, 3\) bfloat16", declared=r"\(2, 3\) float16")),
+        ([_BF16_X, rt.TensorSpec((2, 3), "bfloat16")], None,
+         r"input 'y' is \(2, 3\) float16 \(12 bytes\) in the NEFF, but the caller declared \(2, 3\) bfloat16 "
+         r"\(12 bytes\): the dtypes differ \(NEFF float16, declared bfloat16\)"
+         + _WHAT_TO_DO.format(neff=r"\(2, 3\) float16", declared=r"\(2, 3\) bfloat16")),
+        # The wrong byte size: a bf16 tensor declared float32, or with another shape.
+        ([rt.TensorSpec((2, 3), "float32"), _F16_Y], None,
+         r"input 'x' is \(2, 3\) bfloat16 \(12 bytes\) in the NEFF, but the caller declared \(2, 3\) float32 "
+         r"\(24 bytes\): the dtypes differ \(NEFF bfloat16, declared float32\)"),
+        ([rt.TensorSpec((3, 3), "bfloat16"), _F16_Y], None,
+         r"input 'x' is \(2, 3\) bfloat16 \(12 bytes\) in the NEFF, but the caller declared \(3, 3\) bfloat16 "
+         r"\(18 bytes\): the shapes differ" + _WHAT_TO_DO.format(neff=r"\(2, 3\) bfloat16",
+                                                                   declared=r"\(3, 3\) bfloat16")),
+        (None, [_BF16_X, rt.TensorSpec((2, 3), "bfloat16")],
+         r"output 'out_f16' is \(2, 3\) float16 \(12 bytes\) in the NEFF, but the caller declared \(2, 3\) "
+         r"bfloat16 \(12 bytes\): the dtypes differ \(NEFF float16, declared bfloat16\)"),
+    ],
+    ids=["bf16-declared-f16", "f16-declared-bf16", "bf16-declared-f32", "bf16-wrong-shape", "f16-output-as-bf16"],
+)
+def test_16_bit_declarations_that_disagree_with_the_neff(
+    nrt: rt.Device, fake: Any, inputs: list[rt.TensorSpec] | None, outputs: list[rt.TensorSpec] | None, message: str
+) -> None:
+    with pytest.raises(rt.InvalidArgumentError, match=r"^model 'kernel_half' " + message):
+        nrt.load_neff(HALF, "kernel_half", inputs=inputs, outputs=outputs)
+    gc.collect()
+    assert fake.live_models() == 0  # the failed load was unloaded
+
+
+@pytest.mark.parametrize("fill", [0.0, -np.inf, 3.0, 0.1, np.nan], ids=repr)
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_16_bit_padding_on_the_nrt_device_is_bit_exact(
+    nrt: rt.Device, fake: Any, dtype_table: Any, dtype: str, fill: float
+) -> None:
+    # (3, 2) padded to the (4, 4) bucket along both dims: strided fill rows through libnrt. A
+    # pattern of one repeated byte (0.0; bf16 3.0 is 0x4040) is an nrt_tensor_memset, others writes.
+    case = dtype_table.BY_NAME[dtype]
+    data = neff.fake_neff_bytes([("x", dtype, (4, 4))], [("output0", dtype, (4, 4))], f"kernel_echo_{dtype}")
+    model = nrt.load_neff(data, f"kernel_echo_{dtype}")
+    bundle = rt.Bundle({4: model}, [{0: "s0", 1: "s1"}], [None], fill_values=[fill], name="echo",
+                       bucket_sizes={4: {"s0": 4, "s1": 4}})
+    x = case.sample((3, 2), seed=5)
+    (padded,) = bundle.run([x])
+    want = np.full((4, 4), case.convert(fill))
+    want[:3, :2] = x
+    np.testing.assert_array_equal(case.bits(padded), case.bits(want))
+    pattern = case.convert(fill).tobytes()
+    assert (fake.call_count("nrt_tensor_memset") > 0) == (pattern[0] == pattern[1])
 
 
 # ---- profiling -----------------------------------------------------------------------------
