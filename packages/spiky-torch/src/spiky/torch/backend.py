@@ -7,10 +7,10 @@ from typing import Any
 
 import torch
 from torch import fx
-from torch._decomp import core_aten_decompositions
 from torch._dynamo.backends.common import aot_autograd
 
 from spiky.torch.config import current_config
+from spiky.torch.decompositions import spiky_decompositions
 from spiky.torch.dynamic import compile_dynamic, is_dynamic, with_static_layouts
 from spiky.torch.executable import compile_graph
 from spiky.torch.fallback import compile_with_fallback, unlowered_ops
@@ -43,7 +43,7 @@ def nkipy_backend(
     backend = aot_autograd(
         fw_compiler=compiler,
         bw_compiler=compiler,
-        decompositions=core_aten_decompositions(),
+        decompositions=spiky_decompositions(),
     )
     return backend(gm, example_inputs)
 
