@@ -1,10 +1,15 @@
 """FX → NKIPy IR lowering (needs torch: ``pip install spiky-ir[torch]``).
 
-Lowerings are a table keyed by ATen overload, filled with :func:`lowers`::
+Lowerings are a table keyed by ATen overload (:data:`LOWERINGS`). ATen overloads that map
+one to one onto an IR op are declared on the op itself (``OpDef.aten``, e.g. ``exp`` declares
+``"aten.exp.default"``) and their lowerings are built here from the registry
+(:func:`direct_lowerings`): unary and attribute-free ops take their tensor operands, binary
+ops also take Python scalars, reductions map ``dim``/``keepdim``/``dtype`` by name.
+Composite lowerings (gelu, layer_norm, ...) are written here with :func:`lowers`::
 
-    @lowers(aten.exp.default)
-    def _exp(ctx, node):
-        return ctx.op("exp", ctx.arg(node, 0))
+    @lowers(aten.relu.default)
+    def _relu(ctx, node):
+        return ctx.binary("maximum", ctx.value(node, 0), 0)
 
 Each lowering returns the IR value of its node. After each node the lowered type is
 checked against the FX node's fake tensor, so a lowering bug stops compilation with
@@ -26,8 +31,10 @@ from torch import fx
 
 from spiky_ir.dtypes import DType
 from spiky_ir.errors import LoweringError, SpikyError
-from spiky_ir.ir import Attr, Graph, TensorType, Value
-from spiky_ir.symbolic import Dim, canonical, dim_add
+from spiky_ir.ir import Graph, Value
+from spiky_ir.registry import OpDef, all_ops, get_op
+from spiky_ir.symbolic import Dim, canonical, dim_add, dims_product
+from spiky_ir.types import Attr, TensorType
 from spiky_ir.verify import verify
 
 aten = torch.ops.aten
@@ -392,66 +399,62 @@ def _dims_arg(ctx: LoweringContext, node: fx.Node, index: int, kw: str, rank: in
     return tuple(sorted({_rank_dim(int(d), rank) for d in dims}))
 
 
-def _binary_lowering(ir_op: str, *targets: Any) -> None:
+def _overload(name: str) -> Any:
+    """The ATen overload object named ``"aten.exp.default"``."""
+    namespace, op, overload = name.split(".")
+    try:
+        return getattr(getattr(getattr(torch.ops, namespace), op), overload)
+    except (AttributeError, RuntimeError):
+        raise SpikyError(f"ATen overload {name!r} does not exist in torch {torch.__version__}; fix the op's "
+                         "``aten`` field in spiky_ir/ops") from None
+
+
+def _direct_lowering(opdef: OpDef, overload: Any) -> Lowering:
+    """The lowering of an ATen overload declared on ``opdef`` (``OpDef.aten``): operands map one to one."""
+    name = opdef.name
+    if opdef.category == "binary":  # either side may be a Python scalar, weakly typed as in torch
+
+        def binary(ctx: LoweringContext, node: fx.Node) -> Value:
+            return ctx.binary(name, ctx.arg(node, 0), ctx.arg(node, 1))
+
+        return binary
+    if opdef.category == "reduce" and set(opdef.attrs) == {"axes", "keepdims"}:
+        return _reduction_lowering(name, overload)
+    if not opdef.attrs and opdef.arity is not None:
+
+        def tensors(ctx: LoweringContext, node: fx.Node) -> Value:
+            return ctx.op(name, *(ctx.value(node, i) for i in range(opdef.arity or 0)))
+
+        return tensors
+    raise SpikyError(f"op '{name}' declares ATen overloads {list(opdef.aten)}, but its operands do not map one to "
+                     "one (it has attributes); lower them with @lowers in spiky_ir/fx.py instead")
+
+
+def _reduction_lowering(ir_op: str, overload: Any) -> Lowering:
+    """``(self, dim, keepdim, *, dtype)`` by name from the overload's schema; any may be absent."""
+    names = [a.name for a in overload._schema.arguments]
+    dim, keepdim, dtype = (names.index(n) if n in names else None for n in ("dim", "keepdim", "dtype"))
+
     def lower(ctx: LoweringContext, node: fx.Node) -> Value:
-        return ctx.binary(ir_op, ctx.arg(node, 0), ctx.arg(node, 1))
+        x = ctx.value(node, 0)
+        cast = ctx.kwarg(node, dtype, "dtype", None) if dtype is not None else None
+        if cast is not None:
+            x = ctx.astype(x, ir_dtype(cast))
+        axes = _dims_arg(ctx, node, dim, "dim", x.type.rank) if dim is not None else tuple(range(x.type.rank))
+        keep = bool(ctx.kwarg(node, keepdim, "keepdim", False)) if keepdim is not None else False
+        return ctx.reduce(ir_op, x, axes, keep)
 
-    lowers(*targets)(lower)
+    return lower
 
 
-def _unary_lowering(ir_op: str, *targets: Any) -> None:
-    def lower(ctx: LoweringContext, node: fx.Node) -> Value:
-        return ctx.op(ir_op, ctx.value(node, 0))
-
-    lowers(*targets)(lower)
+def direct_lowerings() -> dict[str, str]:
+    """ATen overload name → the IR op it lowers onto one to one (from every op's ``aten`` field)."""
+    return {overload: name for name, opdef in all_ops().items() for overload in opdef.aten}
 
 
-_binary_lowering("multiply", aten.mul.Tensor, aten.mul.Scalar)
-_binary_lowering("divide", aten.div.Tensor, aten.div.Scalar)
-_binary_lowering("power", aten.pow.Tensor_Tensor, aten.pow.Tensor_Scalar, aten.pow.Scalar)
-_binary_lowering("maximum", aten.maximum.default)
-_binary_lowering("minimum", aten.minimum.default)
-_binary_lowering("remainder", aten.remainder.Tensor, aten.remainder.Scalar)
-_binary_lowering("floor_divide", aten.floor_divide.default)
-_binary_lowering("fmod", aten.fmod.Tensor, aten.fmod.Scalar)
-_binary_lowering("arctan2", aten.atan2.default)
-_binary_lowering("equal", aten.eq.Tensor, aten.eq.Scalar)
-_binary_lowering("not_equal", aten.ne.Tensor, aten.ne.Scalar)
-_binary_lowering("less", aten.lt.Tensor, aten.lt.Scalar)
-_binary_lowering("less_equal", aten.le.Tensor, aten.le.Scalar)
-_binary_lowering("greater", aten.gt.Tensor, aten.gt.Scalar)
-_binary_lowering("greater_equal", aten.ge.Tensor, aten.ge.Scalar)
-_binary_lowering("logical_and", aten.logical_and.default)
-_binary_lowering("logical_or", aten.logical_or.default)
-_binary_lowering("logical_xor", aten.logical_xor.default)
-_binary_lowering("bitwise_and", aten.bitwise_and.Tensor, aten.bitwise_and.Scalar)
-_binary_lowering("bitwise_or", aten.bitwise_or.Tensor, aten.bitwise_or.Scalar)
-_binary_lowering("bitwise_xor", aten.bitwise_xor.Tensor, aten.bitwise_xor.Scalar)
-
-_unary_lowering("negative", aten.neg.default)
-_unary_lowering("abs", aten.abs.default)
-_unary_lowering("sign", aten.sign.default)
-_unary_lowering("ceil", aten.ceil.default)
-_unary_lowering("floor", aten.floor.default)
-_unary_lowering("round", aten.round.default)
-_unary_lowering("trunc", aten.trunc.default)
-_unary_lowering("exp", aten.exp.default)
-_unary_lowering("expm1", aten.expm1.default)
-_unary_lowering("log", aten.log.default)
-_unary_lowering("log1p", aten.log1p.default)
-_unary_lowering("sqrt", aten.sqrt.default)
-_unary_lowering("rsqrt", aten.rsqrt.default)
-_unary_lowering("reciprocal", aten.reciprocal.default)
-_unary_lowering("sin", aten.sin.default)
-_unary_lowering("cos", aten.cos.default)
-_unary_lowering("tan", aten.tan.default)
-_unary_lowering("tanh", aten.tanh.default)
-_unary_lowering("sigmoid", aten.sigmoid.default)
-_unary_lowering("erf", aten.erf.default)
-_unary_lowering("logical_not", aten.logical_not.default)
-_unary_lowering("bitwise_not", aten.bitwise_not.default)
-_unary_lowering("isnan", aten.isnan.default)
-_unary_lowering("isinf", aten.isinf.default)
+for _aten_name, _ir_op in direct_lowerings().items():
+    _target = _overload(_aten_name)
+    lowers(_target)(_direct_lowering(get_op(_ir_op), _target))
 
 
 def _scaled(ctx: LoweringContext, value: Any, alpha: Any) -> Any:
@@ -583,33 +586,7 @@ def _where(ctx: LoweringContext, node: fx.Node) -> Value:
     return ctx.op("where", ctx.astype(cond, DType.bool), ctx.tensor(a, like), ctx.tensor(b, like))
 
 
-# -- reductions --
-
-
-def _reduction(ir_op: str, *targets: Any, dtype_arg: int | None = None) -> None:
-    def lower(ctx: LoweringContext, node: fx.Node) -> Value:
-        x = ctx.value(node, 0)
-        dtype: Any = ctx.kwarg(node, dtype_arg, "dtype", None) if dtype_arg is not None else node.kwargs.get("dtype")
-        if dtype is not None:
-            x = ctx.astype(x, ir_dtype(dtype))
-        axes = _dims_arg(ctx, node, 1, "dim", x.type.rank) if len(node.args) > 1 or "dim" in node.kwargs \
-            else tuple(range(x.type.rank))
-        keepdim = bool(ctx.kwarg(node, 2, "keepdim", False))
-        return ctx.reduce(ir_op, x, axes, keepdim)
-
-    lowers(*targets)(lower)
-
-
-_reduction("sum", aten.sum.dim_IntList, dtype_arg=3)
-_reduction("sum", aten.sum.default, dtype_arg=1)
-_reduction("mean", aten.mean.dim, dtype_arg=3)
-_reduction("mean", aten.mean.default, dtype_arg=1)
-_reduction("prod", aten.prod.dim_int, dtype_arg=3)
-_reduction("prod", aten.prod.default, dtype_arg=1)
-_reduction("max", aten.amax.default, aten.max.default)
-_reduction("min", aten.amin.default, aten.min.default)
-_reduction("any", aten.any.dim, aten.any.dims, aten.any.default)
-_reduction("all", aten.all.dim, aten.all.dims, aten.all.default)
+# -- reductions (sum, mean, amax, ... lower one to one: see spiky_ir/ops/reduce.py) --
 
 
 @lowers(aten.var.correction, aten.var.dim)
@@ -640,8 +617,6 @@ def _argmax(ctx: LoweringContext, node: fx.Node) -> Value:
 
 
 def _numel(x: Value) -> Dim:
-    from spiky_ir.symbolic import dims_product
-
     return dims_product(x.type.shape)
 
 
@@ -655,12 +630,7 @@ def _max_dim(ctx: LoweringContext, node: fx.Node) -> tuple[Value, Value]:
     return values, ctx.op(f"arg{kind}", x, attrs={"axis": dim, "keepdims": keepdim})
 
 
-# -- linalg --
-
-
-@lowers(aten.mm.default, aten.bmm.default, aten.matmul.default, aten.dot.default)
-def _matmul(ctx: LoweringContext, node: fx.Node) -> Value:
-    return ctx.op("matmul", ctx.value(node, 0), ctx.value(node, 1))
+# -- linalg (mm, bmm, matmul, dot lower one to one onto matmul: see spiky_ir/ops/linalg.py) --
 
 
 @lowers(aten.addmm.default, aten.baddbmm.default)
@@ -923,8 +893,6 @@ def _linear_index(ctx: LoweringContext, x: Value, indices: list[Value | None]) -
         idx = _normalized_index(ctx, ctx.astype(idx, DType.int64), shape[d])
         linear = idx if linear is None else ctx.op(
             "add", ctx.binary("multiply", linear, _static_int(ctx, shape[d])), idx)
-    from spiky_ir.symbolic import dims_product
-
     merged = (*shape[:first], dims_product(shape[first:first + count]), *shape[first + count:])
     assert linear is not None
     return ctx.reshape(x, merged), first, count, linear
@@ -1140,8 +1108,6 @@ def _group_norm(ctx: LoweringContext, node: fx.Node) -> tuple[Value, Value, Valu
     shape = x.type.shape
     n, c = shape[0], _static_int(ctx, shape[1])
     xf = _half_to_f32(ctx, x)
-    from spiky_ir.symbolic import dims_product
-
     grouped = ctx.reshape(xf, (n, groups, dims_product((c // groups, *shape[2:]))))
     mean = ctx.reduce("mean", grouped, (2,), True)
     var = ctx.reduce("var", grouped, (2,), True, correction=0.0)
@@ -1261,8 +1227,6 @@ def _max_pool2d(ctx: LoweringContext, node: fx.Node) -> tuple[Value, Value]:
 def _max_pool2d_backward(ctx: LoweringContext, node: fx.Node) -> Value:
     grad, x, indices = ctx.value(node, 0), ctx.value(node, 1), ctx.value(node, 7, "indices")
     lead = x.type.shape[:-2]
-    from spiky_ir.symbolic import dims_product
-
     plane = dims_product(x.type.shape[-2:])
     outs = dims_product(grad.type.shape[-2:])
     zeros = ctx.op("zeros", attrs={"shape": (*lead, plane), "dtype": grad.type.dtype})

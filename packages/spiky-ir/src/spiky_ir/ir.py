@@ -2,7 +2,8 @@
 
 A graph is a typed SSA program: every value is produced once, by a graph input or
 by a node, and nodes are kept in a valid execution order. Ops are looked up in the
-single registry of :mod:`spiky_ir.ops`, which also infers each result type.
+op registry (:mod:`spiky_ir.registry`), which also infers each result type. The text
+form's printer lives here too (``str(graph)``); :mod:`spiky_ir.text` adds the parser.
 
 >>> from spiky_ir import Graph, TensorType, DType
 >>> g = Graph()
@@ -15,47 +16,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TypeAlias
 
-from spiky_ir.dtypes import DType
 from spiky_ir.errors import IRError
-from spiky_ir.symbolic import Dim, canonical
+from spiky_ir.registry import get_op
+from spiky_ir.types import Attr, TensorType, format_attr
 
-Attr: TypeAlias = int | float | bool | str | DType | tuple[Dim, ...] | None
-"""An op attribute value; tuples hold ints (axes, permutations) or dims (shapes)."""
+__all__ = ["TEXT_VERSION", "Attr", "Graph", "Node", "TensorType", "Value", "print_graph"]
 
-
-@dataclass(frozen=True)
-class TensorType:
-    """Shape and element type of a value."""
-
-    shape: tuple[Dim, ...]
-    dtype: DType
-
-    def __post_init__(self) -> None:
-        # Symbolic dims are kept canonical so that equal shapes compare equal.
-        if not all(isinstance(d, int) for d in self.shape):
-            object.__setattr__(self, "shape", tuple(canonical(d) for d in self.shape))
-
-    @property
-    def rank(self) -> int:
-        return len(self.shape)
-
-    @property
-    def is_static(self) -> bool:
-        return all(isinstance(d, int) for d in self.shape)
-
-    def static_shape(self) -> tuple[int, ...]:
-        """The shape as ints; raises when a dim is still symbolic."""
-        out: list[int] = []
-        for d in self.shape:
-            if not isinstance(d, int):
-                raise IRError(f"type {self} has symbolic dim {d!r}; specialize the graph first")
-            out.append(d)
-        return tuple(out)
-
-    def __str__(self) -> str:
-        return f"{self.dtype.value}[{','.join(str(d) for d in self.shape)}]"
+TEXT_VERSION = 1
+"""Bump when the printed form changes; cache keys include it."""
 
 
 @dataclass(eq=False)
@@ -141,13 +110,11 @@ class Graph:
 
         Result names derive from ``name`` (or the op) unless ``result_names`` gives them.
         """
-        from spiky_ir.ops import get_op
-
         opdef = get_op(op)
         node = Node(op, tuple(inputs), dict(attrs or {}), source=source)
         base = name or op
         try:
-            result_types = opdef.infer_types(node)
+            result_types = opdef.infer_types([v.type for v in node.inputs], node.attrs)
         except IRError as exc:
             where = f" from {source}" if source else ""
             raise type(exc)(f"{exc} (in node %{base} = {op}(...){where})") from None
@@ -186,6 +153,25 @@ class Graph:
         self.outputs = list(outputs)
 
     def __str__(self) -> str:
-        from spiky_ir.text import print_graph
-
         return print_graph(self)
+
+
+def _ref(value: Value) -> str:
+    return f"%{value.name}"
+
+
+def print_graph(graph: Graph) -> str:
+    """The text form of ``graph`` (ends with a newline); :func:`spiky_ir.text.parse_graph` reads it."""
+    params = ", ".join(f"{_ref(v)}: {v.type}" for v in graph.inputs)
+    lines = [f"spiky-ir v{TEXT_VERSION}", f"graph {graph.name}({params}) {{"]
+    for node in graph.nodes:
+        results = ", ".join(_ref(v) for v in node.outputs)
+        operands = ", ".join(_ref(v) for v in node.inputs)
+        attrs = ""
+        if node.attrs:
+            attrs = " {" + ", ".join(f"{k}={format_attr(node.attrs[k])}" for k in sorted(node.attrs)) + "}"
+        types = ", ".join(str(v.type) for v in node.outputs)
+        lines.append(f"  {results} = {node.op}({operands}){attrs} : {types}")
+    lines.append("  return " + ", ".join(_ref(v) for v in graph.outputs))
+    lines.append("}")
+    return "\n".join(lines) + "\n"

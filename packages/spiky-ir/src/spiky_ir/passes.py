@@ -20,9 +20,10 @@ from typing import Any
 import numpy as np
 
 from spiky_ir.dtypes import DType
-from spiky_ir.ir import Attr, Graph, Node, Value
-from spiky_ir.ops import get_op
-from spiky_ir.text import format_attr, print_graph
+from spiky_ir.ir import Graph, Node, Value, print_graph
+from spiky_ir.reference import execute
+from spiky_ir.registry import get_op
+from spiky_ir.types import Attr, format_attr
 from spiky_ir.verify import verify
 
 log = logging.getLogger("spiky.ir.passes")
@@ -108,8 +109,6 @@ def fold_constants(graph: Graph) -> Graph:
     with the reference semantics; a result whose elements are all equal becomes a
     ``constant`` (rank 0) or ``full`` node. Other results stay as they are, since the
     IR keeps no dense literals."""
-    from spiky_ir.reference import execute
-
     mapping: dict[int, Value] = {}
     new_nodes: list[Node] = []
     const_values: set[int] = set()

@@ -35,8 +35,9 @@ import numpy as np
 
 from spiky_ir.dtypes import DType
 from spiky_ir.errors import IRError
-from spiky_ir.ir import Attr, Graph, Node, Value
-from spiky_ir.ops import ELEMENTWISE_FN, elementwise_compute_type, get_op
+from spiky_ir.ir import Graph, Node, Value
+from spiky_ir.registry import elementwise_compute_type, get_op
+from spiky_ir.types import Attr
 
 Array = np.ndarray[Any, np.dtype[Any]]
 Kernel = Callable[[Sequence[Array], Mapping[str, Attr]], Sequence[Array]]
@@ -45,7 +46,9 @@ Step = tuple[Kernel, Mapping[str, Attr], tuple[int, ...], tuple[int, ...]]
 
 def _elementwise_kernel(node: Node) -> Kernel:
     """The elementwise reference with its casts decided from the node's static types."""
-    fn = ELEMENTWISE_FN[node.op]
+    ew = get_op(node.op).elementwise
+    assert ew is not None
+    fn = ew.fn
     compute, out = elementwise_compute_type(node.op, [v.type.dtype for v in node.inputs])
     compute_np, out_np = compute.to_numpy(), out.to_numpy()
     cast_in = tuple(v.type.dtype != compute for v in node.inputs)
@@ -96,7 +99,7 @@ class Plan:
         fixed: set[int] = set(range(len(graph.inputs)))  # inputs and precomputed values: outputs copy them
         for node in graph.nodes:
             opdef = get_op(node.op)
-            kernel: Kernel = _elementwise_kernel(node) if node.op in ELEMENTWISE_FN else opdef.reference
+            kernel: Kernel = _elementwise_kernel(node) if opdef.elementwise else opdef.reference
             ins = tuple(slot(v) for v in node.inputs)
             outs = tuple(slot(v) for v in node.outputs)
             self._env.extend([None] * len(outs))

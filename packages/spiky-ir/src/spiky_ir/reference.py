@@ -10,7 +10,7 @@ import numpy as np
 from spiky_ir.dtypes import DType
 from spiky_ir.errors import IRError
 from spiky_ir.ir import Graph
-from spiky_ir.ops import get_op
+from spiky_ir.registry import get_op
 from spiky_ir.specialize import specialize_for
 
 Array = np.ndarray[Any, np.dtype[Any]]

@@ -16,9 +16,10 @@ from typing import Any
 import numpy as np
 
 from spiky_ir.errors import IRError, ShapeError
-from spiky_ir.ir import Attr, Graph, TensorType, Value
-from spiky_ir.ops import get_op
+from spiky_ir.ir import Graph, Value
+from spiky_ir.registry import get_op
 from spiky_ir.symbolic import Dim, dim_eval, dim_rename, dim_symbols, solve_binding
+from spiky_ir.types import Attr, TensorType
 
 
 def graph_symbols(graph: Graph) -> set[str]:

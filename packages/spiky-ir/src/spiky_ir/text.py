@@ -12,6 +12,9 @@
 Attributes are printed sorted by name; node ``source`` locations are debug
 information and are not part of the text (two graphs that compute the same thing
 from different source lines share a cache entry).
+
+The printer is :func:`spiky_ir.ir.print_graph` (``str(graph)`` uses it, so it lives
+with the graph); this module re-exports it next to the parser.
 """
 
 from __future__ import annotations
@@ -21,48 +24,11 @@ import re
 
 from spiky_ir.dtypes import DType
 from spiky_ir.errors import IRError
-from spiky_ir.ir import Attr, Graph, TensorType, Value
+from spiky_ir.ir import TEXT_VERSION, Graph, Value, print_graph
 from spiky_ir.symbolic import Dim, canonical
+from spiky_ir.types import Attr, TensorType, format_attr
 
-TEXT_VERSION = 1
-"""Bump when the printed form changes; cache keys include it."""
-
-
-def format_attr(value: Attr) -> str:
-    if value is None:
-        return "none"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, DType):
-        return value.value
-    if isinstance(value, tuple):
-        return "(" + ",".join(str(v) for v in value) + ")"
-    if isinstance(value, float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)
-    return str(value)
-
-
-def _ref(value: Value) -> str:
-    return f"%{value.name}"
-
-
-def print_graph(graph: Graph) -> str:
-    """The text form of ``graph`` (ends with a newline)."""
-    params = ", ".join(f"{_ref(v)}: {v.type}" for v in graph.inputs)
-    lines = [f"spiky-ir v{TEXT_VERSION}", f"graph {graph.name}({params}) {{"]
-    for node in graph.nodes:
-        results = ", ".join(_ref(v) for v in node.outputs)
-        operands = ", ".join(_ref(v) for v in node.inputs)
-        attrs = ""
-        if node.attrs:
-            attrs = " {" + ", ".join(f"{k}={format_attr(node.attrs[k])}" for k in sorted(node.attrs)) + "}"
-        types = ", ".join(str(v.type) for v in node.outputs)
-        lines.append(f"  {results} = {node.op}({operands}){attrs} : {types}")
-    lines.append("  return " + ", ".join(_ref(v) for v in graph.outputs))
-    lines.append("}")
-    return "\n".join(lines) + "\n"
+__all__ = ["TEXT_VERSION", "format_attr", "parse_graph", "print_graph"]
 
 
 # --- parser -----------------------------------------------------------------------------------

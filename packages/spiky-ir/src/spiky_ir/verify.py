@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from spiky_ir.errors import IRError
 from spiky_ir.ir import Graph, Value
-from spiky_ir.ops import get_op
+from spiky_ir.registry import get_op
 
 
 def verify(graph: Graph) -> None:
@@ -34,7 +34,8 @@ def verify(graph: Graph) -> None:
         for operand in node.inputs:
             if id(operand) not in defined:
                 raise IRError(f"{where} uses %{operand.name} before it is defined")
-        inferred = get_op(node.op).infer_types(node)
+        inferred = get_op(node.op).infer_types([v.type for v in node.inputs], node.attrs,
+                                                f" in node {node.describe()}")
         if len(inferred) != len(node.outputs):
             raise IRError(f"{where} has {len(node.outputs)} results; op infers {len(inferred)}")
         for value, expected in zip(node.outputs, inferred, strict=True):

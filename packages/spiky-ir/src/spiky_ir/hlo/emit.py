@@ -25,9 +25,10 @@ from functools import cached_property
 from spiky_ir.errors import IRError
 from spiky_ir.hlo import schema as s
 from spiky_ir.hlo.builder import ComputationBuilder, HloValue, ModuleBuilder, array_shape
-from spiky_ir.hlo.rules import HloContext, register_rules
+from spiky_ir.hlo.rules import HLO_RULES, HloContext
+from spiky_ir.hlo.text import module_text
 from spiky_ir.ir import Graph
-from spiky_ir.ops import get_op
+from spiky_ir.registry import get_op
 
 ENTRY_NAME = "main"
 INPUT_NAMES_ATTR = "neff_input_names"
@@ -54,8 +55,6 @@ class HloArtifact:
     @cached_property
     def text(self) -> str:
         """The HLO text form (for dumps; XLA's parser reads it back)."""
-        from spiky_ir.hlo.text import module_text
-
         return module_text(self.module)
 
 
@@ -73,7 +72,6 @@ def emit_hlo(
     input's name to the index of the output that updates it in place; that input becomes
     ``<name>.must_alias_input`` and a ``MUST_ALIAS`` entry of ``input_output_alias``.
     """
-    register_rules()
     for value in graph.inputs:
         if not value.type.is_static:
             raise IRError(
@@ -93,9 +91,11 @@ def emit_hlo(
         env[id(value)] = main.parameter(number, value.type.dtype, value.type.static_shape(), neff_name,
                                         {INPUT_NAMES_ATTR: neff_name})
     for node in graph.nodes:
-        rule = get_op(node.op).extra.get("hlo")
+        rule = HLO_RULES.get(node.op)
         if rule is None:
-            raise IRError(f"op '{node.op}' has no HLO rule (node {node.describe()}); add one in spiky_ir/hlo/rules.py")
+            why = get_op(node.op).no_rule.get("hlo")
+            raise IRError(f"op '{node.op}' has no HLO rule (node {node.describe()}): "
+                          + (why or "register one next to the op with spiky_ir.hlo.rules.hlo_rule"))
         main.metadata = s.OpMetadata(op_type=node.op, op_name=",".join(v.name for v in node.outputs))
         context = HloContext(main, node, dict(replica_groups or {}))
         results = rule(context, node, [env[id(v)] for v in node.inputs])
