@@ -221,10 +221,6 @@ def _reciprocal(b: ComputationBuilder, a: list[HloValue]) -> HloValue:
     return b.elementwise("divide", [b.full(1, a[0].dtype, a[0].dims), a[0]])
 
 
-def _exp2(b: ComputationBuilder, a: list[HloValue]) -> HloValue:
-    return b.elementwise("power", [b.full(2, a[0].dtype, a[0].dims), a[0]])
-
-
 def _isnan(b: ComputationBuilder, a: list[HloValue]) -> HloValue:
     x = a[0]
     return b.compare("NE", x, x) if x.dtype.is_floating else b.full(False, BOOL, x.dims)
