@@ -100,7 +100,8 @@ def test_the_old_layout_had_the_cycle_this_test_guards_against(tmp_path: Path) -
     # ir.Graph.add_node imported get_op from ops inside the function, and ops imported ir at the top.
     _package(tmp_path, {
         "old/__init__.py": "",
-        "old/ir.py": "class Graph:\n    def add_node(self):\n        from old.ops import get_op\n        return get_op\n",
+        "old/ir.py": "class Graph:\n    def add_node(self):\n        from old.ops import get_op\n"
+                     "        return get_op\n",
         "old/ops.py": "from old.ir import Graph\n\ndef get_op():\n    return Graph\n",
     })
     assert import_cycle(import_graph(tmp_path, "old")) == ["old.ir", "old.ops", "old.ir"]
