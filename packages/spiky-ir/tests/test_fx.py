@@ -22,7 +22,7 @@ ml_dtypes = pytest.importorskip("ml_dtypes", reason="bfloat16 arrays need ml_dty
 from torch._decomp import core_aten_decompositions  # noqa: E402
 from torch.fx.experimental.proxy_tensor import make_fx  # noqa: E402
 
-from spiky_ir import LoweringError, execute, parse_graph, print_graph, verify  # noqa: E402
+from spiky_ir import LoweringError, execute, get_op, parse_graph, print_graph, verify  # noqa: E402
 from spiky_ir.fx import LOWERINGS, lower_fx, lower_fx_graph  # noqa: E402
 from spiky_ir.kernel_source import run_kernel  # noqa: E402
 
@@ -73,7 +73,7 @@ def _a(*shape: int, domain: str = "any", dtype: torch.dtype | None = None) -> Ar
 
 
 UNARY = {
-    "abs": torch.abs, "neg": torch.neg, "exp": torch.exp, "expm1": torch.expm1, "tanh": torch.tanh,
+    "abs": torch.abs, "neg": torch.neg, "exp": torch.exp, "expm1": torch.expm1, "exp2": torch.exp2, "tanh": torch.tanh,
     "sigmoid": torch.sigmoid, "sin": torch.sin, "cos": torch.cos, "erf": torch.erf, "ceil": torch.ceil,
     "floor": torch.floor, "round": torch.round, "trunc": torch.trunc, "sign": torch.sign,
     "relu": F.relu, "silu": F.silu, "gelu": F.gelu, "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
@@ -299,8 +299,11 @@ def test_lowering_matches_eager(name: str, dtype: torch.dtype) -> None:
     inputs = [arg.make(dtype, gen) for arg in case.args]
     if "backward" in case.name:
         inputs = [x.requires_grad_() if x.is_floating_point() else x for x in inputs]
-    gm = _trace(case, inputs)
-    graph = lower_fx(gm)
+    _check_against_eager(lower_fx(_trace(case, inputs)), case, inputs)
+
+
+def _check_against_eager(graph: Any, case: Case, inputs: Sequence[torch.Tensor]) -> None:
+    """The lowered graph, run by the reference executor, matches eager; its kernel source matches bit for bit."""
     verify(graph)
     arrays = [to_numpy(t) for t in inputs]
     assert len(graph.inputs) == len(arrays)
@@ -319,6 +322,30 @@ def test_lowering_matches_eager(name: str, dtype: torch.dtype) -> None:
         assert kernel_out.dtype == ref_out.dtype
         np.testing.assert_array_equal(kernel_out, ref_out)
     assert print_graph(parse_graph(print_graph(graph))) == print_graph(graph)
+
+
+# ATen overloads declared on an op (OpDef.aten), traced without decompositions so that the overload
+# itself reaches the lowering: (case, the overload, the IR op it must become).
+DIRECT: list[tuple[Case, Any, str]] = [
+    (Case("exp2", torch.exp2, (_a(3, 5),)), torch.ops.aten.exp2.default, "exp2"),
+    (Case("exp2_int", torch.exp2, (_a(7, dtype=torch.int32),), (F32,)), torch.ops.aten.exp2.default, "exp2"),
+]
+
+
+@pytest.mark.parametrize(("case", "overload", "op"), [
+    pytest.param(c, o, op, id=f"{c.name}-{str(d).removeprefix('torch.')}", marks=[pytest.mark.smoke])
+    for c, o, op in DIRECT for d in c.dtypes[:1]
+])
+def test_declared_aten_overload_lowers_onto_its_op(case: Case, overload: Any, op: str) -> None:
+    assert overload in LOWERINGS and str(overload) in get_op(op).aten
+    for dtype in case.dtypes:
+        gen = torch.Generator().manual_seed(1)
+        inputs = [arg.make(dtype, gen) for arg in case.args]
+        gm = make_fx(case.fn)(*inputs)
+        assert overload in [n.target for n in gm.graph.nodes]
+        graph = lower_fx(gm)
+        assert op in [n.op for n in graph.nodes], print_graph(graph)
+        _check_against_eager(graph, case, inputs)
 
 
 @pytest.mark.smoke

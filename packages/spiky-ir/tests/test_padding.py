@@ -80,6 +80,7 @@ CASES: dict[str, tuple[Build, bool]] = {
     "concat_tail": (_concat_tail, True),
     "slice_tail": (_slice_tail, True),
     "log_sum": (_log_then_sum, True),
+    "exp2_sum": (lambda g, x: g.add_op("sum", [g.add_op("exp2", [x])], {"axes": (1,), "keepdims": False}), True),
     "sum_over_symbolic_count": (_sum_over_count, True),
     "flip_exact": (_flip, False),
     "gather_exact": (lambda g, x: g.add_op("take_along_axis", [x, g.add_op("zeros", [], {

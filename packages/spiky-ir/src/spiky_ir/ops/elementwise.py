@@ -221,6 +221,11 @@ def _reciprocal(b: ComputationBuilder, a: list[HloValue]) -> HloValue:
     return b.elementwise("divide", [b.full(1, a[0].dtype, a[0].dims), a[0]])
 
 
+def _exp2(b: ComputationBuilder, a: list[HloValue]) -> HloValue:
+    """HLO has no exp2: ``power(2, x)``."""
+    return b.elementwise("power", [b.full(2, a[0].dtype, a[0].dims), a[0]])
+
+
 def _isnan(b: ComputationBuilder, a: list[HloValue]) -> HloValue:
     x = a[0]
     return b.compare("NE", x, x) if x.dtype.is_floating else b.full(False, BOOL, x.dims)
@@ -286,6 +291,7 @@ unary("round", np.round, hlo=_integral_identity("round-nearest-even"), aten=("at
 unary("trunc", np.trunc, hlo=_trunc, aten=("aten.trunc.default",))
 unary("exp", np.exp, to_float, hlo="exponential", aten=("aten.exp.default",))
 unary("expm1", np.expm1, to_float, hlo="exponential-minus-one", aten=("aten.expm1.default",))
+unary("exp2", np.exp2, to_float, hlo=_exp2, aten=("aten.exp2.default",))
 unary("log", np.log, to_float, hlo="log", aten=("aten.log.default",))
 unary("log1p", np.log1p, to_float, hlo="log-plus-one", aten=("aten.log1p.default",))
 unary("sqrt", np.sqrt, to_float, hlo="sqrt", aten=("aten.sqrt.default",))
