@@ -7,12 +7,13 @@ with its reason, never be a silent absence.
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from spiky_ir import DType, Graph, IRError, TensorType, all_ops, aten_overloads, get_op
 from spiky_ir.hlo.rules import HLO_RULES
 from spiky_ir.kernel_source import RULES as KERNEL_RULES
-from spiky_ir.kernel_source import kernel_source
+from spiky_ir.kernel_source import KernelEmitter, kernel_helper, kernel_source
 from spiky_ir.padding import PAD_RULES, pad_graph
 from spiky_ir.registry import RULE_TABLES, OpDef, register_op
 
@@ -99,3 +100,13 @@ def test_recorded_reasons_reach_the_user() -> None:
     assert plan.padded == frozenset()
     assert plan.exact["s0"].startswith("op 'scatter' has no padding rule: garbage indices in padded rows")
     assert plan.output_layouts == [(("s0",), (5,))]
+
+
+def test_kernel_helper_functions_are_registered_up_front() -> None:
+    # Registered before any kernel is written, so that no value of a graph takes the helper's name.
+    def local_helper(x: object) -> object:
+        return x
+
+    with pytest.raises(IRError, match=r"'local_helper' is not a registered kernel helper; call kernel_helper"):
+        KernelEmitter(Graph()).function(local_helper)
+    assert kernel_helper(np.exp) == "np.exp" and KernelEmitter(Graph()).function(np.exp) == "np.exp"

@@ -62,12 +62,15 @@ _HELPERS: dict[str, _Helper] = {}
 
 def kernel_helper(source: str | Callable[..., Any], *, name: str | None = None, deps: Sequence[str] = ()) -> str:
     """Register a helper the kernel defines before ``kernel`` when a rule asks for it
-    (:meth:`KernelEmitter.helper`); returns its name.
+    (:meth:`KernelEmitter.helper`); returns the name kernels call it by.
 
     ``source`` is the helper's source text (then ``name`` is required) or a function whose
     source is copied (docstring and annotations dropped). ``deps`` are helpers it calls.
-    Registering the same function twice is a no-op.
+    Registering the same function twice is a no-op; numpy's own functions need no helper
+    (``kernel_helper(np.exp)`` returns ``"np.exp"``).
     """
+    if not isinstance(source, str) and (np_name := numpy_name(source)) is not None:
+        return np_name
     key = name if name is not None else None if isinstance(source, str) else source.__name__
     if key is None:
         raise IRError("kernel_helper needs a name for a helper given as source text")
@@ -144,8 +147,15 @@ class KernelEmitter:
         return name
 
     def function(self, fn: Callable[..., Any]) -> str:
-        """How the kernel calls ``fn``: ``np.<name>`` for numpy's functions, else as a helper."""
-        return numpy_name(fn) or self.helper(kernel_helper(fn))
+        """How the kernel calls ``fn``: ``np.<name>`` for numpy's functions, else as the helper of that
+        name, which must be registered up front (:func:`kernel_helper`) so that no value takes its name."""
+        name = numpy_name(fn)
+        if name is not None:
+            return name
+        if _HELPERS.get(fn.__name__, _Helper("")).source is not fn:
+            raise IRError(f"function {fn.__name__!r} is not a registered kernel helper; call "
+                          f"kernel_helper({fn.__name__}) next to the op that uses it")
+        return self.helper(fn.__name__)
 
     def cast(self, expr: str, have: DType, want: DType) -> str:
         return expr if have is want else f"{expr}.astype({self.dt(want)})"

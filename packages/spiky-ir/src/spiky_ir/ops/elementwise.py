@@ -63,8 +63,7 @@ def _define(name: str, arity: int, fn: Callable[..., Array], result: DTypeRule, 
                               doc or f"elementwise {name}", aten=tuple(aten), elementwise=Elementwise(fn, result)))
     hlo_rule(name)(elementwise_rule(opcode(hlo) if isinstance(hlo, str) else hlo, hlo_compute))
     pad_rule(name)(positionwise)
-    if numpy_name(fn) is None:
-        kernel_helper(fn)
+    kernel_helper(fn)
     kernel_rule(name)(_kernel)
     return opdef
 

@@ -20,7 +20,7 @@ from spiky_ir.hlo import schema as s
 from spiky_ir.hlo.builder import ComputationBuilder, HloValue, array_shape, tuple_shape
 from spiky_ir.hlo.rules import BOOL, I64, HloContext, HloRule, hlo_rule, init_value, nonzero, reduce_to, widen
 from spiky_ir.ir import Node, Value
-from spiky_ir.kernel_source import KernelEmitter, KernelRule, kernel_rule, lit
+from spiky_ir.kernel_source import KernelEmitter, KernelRule, kernel_helper, kernel_rule, lit
 from spiky_ir.padding import (
     Layout,
     PadContext,
@@ -96,6 +96,8 @@ def reduction(name: str, fn: Callable[..., Array], result: DTypeRule, *, hlo: Hl
                       aten=aten)
     hlo_rule(name)(hlo)
     pad_rule(name)(pad)
+    if kernel is None:
+        kernel_helper(fn)
     kernel_rule(name)(kernel or _kernel(fn))
     return opdef
 
@@ -300,7 +302,22 @@ def _arg_reduce(name: str, fn: Callable[..., Array], largest: bool) -> None:
     define_op(name, "reduce", 1, {"axis": "int", "keepdims": "bool"}, shape_rule, reference,
               f"index of the first {name[3:]} along ``axis`` (int64)")
     hlo_rule(name)(_arg_hlo(largest))
-    pad_rule(name)(masking_reduce(lowest if largest else highest))
+    pad_rule(name)(_arg_pad(largest))
+
+
+def _arg_pad(largest: bool) -> PadRule:
+    """argmax/argmin: padded entries become the lowest (highest) value, so they never win, and the
+    axis is linearized first when it reorders (see :meth:`PadContext.linearized`): the index is then
+    counted in real positions, and a tie with the fill value still goes to the first real entry."""
+
+    def rule(ctx: PadContext, node: Node, inputs: list[Value]) -> PadResult:
+        (x,) = inputs
+        axis = attr_int(node.attrs, "axis")
+        fill = lowest(x.type.dtype) if largest else highest(x.type.dtype)
+        outs = ctx.copy(node, [ctx.linearized(x, axis, fill)])
+        return outs, [reduced_layout(ctx.layout(x), (axis,), attr_bool(node.attrs, "keepdims"))]
+
+    return rule
 
 
 _arg_reduce("argmax", np.argmax, largest=True)
