@@ -9,6 +9,7 @@ which must agree with the reference bit for bit, and round-trips through the tex
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -324,11 +325,25 @@ def _check_against_eager(graph: Any, case: Case, inputs: Sequence[torch.Tensor])
     assert print_graph(parse_graph(print_graph(graph))) == print_graph(graph)
 
 
+_LSE = torch.ops.aten.logsumexp.default
+
 # ATen overloads declared on an op (OpDef.aten), traced without decompositions so that the overload
 # itself reaches the lowering: (case, the overload, the IR op it must become).
 DIRECT: list[tuple[Case, Any, str]] = [
     (Case("exp2", torch.exp2, (_a(3, 5),)), torch.ops.aten.exp2.default, "exp2"),
     (Case("exp2_int", torch.exp2, (_a(7, dtype=torch.int32),), (F32,)), torch.ops.aten.exp2.default, "exp2"),
+    # core ATen decomposes logsumexp; traced as it is, it lowers onto the reduction
+    (Case("logsumexp", lambda a: torch.logsumexp(a, 1), (_a(3, 6),), tol=_REL_TOL), _LSE, "logsumexp"),
+    (Case("logsumexp_dims_keepdim", lambda a: torch.logsumexp(a, (0, 2), keepdim=True), (_a(2, 3, 4),),
+          tol=_REL_TOL), _LSE, "logsumexp"),
+    (Case("logsumexp_all_dims", lambda a: torch.logsumexp(a, (0, 1)), (_a(2, 5),), (F32,)), _LSE, "logsumexp"),
+    (Case("logsumexp_int", lambda a: torch.logsumexp(a, -1), (_a(4, 5, dtype=torch.int64),), (F32,)), _LSE,
+     "logsumexp"),
+    # a row of -inf gives -inf and a +inf entry gives inf (the max shifts by 0), as in torch
+    (Case("logsumexp_infinities", lambda a: torch.logsumexp(torch.cat([a, a[:1] * 0 - math.inf, a[:1] * 0 + math.inf]),
+          1), (_a(3, 4),), (F32,)), _LSE, "logsumexp"),
+    (Case("logsumexp_large", lambda a: torch.logsumexp(a * 1000, 1), (_a(3, 8),), (F32,), {F32: (1e-5, 1e-3)}),
+     _LSE, "logsumexp"),
 ]
 
 

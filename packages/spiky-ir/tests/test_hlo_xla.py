@@ -36,7 +36,7 @@ OP_TOL: dict[str, dict[DType, tuple[float, float]]] = {
     **{name: {F32: (1e-5, 1e-6)} for name in ("exp", "tanh", "erf", "sigmoid", "power", "log", "rsqrt")},
     # Accumulations: XLA sums in another order than numpy (tree vs pairwise, blocked dots).
     **{name: {F32: (1e-5, 1e-5)} for name in ("matmul", "dot", "conv1d", "conv2d", "sum", "mean", "var",
-                                              "softmax", "prod", "scatter_add")},
+                                              "softmax", "prod", "scatter_add", "logsumexp")},
 }
 
 
@@ -156,6 +156,8 @@ EXPLICIT: list[Case] = [
       for ax, kd in [((1,), False), ((0, 2), True), ((), False), ((0, 1, 2), False)]),
     *(Case("var", (Operand((4, 6), d),), {"axes": ax, "keepdims": kd, "correction": c})
       for d, ax, kd, c in [(F32, (1,), False, 1.0), (F16, (0, 1), True, 0.0), (I32, (0,), False, 1.0)]),
+    *(Case("logsumexp", (Operand((3, 4, 5), d),), {"axes": ax, "keepdims": kd})
+      for d in (F32, F16, BF16, I32) for ax, kd in [((1,), False), ((0, 2), True), ((0, 1, 2), False)]),
     *(Case(op, (Operand((4, 7), d),), {"axis": a, "keepdims": kd}) for op in ("argmax", "argmin")
       for d, a, kd in [(F32, 1, False), (I32, 0, True), (BF16, 1, False), (BOOL, 1, False)]),
     # nn

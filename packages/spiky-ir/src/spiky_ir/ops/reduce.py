@@ -237,6 +237,34 @@ reduction("var", _var, to_float, hlo=_var_hlo, pad=_var_pad, kernel=_var_kernel,
           doc="variance with ``correction`` (0 biased, 1 unbiased)")
 
 
+# --- logsumexp ---------------------------------------------------------------------------------------
+
+
+def logsumexp(x: Array, axis: tuple[int, ...], keepdims: bool) -> Array:
+    """log(sum(exp(x))) over ``axis``, shifted by the max; an infinite max shifts by 0, as in torch."""
+    peak = np.max(x, axis=axis, keepdims=True)
+    peak = np.where(np.isinf(peak), np.zeros_like(peak), peak)
+    total = np.sum(np.exp(x - peak), axis=axis, keepdims=keepdims)
+    return np.log(total) + (peak if keepdims else np.squeeze(peak, axis))  # type: ignore[no-any-return]
+
+
+def _logsumexp_hlo(ctx: HloContext, node: Node, xs: Sequence[HloValue]) -> list[HloValue]:
+    out, dims = ctx.result_type()
+    b, axes = ctx.b, ctx.ints("axes")
+    x = b.convert(xs[0], widen(out))
+    kept = [1 if i in axes else d for i, d in enumerate(x.dims)]
+    peak = reduce_to(ctx, x, axes, "max", kept)
+    infinite = b.compare("EQ", b.elementwise("abs", [peak]), b.full(math.inf, peak.dtype, kept))
+    peak = b.select(infinite, b.full(0, peak.dtype, kept), peak)
+    e = b.elementwise("exponential", [b.elementwise("subtract", [x, b.broadcast_to(peak, x.dims)])])
+    total = reduce_to(ctx, e, axes, "add", dims)
+    return [b.convert(b.elementwise("add", [b.elementwise("log", [total]), b.reshape(peak, dims)]), out)]
+
+
+reduction("logsumexp", logsumexp, to_float, hlo=_logsumexp_hlo, pad=masking_reduce(lowest),
+          aten=("aten.logsumexp.default",), doc="numerically stable log(sum(exp(x))) over ``axes``")
+
+
 # --- argmax, argmin ---------------------------------------------------------------------------------
 
 
