@@ -41,7 +41,7 @@ import numpy as np
 from spiky_ir.dtypes import DType
 from spiky_ir.errors import IRError
 from spiky_ir.ir import Graph, Node, Value
-from spiky_ir.registry import get_op
+from spiky_ir.registry import RuleTable, get_op
 from spiky_ir.types import Attr
 
 
@@ -164,21 +164,10 @@ class KernelEmitter:
 KernelRule = Callable[[KernelEmitter, Node, list[str], Mapping[str, Attr]], str]
 """Emits the Python expression computing a node's results from its operands' names."""
 
-RULES: dict[str, KernelRule] = {}
+RULES: RuleTable[KernelRule] = RuleTable("kernel-source")
 """Op name → kernel-source rule, filled by the op families (:mod:`spiky_ir.ops`) as they are imported."""
-
-
-def kernel_rule(*ops: str) -> Callable[[KernelRule], KernelRule]:
-    """Register the decorated function as the kernel-source rule of each op in ``ops`` (once per op)."""
-
-    def register(rule: KernelRule) -> KernelRule:
-        for op in ops:
-            if op in RULES:
-                raise IRError(f"op '{op}' already has a kernel-source rule")
-            RULES[op] = rule
-        return rule
-
-    return register
+kernel_rule = RULES.register
+"""``@kernel_rule("op", ...)`` registers the decorated function as the kernel-source rule of each op."""
 
 
 def kernel_source(graph: Graph, name: str = "kernel") -> str:

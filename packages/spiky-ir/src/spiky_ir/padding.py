@@ -45,7 +45,7 @@ import numpy as np
 from spiky_ir.dtypes import DType
 from spiky_ir.errors import IRError
 from spiky_ir.ir import Graph, Node, Value
-from spiky_ir.registry import get_op
+from spiky_ir.registry import RuleTable, get_op
 from spiky_ir.symbolic import Dim, dim_eval, dim_sub, dim_symbols, to_poly
 from spiky_ir.types import Attr, TensorType
 
@@ -338,23 +338,12 @@ def single_padded(factors: Factors, padded: Collection[str]) -> bool:
 
 # --- the table ---------------------------------------------------------------------------------------
 
-PAD_RULES: dict[str, PadRule] = {}
+PAD_RULES: RuleTable[PadRule] = RuleTable("padding")
 """Op name → padding rule, filled by the op families (:mod:`spiky_ir.ops`) as they are imported.
 Ops without one record why in ``OpDef.no_rule["padding"]``; pad_graph makes any padded symbol
 they touch exact."""
-
-
-def pad_rule(*ops: str) -> Callable[[PadRule], PadRule]:
-    """Register the decorated function as the padding rule of each op in ``ops`` (once per op)."""
-
-    def register(rule: PadRule) -> PadRule:
-        for op in ops:
-            if op in PAD_RULES:
-                raise IRError(f"op '{op}' already has a padding rule")
-            PAD_RULES[op] = rule
-        return rule
-
-    return register
+pad_rule = PAD_RULES.register
+"""``@pad_rule("op", ...)`` registers the decorated function as the padding rule of each op."""
 
 
 # --- the pass ----------------------------------------------------------------------------------------

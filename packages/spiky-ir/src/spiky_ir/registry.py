@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 
@@ -133,6 +133,29 @@ def _check_attr(op: str, key: str, kind: str, value: Attr, where: str) -> None:
 
 
 _REGISTRY: dict[str, OpDef] = {}
+
+R = TypeVar("R")
+
+
+class RuleTable(dict[str, R], Generic[R]):
+    """Op name → rule of one kind, owned by the consumer that applies the rules (HLO emission,
+    padding, kernel source) and filled by the op families as they are imported."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+
+    def register(self, *ops: str) -> Callable[[R], R]:
+        """A decorator registering its function as the rule of each op in ``ops`` (once per op)."""
+
+        def add(rule: R) -> R:
+            for op in ops:
+                if op in self:
+                    raise IRError(f"op '{op}' already has a {self.kind} rule")
+                self[op] = rule
+            return rule
+
+        return add
 
 
 def register_op(opdef: OpDef) -> OpDef:

@@ -26,7 +26,7 @@ from spiky_ir.dtypes import DType, promote
 from spiky_ir.errors import IRError
 from spiky_ir.hlo.builder import ComputationBuilder, HloValue
 from spiky_ir.ir import Node
-from spiky_ir.registry import all_ops, widen
+from spiky_ir.registry import RuleTable, all_ops, widen
 
 __all__ = [
     "BOOL", "F32", "HLO_RULES", "I64", "RULES", "ComputeRule", "Emit", "HloContext", "HloRule", "compute_type",
@@ -66,23 +66,12 @@ class HloContext:
 
 HloRule = Callable[[HloContext, Node, Sequence[HloValue]], Sequence[HloValue]]
 
-HLO_RULES: dict[str, HloRule] = {}
+HLO_RULES: RuleTable[HloRule] = RuleTable("HLO")
 """IR op name → HLO rule, filled by the op families (:mod:`spiky_ir.ops`) as they are imported."""
 RULES = HLO_RULES
 """The same table under its earlier name."""
-
-
-def hlo_rule(*ops: str) -> Callable[[HloRule], HloRule]:
-    """Register the decorated function as the HLO rule of each op in ``ops`` (once per op)."""
-
-    def register(rule: HloRule) -> HloRule:
-        for op in ops:
-            if op in HLO_RULES:
-                raise IRError(f"op '{op}' already has an HLO rule")
-            HLO_RULES[op] = rule
-        return rule
-
-    return register
+hlo_rule = HLO_RULES.register
+"""``@hlo_rule("op", ...)`` registers the decorated function as the HLO rule of each op."""
 
 
 def missing_rules() -> list[str]:

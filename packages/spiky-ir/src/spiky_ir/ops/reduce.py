@@ -172,18 +172,27 @@ def _real_count(ctx: PadContext, x: Value, axes: Sequence[int], keepdims: bool, 
     return ctx.op("sum", ones, attrs={"axes": tuple(axes), "keepdims": keepdims})
 
 
-def _mean_pad(ctx: PadContext, node: Node, inputs: list[Value]) -> PadResult:
+def _counting_pad(rewrite: Callable[[PadContext, Node, Value, tuple[int, ...], bool, DType], Value]) -> PadRule:
+    """A padding rule for statistics that divide by the element count: the node as it is when no
+    reduced axis is padded, else ``rewrite(ctx, node, x, axes, keepdims, result type)``."""
+
+    def rule(ctx: PadContext, node: Node, inputs: list[Value]) -> PadResult:
+        (x,) = inputs
+        axes, keepdims = reduce_axes(node), attr_bool(node.attrs, "keepdims")
+        layout = reduced_layout(ctx.layout(x), axes, keepdims)
+        if not ctx.padded_in(x, axes):
+            return ctx.copy(node, inputs), [layout]
+        out_type = node.outputs[0].type.dtype
+        return [ctx.astype(rewrite(ctx, node, x, axes, keepdims, out_type), out_type)], [layout]
+
+    return rule
+
+
+@_counting_pad
+def _mean_pad(ctx: PadContext, node: Node, x: Value, axes: tuple[int, ...], keepdims: bool, out: DType) -> Value:
     """mean: masked sum divided by the real element count."""
-    (x,) = inputs
-    axes, keepdims = reduce_axes(node), attr_bool(node.attrs, "keepdims")
-    layout = reduced_layout(ctx.layout(x), axes, keepdims)
-    if not ctx.padded_in(x, axes):
-        return ctx.copy(node, inputs), [layout]
-    out_type = node.outputs[0].type.dtype
-    total = ctx.op("sum", ctx.masked(ctx.astype(x, out_type), axes, 0, like=x),
-                   attrs={"axes": axes, "keepdims": keepdims})
-    mean = ctx.op("divide", total, _real_count(ctx, x, axes, keepdims, out_type))
-    return [ctx.astype(mean, out_type)], [layout]
+    total = ctx.op("sum", ctx.masked(ctx.astype(x, out), axes, 0, like=x), attrs={"axes": axes, "keepdims": keepdims})
+    return ctx.op("divide", total, _real_count(ctx, x, axes, keepdims, out))
 
 
 reduction("mean", np.mean, to_float, hlo=_mean_hlo, pad=_mean_pad, aten=("aten.mean.dim", "aten.mean.default"),
@@ -207,23 +216,18 @@ def _var_hlo(ctx: HloContext, node: Node, xs: Sequence[HloValue]) -> list[HloVal
     return [b.convert(b.elementwise("divide", [squares, b.full(n - correction, x.dtype, dims)]), out)]
 
 
-def _var_pad(ctx: PadContext, node: Node, inputs: list[Value]) -> PadResult:
+@_counting_pad
+def _var_pad(ctx: PadContext, node: Node, x: Value, axes: tuple[int, ...], keepdims: bool, out: DType) -> Value:
     """var: masked mean, masked squared deviations, divided by (real count - correction)."""
-    (x,) = inputs
-    axes, keepdims = reduce_axes(node), attr_bool(node.attrs, "keepdims")
-    layout = reduced_layout(ctx.layout(x), axes, keepdims)
-    if not ctx.padded_in(x, axes):
-        return ctx.copy(node, inputs), [layout]
-    out_type = node.outputs[0].type.dtype
     correction = node.attrs["correction"]
     assert isinstance(correction, float | int)
-    xf = ctx.astype(x, out_type)
+    xf = ctx.astype(x, out)
     total = ctx.op("sum", ctx.masked(xf, axes, 0, like=x), attrs={"axes": axes, "keepdims": True})
-    mean = ctx.op("divide", total, _real_count(ctx, x, axes, True, out_type))
+    mean = ctx.op("divide", total, _real_count(ctx, x, axes, True, out))
     dev = ctx.masked(ctx.op("subtract", xf, mean), axes, 0, like=x)
     squares = ctx.op("sum", ctx.op("multiply", dev, dev), attrs={"axes": axes, "keepdims": keepdims})
-    denom = ctx.op("subtract", _real_count(ctx, x, axes, keepdims, out_type), ctx.const(float(correction), out_type))
-    return [ctx.astype(ctx.op("divide", squares, denom), out_type)], [layout]
+    denom = ctx.op("subtract", _real_count(ctx, x, axes, keepdims, out), ctx.const(float(correction), out))
+    return ctx.op("divide", squares, denom)
 
 
 def _var_kernel(e: KernelEmitter, node: Node, args: list[str], attrs: Mapping[str, Attr]) -> str:
