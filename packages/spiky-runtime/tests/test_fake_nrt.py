@@ -1,4 +1,4 @@
-"""Contract tests of the fake libnrt (tests/fake_nrt/fake_nrt.c), driven through ctypes.
+"""Contract tests of the fake libnrt (spiky-torch's ``spiky/testing/fake_nrt/fake_nrt.c``), driven through ctypes.
 
 The fake stands in for the Neuron Runtime in every test of the nrt driver, so each rule it claims
 to enforce (docs/neuron-interfaces.md plus the header comment of fake_nrt.c) is checked here.
@@ -22,7 +22,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-FAKE_DIR = Path(__file__).resolve().parent / "fake_nrt"
+# The fake libnrt ships with spiky-torch (spiky.testing.fake_nrt); its build, control and NEFF modules
+# use only the standard library, so they load by path here without installing spiky-torch.
+FAKE_DIR = Path(__file__).resolve().parents[2] / "spiky-torch" / "src" / "spiky" / "testing" / "fake_nrt"
 
 
 def _load(name: str) -> ModuleType:
@@ -818,6 +820,57 @@ def test_leak_accounting_over_cycles(fake: Any, nrt: Any) -> None:
     AddModel(nrt)  # left behind on purpose
     assert fake.teardown() == 6, "3 tensors + 1 model + 2 sets left behind"
     assert fake.live_tensors() == 0 and fake.live_models() == 0
+
+
+@pytest.mark.smoke
+def test_fail_next_allocate_and_load(fake: Any, nrt: Any) -> None:
+    fake.fail_next_allocate(C.NRT_HW_ERROR)
+    t = ctypes.c_void_p()
+    assert nrt.nrt_tensor_allocate(0, 0, 8, b"t", ctypes.byref(t)) == C.NRT_HW_ERROR
+    assert "injected status 6 for 8 bytes ('t')" in fake.last_error() and t.value is None
+    free(nrt, alloc(nrt, 8))  # one-shot
+    data = add_neff()
+    fake.fail_next_load(C.NRT_UNSUPPORTED_NEFF_VERSION)
+    st, _ = load(nrt, data)
+    assert st == C.NRT_UNSUPPORTED_NEFF_VERSION
+    assert "nrt_load: injected status 10 for NEFF 'kernel_add'" in fake.last_error() and fake.live_models() == 0
+    st, m = load(nrt, data)  # one-shot
+    assert st == OK and nrt.nrt_unload(m) == OK
+    fake.fail_next_load(C.NRT_TIMEOUT)
+    fake.reset()  # clears it
+    st, m = load(nrt, data)
+    assert st == OK and nrt.nrt_unload(m) == OK
+
+
+@pytest.mark.smoke
+def test_bytes_written_and_read(fake: Any, nrt: Any) -> None:
+    t = alloc(nrt, 16)
+    assert write(nrt, t, b"abcd") == OK and write(nrt, t, b"efgh", 8) == OK
+    assert read(nrt, t, 16)[8:12] == b"efgh"
+    assert write(nrt, t, b"x" * 17) == C.NRT_INVALID  # a refused call moves nothing
+    assert (fake.bytes_written(), fake.bytes_read()) == (8, 16)
+    fake.reset()
+    assert (fake.bytes_written(), fake.bytes_read()) == (0, 0)
+    free(nrt, t)
+
+
+@pytest.mark.smoke
+def test_rule_sees_the_neff_it_executes(fake: Any, nrt: Any) -> None:
+    seen: list[tuple[int, bytes | None]] = []
+
+    def rule(neff_id: str, ins: dict[str, memoryview], outs: dict[str, memoryview]) -> int:
+        seen.append((fake.current_neff_serial(), fake.current_neff()))
+        return add_rule(neff_id, ins, outs)
+
+    fake.set_execute(rule)
+    assert fake.current_neff() is None and fake.current_neff_serial() == 0  # outside an execution
+    first, second = AddModel(nrt), AddModel(nrt)
+    assert first.execute() == OK and first.execute() == OK and second.execute() == OK
+    assert [data for _, data in seen] == [add_neff()] * 3
+    serials = [serial for serial, _ in seen]
+    assert serials[0] == serials[1] != 0 and serials[2] not in (0, serials[0]), "one serial per load"
+    first.close()
+    second.close()
 
 
 @pytest.mark.smoke

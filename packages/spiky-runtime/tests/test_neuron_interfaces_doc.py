@@ -2,7 +2,7 @@
 
 The page's tables are parsed and compared with ``csrc/nrt_api.h`` (the function declarations,
 status codes, dtype codes and the tensor info layout) and with the fake libnrt's Python side
-(``tests/fake_nrt``). The driver's use of exactly the documented functions is checked in
+(spiky-torch's ``spiky/testing/fake_nrt``). The driver's use of exactly the documented functions is checked in
 ``test_nrt_driver.py``.
 """
 
@@ -20,7 +20,9 @@ import pytest
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 NRT_API_H = PACKAGE_ROOT / "csrc" / "nrt_api.h"
 DOC = PACKAGE_ROOT.parents[1] / "docs" / "neuron-interfaces.md"
-FAKE_DIR = Path(__file__).resolve().parent / "fake_nrt"
+# The fake libnrt ships with spiky-torch (spiky.testing.fake_nrt); its build, control and NEFF modules
+# use only the standard library, so they load by path here without installing spiky-torch.
+FAKE_DIR = Path(__file__).resolve().parents[2] / "spiky-torch" / "src" / "spiky" / "testing" / "fake_nrt"
 
 pytestmark = pytest.mark.smoke
 

@@ -1,7 +1,8 @@
 """csrc/nrt_api.{h,cc} (dlopen'ed libnrt, symbol resolution, status names, NrtError text).
 
 The C++ check program tests/cpp/nrt_api_check.cc is compiled with nrt_api.cc into a tmp dir and
-run against the fake libnrt (tests/fake_nrt), so this needs a C++ compiler but not the extension.
+run against the fake libnrt (spiky-torch's spiky/testing/fake_nrt), so this needs a C++ compiler but not the
+extension.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ import pytest
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 CSRC = PACKAGE_ROOT / "csrc"
 CHECK_SOURCE = Path(__file__).resolve().parent / "cpp" / "nrt_api_check.cc"
-FAKE_DIR = Path(__file__).resolve().parent / "fake_nrt"
+# The fake libnrt ships with spiky-torch (spiky.testing.fake_nrt); its build, control and NEFF modules
+# use only the standard library, so they load by path here without installing spiky-torch.
+FAKE_DIR = Path(__file__).resolve().parents[2] / "spiky-torch" / "src" / "spiky" / "testing" / "fake_nrt"
 
 
 def _load(name: str) -> ModuleType:

@@ -1,4 +1,4 @@
-"""The nrt driver (csrc/nrt_driver.*) against the fake libnrt (tests/fake_nrt).
+"""The nrt driver (csrc/nrt_driver.*) against the fake libnrt (spiky-torch's spiky/testing/fake_nrt).
 
 One process holds one Neuron Runtime, so the tests here share the runtime of this pytest
 process (SPIKY_LIBNRT points at a fake built once per session); what needs a fresh runtime
@@ -26,7 +26,9 @@ import pytest
 
 import spiky_runtime as rt
 
-FAKE_DIR = Path(__file__).resolve().parent / "fake_nrt"
+# The fake libnrt ships with spiky-torch (spiky.testing.fake_nrt); its build, control and NEFF modules
+# use only the standard library, so they load by path here without installing spiky-torch.
+FAKE_DIR = Path(__file__).resolve().parents[2] / "spiky-torch" / "src" / "spiky" / "testing" / "fake_nrt"
 # The project's page on the Neuron interfaces: its function table is the libnrt API we use.
 INTERFACES = Path(__file__).resolve().parents[3] / "docs" / "neuron-interfaces.md"
 

@@ -1,4 +1,4 @@
-// Drives csrc/nrt_api.{h,cc} against the fake libnrt (tests/fake_nrt). Built and run by
+// Drives csrc/nrt_api.{h,cc} against the fake libnrt (spiky-torch's spiky/testing/fake_nrt). Built and run by
 // tests/test_nrt_api.py; prints what it checks and exits non-zero on the first failure.
 //
 //   nrt_api_check roundtrip <add.neff> <cycles>   init, tensors, tensor info, sets, execute

@@ -7,6 +7,9 @@ control side to install an execute rule and inject failures:
     fake = FakeNrt(build_fake_libnrt(tmp_path))
     fake.set_execute(lambda neff_id, ins, outs: ...)   # ins/outs: name -> writable memoryview
     fake.fail_next_execute(NRT_TIMEOUT)
+
+This module and its siblings (build.py, neff.py, fake_nrt.c) use only the standard library, so
+spiky-runtime's tests load them by path without importing spiky.
 """
 
 from __future__ import annotations
@@ -115,6 +118,9 @@ _CONTROL_SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "fake_nrt_set_execute_callback": (None, [_ExecuteFn, ctypes.c_void_p]),
     "fake_nrt_fail_allocation_at": (None, [ctypes.c_long]),
     "fake_nrt_fail_next_execute": (None, [ctypes.c_int]),
+    "fake_nrt_fail_next_allocate": (None, [ctypes.c_int]),
+    "fake_nrt_fail_next_load": (None, [ctypes.c_int]),
+    "fake_nrt_current_neff": (ctypes.c_void_p, [ctypes.POINTER(ctypes.c_size_t), ctypes.POINTER(ctypes.c_uint64)]),
     "fake_nrt_set_device_capacity": (None, [ctypes.c_size_t]),
     "fake_nrt_reset": (None, []),
     "fake_nrt_teardown": (ctypes.c_uint64, []),
@@ -125,6 +131,8 @@ _CONTROL_SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "fake_nrt_execute_count": (ctypes.c_uint64, []),
     "fake_nrt_double_unloads": (ctypes.c_uint64, []),
     "fake_nrt_contract_violations": (ctypes.c_uint64, []),
+    "fake_nrt_bytes_written": (ctypes.c_uint64, []),
+    "fake_nrt_bytes_read": (ctypes.c_uint64, []),
     "fake_nrt_device_bytes_in_use": (ctypes.c_uint64, [ctypes.c_int]),
     "fake_nrt_call_count": (ctypes.c_int64, [ctypes.c_char_p]),
     "fake_nrt_model_rank": (ctypes.c_int32, [_P]),
@@ -196,6 +204,14 @@ class FakeNrt:
         """The next nrt_execute that passes validation returns ``status``."""
         self.lib.fake_nrt_fail_next_execute(status)
 
+    def fail_next_allocate(self, status: int = NRT_RESOURCE) -> None:
+        """The next nrt_tensor_allocate that passes validation returns ``status`` (0 disarms)."""
+        self.lib.fake_nrt_fail_next_allocate(status)
+
+    def fail_next_load(self, status: int) -> None:
+        """The next nrt_load / nrt_load_collectives of a valid NEFF returns ``status`` (0 disarms)."""
+        self.lib.fake_nrt_fail_next_load(status)
+
     def set_device_capacity(self, bytes_per_core: int) -> None:
         """Device bytes per core before nrt_tensor_allocate returns NRT_RESOURCE; 0 = unlimited."""
         self.lib.fake_nrt_set_device_capacity(bytes_per_core)
@@ -243,6 +259,26 @@ class FakeNrt:
 
     def call_count(self, symbol: str) -> int:
         return int(self.lib.fake_nrt_call_count(symbol.encode()))
+
+    def bytes_written(self) -> int:
+        """Bytes copied host -> device by successful nrt_tensor_write calls since the last reset."""
+        return int(self.lib.fake_nrt_bytes_written())
+
+    def bytes_read(self) -> int:
+        """Bytes copied device -> host by successful nrt_tensor_read calls since the last reset."""
+        return int(self.lib.fake_nrt_bytes_read())
+
+    def current_neff_serial(self) -> int:
+        """The load serial (unique per load) of the model whose execute rule runs on this thread; 0 if none."""
+        serial = ctypes.c_uint64()
+        self.lib.fake_nrt_current_neff(None, ctypes.byref(serial))
+        return int(serial.value)
+
+    def current_neff(self) -> bytes | None:
+        """The NEFF bytes of the model whose execute rule runs on this thread, else None."""
+        size = ctypes.c_size_t()
+        address = self.lib.fake_nrt_current_neff(ctypes.byref(size), None)
+        return ctypes.string_at(address, size.value) if address else None
 
     def model_rank(self, model: int | None) -> int:
         return int(self.lib.fake_nrt_model_rank(model))

@@ -1,17 +1,17 @@
 /*
  * fake_nrt.c: a contract fake of the Neuron Runtime C API (libnrt.so.1), for tests only.
  *
- * Built by tests/fake_nrt/build.py into a shared library with soname libnrt.so.1. It exports
- * the libnrt functions listed in docs/neuron-interfaces.md with the same signatures (the ABI is
- * declared here; no Neuron header is used) plus control functions prefixed fake_nrt_ that tests
- * call through ctypes (tests/fake_nrt/control.py). "Device" memory is host memory.
+ * Built by build.py (next to this file) into a shared library with soname libnrt.so.1. It
+ * exports the libnrt functions listed in docs/neuron-interfaces.md with the same signatures (the
+ * ABI is declared here; no Neuron header is used) plus control functions prefixed fake_nrt_ that
+ * tests call through ctypes (control.py). "Device" memory is host memory.
  *
  * Compile with -DFAKE_NRT_OMIT_<symbol> (e.g. -DFAKE_NRT_OMIT_nrt_execute) to leave one libnrt
  * symbol out, so a driver's "missing symbol" report can be tested (plus -DFAKE_NRT_OMITTING,
  * which silences the unused-helper warnings that omission causes).
  *
  * ---------------------------------------------------------------------------------------------
- * The fake NEFF format (written by tests/fake_nrt/neff.py and by the fake neuronx-cc)
+ * The fake NEFF format (written by neff.py and by the fake neuronx-cc, spiky.testing)
  * ---------------------------------------------------------------------------------------------
  *   bytes 0..3      "NEFF"                                     (else UNSUPPORTED_NEFF_VERSION)
  *   bytes 4..7      format version, uint32 little endian, = 1  (else UNSUPPORTED_NEFF_VERSION)
@@ -60,12 +60,16 @@
  *    reference counted (freeing the parent while a slice lives keeps the bytes). Device memory
  *    per core is unlimited unless fake_nrt_set_device_capacity() sets a limit; past it, and on
  *    the allocation chosen by fake_nrt_fail_allocation_at(), nrt_tensor_allocate returns
- *    NRT_RESOURCE (4). Slices never count as allocations.
+ *    NRT_RESOURCE (4); fake_nrt_fail_next_allocate(status) makes the next valid allocation
+ *    return `status`. Slices never count as allocations. Successful writes and reads add their
+ *    sizes to fake_nrt_bytes_written() / fake_nrt_bytes_read().
  *  - Models: malformed NEFF -> NRT_INVALID, bad magic/version -> NRT_UNSUPPORTED_NEFF_VERSION;
  *    a NEFF with `collectives 1` via nrt_load -> NRT_INVALID; nrt_load_collectives needs
  *    world_size >= 1 and rank < world_size (else NRT_INVALID) and records both
- *    (fake_nrt_model_rank/world_size). nrt_unload of an unknown or already unloaded model ->
- *    NRT_INVALID_HANDLE, counted by fake_nrt_double_unloads().
+ *    (fake_nrt_model_rank/world_size). fake_nrt_fail_next_load(status) makes the next load of a
+ *    valid NEFF return `status`. A loaded model keeps a copy of its NEFF bytes. nrt_unload of an
+ *    unknown or already unloaded model -> NRT_INVALID_HANDLE, counted by
+ *    fake_nrt_double_unloads().
  *  - Execute: model unknown -> NRT_INVALID_HANDLE; a NULL set -> NRT_INVALID; a set unknown ->
  *    NRT_INVALID_HANDLE; a tensor freed while still in a set -> NRT_INVALID_HANDLE; a NEFF input
  *    or output missing from its set, a set name the NEFF does not have, or a tensor whose size
@@ -82,18 +86,21 @@
  *  - Thread safety: one mutex around all state.
  *
  * ---------------------------------------------------------------------------------------------
- * Control API (tests/fake_nrt/control.py binds it)
+ * Control API (control.py binds it)
  * ---------------------------------------------------------------------------------------------
  *   void        fake_nrt_set_execute_callback(fake_nrt_execute_fn cb, void* user);  NULL removes
  *   const char* fake_nrt_last_error(void);          thread-local copy of the latest failure reason
  *   void        fake_nrt_fail_allocation_at(long n); n-th allocation from now -> RESOURCE; 0 off
+ *   void        fake_nrt_fail_next_allocate(int status);    the next allocation -> status; 0 off
+ *   void        fake_nrt_fail_next_load(int status);        the next load -> status; 0 off
  *   void        fake_nrt_fail_next_execute(int status);
  *   void        fake_nrt_set_device_capacity(size_t bytes_per_core);   0 = unlimited
  *   void        fake_nrt_reset(void);     injections, counters, capacity, last error, callback
  *   uint64_t    fake_nrt_teardown(void);  reset + free live objects + "never initialised";
  *                                         returns the number of live objects it freed
  *   uint64_t    fake_nrt_live_tensors / _live_models / _live_tensor_sets / _live_tensor_infos,
- *               fake_nrt_execute_count / _double_unloads / _contract_violations (void)
+ *               fake_nrt_execute_count / _double_unloads / _contract_violations,
+ *               fake_nrt_bytes_written / _bytes_read (void)
  *   uint64_t    fake_nrt_device_bytes_in_use(int physical_core);
  *   int64_t     fake_nrt_call_count(const char* nrt_symbol);   -1 if not a libnrt symbol
  *   int32_t     fake_nrt_model_rank / _world_size / _vnc(const nrt_model_t*);   -1 if unknown
@@ -102,7 +109,9 @@
  *   int cb(void* user, const char* neff_id, int n_in, const char* const* in_names,
  *          const void* const* in_bufs, const size_t* in_sizes, int n_out,
  *          const char* const* out_names, void* const* out_bufs, const size_t* out_sizes);
- *   and returns an NRT_STATUS. It runs outside the fake's lock and may call the fake.
+ *   and returns an NRT_STATUS. It runs outside the fake's lock and may call the fake, e.g.
+ *   const void* fake_nrt_current_neff(size_t* size, uint64_t* serial): the bytes (and load
+ *   serial, unique per load) of the NEFF being executed on this thread; NULL outside a callback.
  */
 #define _DEFAULT_SOURCE
 #define _POSIX_C_SOURCE 200809L
@@ -221,6 +230,8 @@ struct nrt_model {
   int32_t vnc;
   int n_io;
   io_entry_t* io;
+  unsigned char* neff; /* a copy of the loaded bytes (fake_nrt_current_neff) */
+  size_t neff_size;
   int refs; /* 1 while loaded, plus executions in flight */
 };
 
@@ -274,7 +285,13 @@ static size_t g_capacity_per_core = 0; /* 0 = unlimited */
 static fake_nrt_execute_fn g_callback = NULL;
 static void* g_callback_user = NULL;
 static long g_fail_alloc_countdown = 0;
+static int g_fail_alloc_status = NRT_RESOURCE;
 static int g_fail_next_execute = 0;
+static int g_fail_next_load = 0;
+static uint64_t g_bytes_written = 0;
+static uint64_t g_bytes_read = 0;
+/* The model whose execute callback runs on this thread (fake_nrt_current_neff). */
+static _Thread_local const nrt_model_t* t_executing = NULL;
 
 static uint64_t g_execute_count = 0;
 static uint64_t g_double_unloads = 0;
@@ -497,6 +514,7 @@ static void storage_unref(storage_t* st) {
 static void model_unref(nrt_model_t* m) {
   if (--m->refs > 0) return;
   free(m->io);
+  free(m->neff);
   free(m);
 }
 
@@ -833,11 +851,26 @@ static NRT_STATUS load_model(const char* call, const void* neff, size_t size, in
               "nrt_load: NEFF '%s' contains collectives; load it with nrt_load_collectives",
               m->id);
   }
+  if (st == NRT_SUCCESS && g_fail_next_load != 0) {
+    st = FAIL(g_fail_next_load, "%s: injected status %d for NEFF '%s'", call, g_fail_next_load,
+              m->id);
+    g_fail_next_load = 0;
+  }
+  if (st == NRT_SUCCESS) {
+    m->neff = malloc(size);
+    if (m->neff == NULL) {
+      st = FAIL(NRT_RESOURCE, "%s: out of host memory", call);
+    } else {
+      memcpy(m->neff, neff, size);
+      m->neff_size = size;
+    }
+  }
   if (st == NRT_SUCCESS && !ptrset_add(&g_models, m)) {
     st = FAIL(NRT_RESOURCE, "%s: out of host memory", call);
   }
   if (st != NRT_SUCCESS) {
     free(m->io);
+    free(m->neff);
     free(m);
     return st;
   }
@@ -990,8 +1023,14 @@ EXPORT NRT_STATUS nrt_tensor_allocate(int placement, int vnc, size_t size, const
   if (st == NRT_SUCCESS) {
     int core = g_first_visible + vnc;
     if (g_fail_alloc_countdown > 0 && --g_fail_alloc_countdown == 0) {
-      st = FAIL(NRT_RESOURCE, "nrt_tensor_allocate: injected RESOURCE for %zu bytes ('%s')",
-                size, name ? name : "");
+      if (g_fail_alloc_status == NRT_RESOURCE) {
+        st = FAIL(NRT_RESOURCE, "nrt_tensor_allocate: injected RESOURCE for %zu bytes ('%s')",
+                  size, name ? name : "");
+      } else {
+        st = FAIL(g_fail_alloc_status,
+                  "nrt_tensor_allocate: injected status %d for %zu bytes ('%s')",
+                  g_fail_alloc_status, size, name ? name : "");
+      }
     } else if (g_capacity_per_core != 0 &&
                size > g_capacity_per_core - g_core_bytes[core]) {
       st = FAIL(NRT_RESOURCE,
@@ -1095,6 +1134,7 @@ EXPORT NRT_STATUS nrt_tensor_write(nrt_tensor_t* tensor, const void* buf, size_t
   }
   if (st == NRT_SUCCESS && size > 0) {
     memcpy(tensor->st->data + tensor->offset + offset, buf, size);
+    g_bytes_written += size;
   }
   unlock();
   return st;
@@ -1113,6 +1153,7 @@ EXPORT NRT_STATUS nrt_tensor_read(const nrt_tensor_t* tensor, void* buf, size_t 
   }
   if (st == NRT_SUCCESS && size > 0) {
     memcpy(buf, tensor->st->data + tensor->offset + offset, size);
+    g_bytes_read += size;
   }
   unlock();
   return st;
@@ -1421,8 +1462,11 @@ EXPORT NRT_STATUS nrt_execute(nrt_model_t* model, const nrt_tensor_set_t* input_
   copy_name(neff_id, model->id);
   unlock();
 
+  const nrt_model_t* outer = t_executing; /* a callback may execute another model */
+  t_executing = model;
   st = cb(user, neff_id, n_in, names, (const void* const*)bufs, sizes, n - n_in, names + n_in,
           bufs + n_in, sizes + n_in);
+  t_executing = outer;
 
   lock();
   for (int j = 0; j < n; j++) storage_unref(pinned[j]);
@@ -1533,7 +1577,30 @@ EXPORT void fake_nrt_set_execute_callback(fake_nrt_execute_fn cb, void* user) {
 EXPORT void fake_nrt_fail_allocation_at(long n) {
   lock();
   g_fail_alloc_countdown = n > 0 ? n : 0;
+  g_fail_alloc_status = NRT_RESOURCE;
   unlock();
+}
+
+EXPORT void fake_nrt_fail_next_allocate(int status) {
+  lock();
+  g_fail_alloc_countdown = status != 0 ? 1 : 0;
+  g_fail_alloc_status = status;
+  unlock();
+}
+
+EXPORT void fake_nrt_fail_next_load(int status) {
+  lock();
+  g_fail_next_load = status;
+  unlock();
+}
+
+/* The NEFF bytes of the model whose execute callback runs on the calling thread (NULL, size 0
+   and serial 0 outside a callback). Valid until the callback returns: the model is pinned. */
+EXPORT const void* fake_nrt_current_neff(size_t* size, uint64_t* serial) {
+  const nrt_model_t* m = t_executing;
+  if (size != NULL) *size = m != NULL ? m->neff_size : 0;
+  if (serial != NULL) *serial = m != NULL ? m->serial : 0;
+  return m != NULL ? m->neff : NULL;
 }
 
 EXPORT void fake_nrt_fail_next_execute(int status) {
@@ -1552,7 +1619,11 @@ static void reset_locked(void) {
   g_callback = NULL;
   g_callback_user = NULL;
   g_fail_alloc_countdown = 0;
+  g_fail_alloc_status = NRT_RESOURCE;
   g_fail_next_execute = 0;
+  g_fail_next_load = 0;
+  g_bytes_written = 0;
+  g_bytes_read = 0;
   g_capacity_per_core = 0;
   g_execute_count = 0;
   g_double_unloads = 0;
@@ -1639,6 +1710,8 @@ COUNTER(fake_nrt_live_tensor_infos, g_infos.count)
 COUNTER(fake_nrt_execute_count, g_execute_count)
 COUNTER(fake_nrt_double_unloads, g_double_unloads)
 COUNTER(fake_nrt_contract_violations, g_violations)
+COUNTER(fake_nrt_bytes_written, g_bytes_written)
+COUNTER(fake_nrt_bytes_read, g_bytes_read)
 
 /* Bytes of device storage held on a physical core (storages, not tensors: slices add none). */
 EXPORT uint64_t fake_nrt_device_bytes_in_use(int core) {
