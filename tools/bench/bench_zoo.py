@@ -1,0 +1,191 @@
+"""The model zoo: real models from transformers, torchvision and timm through backend="nkipy".
+
+    .venv/bin/python tools/bench/bench_zoo.py [--only a,b] [--no-inductor] [--timeout S] [--write-doc]
+
+Each case (tools/zoo/cases.py) runs in its own subprocess with a timeout, so a crash or a hang
+stops only that case. A case runs eager, then Inductor, then nkipy (host target) with default
+options and, if that raises, with options={"fallback": "eager"}; the row gives the status
+(ok / fallback / WRONG / error), the worst relative error against eager, the time per call of
+each backend, the first-call (compile) time of Inductor and nkipy, and the first line of the
+nkipy error. The summary counts the statuses and compares them with the expected-status table
+(tools/zoo/expected.py). --write-doc regenerates the table in docs/MODELS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tools"))
+
+from zoo.cases import CASES, TOLERANCE  # noqa: E402
+from zoo.expected import EXPECTED  # noqa: E402
+
+DOC = ROOT / "docs" / "MODELS.md"
+BEGIN, END = "<!-- zoo-table:begin -->", "<!-- zoo-table:end -->"
+
+
+def run_child(name: str, out: Path, inductor: bool) -> None:
+    """Child mode: run one case in this process and write its Result as JSON."""
+    import torch
+
+    # One thread: the zoo runs on shared 2-core machines, where two spinning intra-op threads per
+    # process made eager calls of a tiny Llama take ~0.9 s instead of milliseconds.
+    torch.set_num_threads(1)
+    from zoo.cases import BY_NAME
+    from zoo.runner import run_case
+
+    result = run_case(BY_NAME[name], inductor=inductor)
+    out.write_text(json.dumps(result.to_json()))
+
+
+def run_isolated(name: str, timeout: float, inductor: bool) -> dict[str, object]:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "result.json"
+        cmd = [sys.executable, __file__, "--child", name, "--child-out", str(out)]
+        if not inductor:
+            cmd.append("--no-inductor")
+        t0 = time.perf_counter()
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+        except subprocess.TimeoutExpired:
+            return {"name": name, "status": "error", "error": f"timed out after {timeout:.0f} s"}
+        if out.exists():
+            row: dict[str, object] = json.loads(out.read_text())
+        else:
+            tail = [ln for ln in proc.stderr.splitlines() if ln.strip()][-1:] or [f"exit code {proc.returncode}"]
+            row = {"name": name, "status": "error", "error": f"case process died: {tail[0][:300]}"}
+        row["wall_s"] = time.perf_counter() - t0
+        return row
+
+
+def _fmt(value: object, spec: str) -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def _err(row: dict[str, object]) -> str:
+    value = row.get("max_err")
+    if value is None:
+        return "—"
+    case = next(c for c in CASES if c.name == row["name"])
+    return f"{int(value)} tokens" if case.mode == "generate" else f"{value:.1e}"  # type: ignore[arg-type]
+
+
+def _short(error: str, limit: int = 180) -> str:
+    """An error line for the table: library paths relative to their install folder, cut."""
+    error = re.sub(r"/\S*/(site-packages|spiky-zoo)/", "", error)
+    return error if len(error) <= limit else error[: limit - 1] + "…"
+
+
+def table(rows: list[dict[str, object]]) -> str:
+    head = (
+        "| case | library | mode | status | max err | eager ms | Inductor ms | nkipy ms | Inductor 1st s "
+        "| nkipy 1st s | note / first error line |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|\n"
+    )
+    lines = []
+    for row in rows:
+        case = next(c for c in CASES if c.name == row["name"])
+        mode = case.mode + (f" ({case.dynamic})" if case.dynamic else "")
+        if case.dtype.is_floating_point and case.dtype.itemsize == 2:
+            mode += f" {str(case.dtype).removeprefix('torch.')}"
+        note = _short(str(row.get("error") or ""))
+        if row.get("graphs") is not None:
+            note = f"{row['graphs']} graphs compiled" + (f"; {note}" if note else "")
+        if row.get("inductor_error") and row["inductor_error"] != "RuntimeError: not run":
+            note += f" (Inductor: {row['inductor_error']})"
+        note = (case.note + ("; " if case.note and note else "") + note).replace("|", "\\|")
+        lines.append(
+            f"| {case.name} | {case.library} | {mode} | {row['status']} | {_err(row)} "
+            f"| {_fmt(row.get('eager_ms'), '.2f')} | {_fmt(row.get('inductor_ms'), '.2f')} "
+            f"| {_fmt(row.get('nkipy_ms'), '.2f')} | {_fmt(row.get('inductor_first_s'), '.1f')} "
+            f"| {_fmt(row.get('nkipy_first_s'), '.1f')} | {note} |"
+        )
+    return head + "\n".join(lines) + "\n"
+
+
+def summary(rows: list[dict[str, object]]) -> str:
+    counts = {s: sum(1 for r in rows if r["status"] == s) for s in ("ok", "fallback", "WRONG", "error")}
+    total = len(rows)
+    ok_pct = 100.0 * counts["ok"] / total if total else 0.0
+    changed = [f"{r['name']} ({EXPECTED.get(str(r['name']))} -> {r['status']})" for r in rows
+               if EXPECTED.get(str(r["name"])) != r["status"]]
+    text = (f"{total} cases: " + ", ".join(f"{n} {s}" for s, n in counts.items())
+            + f"; {ok_pct:.0f}% ok with default options")
+    if changed:
+        text += "\nstatus differs from tools/zoo/expected.py: " + ", ".join(changed)
+    return text
+
+
+def write_doc(rows: list[dict[str, object]], inductor: bool) -> None:
+    tol = ", ".join(f"{str(d).removeprefix('torch.')} {t:g}" for d, t in TOLERANCE.items())
+    block = (
+        f"{BEGIN}\nMeasured {date.today().isoformat()} on {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}, one torch thread per backend, host target"
+        f"{'' if inductor else ' (Inductor not run)'}. "
+        f"Tolerances (max relative error): {tol}.\n\n{table(rows)}\n**Summary:** {summary(rows)}\n{END}"
+    )
+    text = DOC.read_text()
+    start, end = text.index(BEGIN), text.index(END) + len(END)
+    DOC.write_text(text[:start] + block + text[end:])
+
+
+def print_row(row: dict[str, object]) -> None:
+    print(f"{row['name']!s:28s} {row['status']!s:8s} err {_err(row):>10s}  "
+          f"eager {_fmt(row.get('eager_ms'), '8.2f')} ms  "
+          f"inductor {_fmt(row.get('inductor_ms'), '8.2f')} ms  nkipy {_fmt(row.get('nkipy_ms'), '8.2f')} ms  "
+          f"1st {_fmt(row.get('inductor_first_s'), '6.1f')}/{_fmt(row.get('nkipy_first_s'), '6.1f')} s  "
+          f"{str(row.get('error') or '')[:120]}", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", default="", help="comma-separated case names")
+    ap.add_argument("--no-inductor", action="store_true", help="skip the Inductor columns (faster)")
+    ap.add_argument("--timeout", type=float, default=600.0, help="seconds per case (default 600)")
+    ap.add_argument("--write-doc", action="store_true", help="regenerate the table in docs/MODELS.md")
+    ap.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    ap.add_argument("--from-json", type=Path, nargs="+", default=[],
+                    help="run nothing: take the rows from these --json files (later files win), print, --write-doc")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    inductor = not args.no_inductor
+    if args.child:
+        run_child(args.child, args.child_out, inductor)
+        return
+    names = [n for n in args.only.split(",") if n] or [c.name for c in CASES]
+    unknown = sorted(set(names) - {c.name for c in CASES})
+    if unknown:
+        ap.error(f"unknown case(s) {unknown}; cases: {', '.join(c.name for c in CASES)}")
+    rows: list[dict[str, object]] = []
+    merged: dict[str, dict[str, object]] = {}
+    if args.from_json:
+        for path in args.from_json:
+            merged.update({str(r["name"]): r for r in json.loads(path.read_text())})
+        inductor = any(r.get("inductor_ms") is not None for r in merged.values())
+        names = [n for n in names if n in merged]
+    for name in names:
+        row = merged[name] if args.from_json else run_isolated(name, args.timeout, inductor)
+        rows.append(row)
+        print_row(row)
+    print(summary(rows))
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+    if args.write_doc:
+        write_doc(rows, inductor)
+        print(f"wrote {DOC.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""The status each zoo case has today, as data (like Inductor's expected-failure lists).
+
+tests/test_zoo.py runs the fast cases and requires exactly these statuses: a case that starts
+passing must be flipped here (so progress is recorded), a case that newly fails fails the test.
+``WRONG`` is a bug to fix first, never accepted in the fast subset; a slow case recorded as
+``WRONG`` here is a known open bug (named in docs/MODELS.md). tools/bench/bench_zoo.py prints
+where the full zoo differs from this table.
+"""
+
+from __future__ import annotations
+
+EXPECTED: dict[str, str] = {
+    "llama": "ok",
+    "mistral": "error",
+    "qwen2": "error",
+    "gpt2": "error",
+    "phi": "error",
+    "gemma": "error",
+    "gpt_neox": "error",
+    "opt": "fallback",
+    "bert": "ok",
+    "roberta": "fallback",
+    "distilbert": "ok",
+    "albert": "ok",
+    "electra": "ok",
+    "t5": "error",
+    "bart": "error",
+    "hf_vit": "ok",
+    "wav2vec2": "fallback",
+    "whisper_encoder": "ok",
+    "tv_resnet18": "ok",
+    "tv_mobilenet_v3_small": "ok",
+    "tv_efficientnet_b0": "ok",
+    "tv_convnext_tiny": "fallback",
+    "tv_regnet_y_400mf": "ok",
+    "tv_vit": "ok",
+    "timm_resnet18": "ok",
+    "timm_mobilenetv3_small_050": "ok",
+    "timm_efficientnet_b0": "ok",
+    "timm_convnext_atto": "fallback",
+    "timm_regnetx_002": "ok",
+    "timm_vit_tiny": "ok",
+    "llama_dynamic": "error",
+    "gpt2_mark_dynamic": "error",
+    "bert_dynamic": "ok",
+    "roberta_mark_dynamic": "error",
+    "llama_train": "error",
+    "gpt2_train": "fallback",
+    "tv_resnet18_train": "WRONG",  # open bug: early-layer gradients 0.3-2.3% off (eager f32 vs f64: 1e-5)
+    "llama_generate": "error",
+    "gpt2_generate": "error",
+    "llama_bf16": "error",
+    "llama_fp16": "ok",
+}
