@@ -164,6 +164,11 @@ EXPLICIT: list[Case] = [
     *(Case("softmax", (Operand((3, 8), d),), {"axis": a}) for d, a in [(F32, 1), (F16, 0), (BF16, 1), (I32, 1)]),
     *(Case("topk", (Operand((3, 8), d),), {"k": k, "axis": a, "largest": lg})
       for d, k, a, lg in [(F32, 3, 1, True), (F32, 2, 0, False), (I32, 8, 1, True), (F16, 1, 1, False)]),
+    *(Case("sort", (Operand(sh, d, dom),), {"axis": a, "descending": desc})
+      for sh, d, dom, a, desc in [((3, 8), F32, "any", 1, False), ((3, 8), F32, "any", 0, True),
+                                  ((4, 9), I32, "small", 1, True), ((4, 9), I64, "small", 0, False),
+                                  ((2, 5), BF16, "small", 1, True), ((6,), F16, "small", 0, False),
+                                  ((3, 7), BOOL, "any", 1, True), ((3, 7), U8, "small", 1, True)]),
     *(Case("conv2d", (Operand((2, 4, 9, 8), d), Operand((6, 4 // g, 3, 2), d)),
            {"stride": st, "pad_lo": lo, "pad_hi": hi, "dilation": dil, "groups": g})
       for d, st, lo, hi, dil, g in [(F32, (1, 1), (0, 0), (0, 0), (1, 1), 1), (F32, (2, 1), (1, 0), (1, 1), (1, 2), 2),

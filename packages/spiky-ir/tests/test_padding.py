@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -9,9 +10,11 @@ import numpy as np
 import pytest
 
 from spiky_ir import DType, Graph, TensorType, Value, execute, specialize
-from spiky_ir.padding import PAD_RULES, pad_graph, unpad
+from spiky_ir.hlo import emit_hlo
+from spiky_ir.hlo.xla_cpu import run_hlo
+from spiky_ir.padding import PAD_RULES, PaddedGraph, pad_graph, unpad
 from spiky_ir.specialize import rename_symbols
-from spiky_ir.symbolic import dim_rename
+from spiky_ir.symbolic import dim_eval, dim_rename, dims_product
 
 F32 = DType.float32
 Build = Callable[[Graph, Value], Value]
@@ -167,3 +170,185 @@ def test_rename_symbols() -> None:
     renamed = rename_symbols(g, {"s77": "s0", "s27": "s1"})
     assert renamed.inputs[0].type.shape == ("s0", "s1") and renamed.outputs[0].type.shape == ("s0*s1",)
     assert dim_rename("s77+1", {"s77": "s0"}) == "s0+1"
+
+
+# --- ranking along padded axes: indices in real positions, ties and special values ---------------------
+#
+# argmax/argmin/topk/sort return positions along an axis. When the axis merges several factors and one
+# after the first is padded (a flattened (s0, s1), a transposed one), the padding sits between real
+# elements: the rewrite must count positions in real coordinates, and a real value equal to the
+# padding's fill (-inf, int min, NaN) must still win over the padding. Each case runs padded (garbage
+# of every kind in the padding) and unpadded, and the results must be identical, bit for bit.
+
+View = Callable[[Graph, Value], tuple[Value, int]]
+
+
+def _flat(g: Graph, x: Value) -> Value:
+    return g.add_op("reshape", [x], {"shape": (dims_product(x.type.shape),)})
+
+
+def _transposed(g: Graph, x: Value) -> Value:
+    return g.add_op("transpose", [x], {"axes": tuple(reversed(range(x.type.rank)))})
+
+
+# name → (input shape, the value ranked and its axis); every input has both symbols s0 and s1
+VIEWS: dict[str, tuple[tuple[Any, ...], View]] = {
+    "flatten": (("s0", "s1"), lambda g, x: (_flat(g, x), 0)),
+    "transpose_flatten": (("s0", "s1"), lambda g, x: (_flat(g, _transposed(g, x)), 0)),
+    "flatten_static_middle": (("s0", 3, "s1"), lambda g, x: (_flat(g, x), 0)),
+    "merge_last_two": ((2, "s0", "s1"), lambda g, x: (g.add_op("reshape", [x], {"shape": (2, "s0*s1")}), 1)),
+    "transpose_merge": (("s0", 2, "s1"), lambda g, x: (g.add_op("reshape", [
+        g.add_op("transpose", [x], {"axes": (1, 2, 0)})], {"shape": (2, "s0*s1")}), 1)),
+    "plain_axis": (("s1", "s0"), lambda g, x: (x, 1)),
+    "transposed_axis": (("s0", "s1"), lambda g, x: (_transposed(g, x), 0)),
+}
+
+Rank = Callable[[Graph, Value, int], list[Value]]
+
+
+def _arg(op: str, keepdims: bool) -> Rank:
+    return lambda g, v, axis: [g.add_op(op, [v], {"axis": axis, "keepdims": keepdims})]
+
+
+def _topk_rank(k: int, largest: bool) -> Rank:
+    return lambda g, v, axis: list(g.add_node("topk", [v], {"k": k, "axis": axis, "largest": largest}).outputs)
+
+
+def _sort_rank(descending: bool) -> Rank:
+    return lambda g, v, axis: list(g.add_node("sort", [v], {"axis": axis, "descending": descending}).outputs)
+
+
+# name → (the ranking op on (graph, value, axis), elements it needs along the axis)
+RANKS: dict[str, tuple[Rank, int]] = {
+    "argmax": (_arg("argmax", False), 1),
+    "argmin_keepdims": (_arg("argmin", True), 1),
+    "topk1_largest": (_topk_rank(1, True), 1),
+    "topk1_smallest": (_topk_rank(1, False), 1),
+    "topk3_largest": (_topk_rank(3, True), 3),
+    "topk3_smallest": (_topk_rank(3, False), 3),
+    "sort_ascending": (_sort_rank(False), 1),
+    "sort_descending": (_sort_rank(True), 1),
+}
+
+RANK_SIZES = [(1, 33), (3, 17), (17, 3), (33, 1)]  # (s0, s1), real: each size on each symbol
+F16, I32 = DType.float16, DType.int32
+
+
+def _static(shape: tuple[Any, ...], sizes: dict[str, int]) -> tuple[int, ...]:
+    out = tuple(dim_eval(d, sizes) for d in shape)
+    assert all(isinstance(d, int) for d in out)
+    return out  # type: ignore[return-value]
+
+
+def _bucket(n: int) -> int:
+    """The next power of two above ``n``: every size gets some padding."""
+    return 1 << n.bit_length()
+
+
+def _rank_data(kind: str, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray[Any, Any]:
+    if kind == "ties":  # few distinct values: ties everywhere
+        return rng.integers(-2, 3, shape).astype(np.float32)
+    if kind == "specials":  # -inf ties the fill of argmax/topk largest, NaN that of sort ascending
+        return rng.choice(np.array([-np.inf, np.inf, np.nan, -1.0, 0.0, 1.0], np.float32), shape)
+    if kind == "all_lowest":
+        return np.full(shape, -np.inf, np.float32)
+    if kind == "all_nan":
+        return np.full(shape, np.nan, np.float32)
+    if kind == "f16_ties":
+        return rng.integers(-1, 2, shape).astype(np.float16)
+    info = np.iinfo(np.int32)  # int_extremes: the fills of int rankings are int min and int max
+    return rng.choice(np.array([info.min, info.max, 0, 1], np.int32), shape)
+
+
+RANK_DATA = {"ties": F32, "specials": F32, "all_lowest": F32, "all_nan": F32, "f16_ties": F16,
+             "int_extremes": I32}
+
+
+def _garbage(dtype: DType, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray[Any, Any]:
+    if dtype.is_floating:
+        pool = np.array([np.nan, np.inf, -np.inf, 3e4, -3e4, 2.0, -2.0], np.float32)
+        return rng.choice(pool, shape).astype(dtype.to_numpy())
+    info = np.iinfo(dtype.to_numpy())
+    return rng.choice(np.array([info.min, info.max, 0, 7], dtype.to_numpy()), shape)
+
+
+def _rank_graph(view: str, rank: str, dtype: DType) -> Graph:
+    shape, make = VIEWS[view]
+    g = Graph()
+    x = g.add_input("x", TensorType(shape, dtype))
+    value, axis = make(g, x)
+    g.set_outputs(RANKS[rank][0](g, value, axis))
+    return g
+
+
+def _run_padded(graph: Graph, plan: PaddedGraph, real: np.ndarray[Any, Any], sizes: dict[str, int],
+                rng: np.random.Generator, on_xla: bool = False) -> list[np.ndarray[Any, Any]]:
+    """``plan`` (the padded ``graph``) run on ``real`` padded with garbage, cropped to the real region."""
+    assert plan.padded == set(sizes), plan.exact  # padded, not dodged by compiling exact sizes
+    buckets = {s: _bucket(n) for s, n in sizes.items()}
+    x = graph.inputs[0]
+    padded = _garbage(x.type.dtype, _static(x.type.shape, buckets), rng)
+    padded[tuple(slice(0, n) for n in real.shape)] = real
+    static = specialize(plan.graph, buckets)
+    args = [padded, *(np.array(sizes[s], np.int64) for s in plan.length_symbols)]
+    outs = run_hlo(emit_hlo(static).proto, args) if on_xla else execute(static, args)
+    return [unpad(o, lay, plan.padded, sizes, buckets) for o, lay in zip(outs, plan.output_layouts, strict=True)]
+
+
+def _ranked_size(graph: Graph, sizes: dict[str, int]) -> int:
+    ranked = graph.nodes[-1]
+    axis = ranked.attrs["axis"]
+    assert isinstance(axis, int)
+    size = dim_eval(ranked.inputs[0].type.shape[axis], sizes)
+    assert isinstance(size, int)
+    return size
+
+
+@pytest.mark.parametrize("rank", sorted(RANKS))
+@pytest.mark.parametrize("view", sorted(VIEWS))
+def test_ranking_along_padded_axes_returns_real_positions(view: str, rank: str) -> None:
+    checked = 0
+    for kind, dtype in RANK_DATA.items():
+        graph = _rank_graph(view, rank, dtype)
+        plan = pad_graph(graph, {"s0", "s1"})
+        for n0, n1 in RANK_SIZES:
+            sizes = {"s0": n0, "s1": n1}
+            if _ranked_size(graph, sizes) < RANKS[rank][1]:
+                continue  # topk k=3 needs three elements (torch refuses k > size too)
+            rng = np.random.default_rng(zlib.crc32(f"{view}{rank}{n0},{n1}{kind}".encode()))
+            real = _rank_data(kind, _static(graph.inputs[0].type.shape, sizes), rng)
+            got, expected = _run_padded(graph, plan, real, sizes, rng), execute(graph, [real])
+            for g_out, e_out in zip(got, expected, strict=True):
+                assert g_out.dtype == e_out.dtype and g_out.shape == e_out.shape, (n0, n1, kind)
+                np.testing.assert_array_equal(g_out, e_out, err_msg=f"s0={n0} s1={n1} {kind}")
+            checked += 1
+    assert checked >= 18
+
+
+XLA_RANKINGS = sorted({(v, "topk3_smallest") for v in VIEWS} | {("transpose_flatten", r) for r in RANKS})
+
+
+@pytest.mark.parametrize(("view", "rank"), XLA_RANKINGS)
+def test_ranking_along_padded_axes_on_xla(view: str, rank: str) -> None:
+    """The rewritten graph's HLO (gathers, integer position arithmetic) on XLA:CPU, one size."""
+    graph = _rank_graph(view, rank, F32)
+    rng = np.random.default_rng(zlib.crc32(f"{view}{rank}".encode()))
+    sizes = {"s0": 3, "s1": 17}
+    real = _rank_data("specials", _static(graph.inputs[0].type.shape, sizes), rng)
+    got = _run_padded(graph, pad_graph(graph, set(sizes)), real, sizes, rng, on_xla=True)
+    for g_out, e_out in zip(got, execute(graph, [real]), strict=True):
+        np.testing.assert_array_equal(g_out, e_out)
+
+
+@pytest.mark.smoke
+def test_flattened_argmax_counts_real_positions() -> None:
+    """The bug this guards against: argmax of a flattened (s0, s1) returned 106 for real index 61."""
+    g = Graph()
+    x = g.add_input("x", TensorType(("s0", "s1"), F32))
+    g.set_outputs([g.add_op("argmax", [_flat(g, x)], {"axis": 0, "keepdims": False})])
+    real = np.zeros((5, 20), np.float32)
+    real[3, 1] = 1.0  # real flat index 61; bucket (8, 32) flat index 3 * 32 + 1 = 97
+    sizes = {"s0": 5, "s1": 20}
+    (got,) = _run_padded(g, pad_graph(g, set(sizes)), real, sizes, np.random.default_rng(0))
+    (expected,) = execute(g, [real])
+    assert int(expected) == 61 and int(got) == 61

@@ -287,3 +287,63 @@ def test_repeated_shapes_take_the_remembered_route_with_the_same_results_and_sta
     assert stats.bucket_hits == {(4,): batches.count(3), (8,): batches.count(5)}
     assert stats.real_elements == 16 * sum(batches)
     assert stats.padded_elements == 16 * (4 * batches.count(3) + 8 * batches.count(5))
+
+
+# --- positions along padded dims: argmax / argmin / topk return real indices (issue 15) -----------------
+#
+# Flattening (s0, s1) or its transpose merges a padded dim into the middle of another: the padding sits
+# between real elements, so an index counted in the bucket (106) is not the real one (61). Ties (few
+# distinct values), -inf (the fill of a masked argmax) and NaN make any slip visible.
+
+Ranking = Callable[[torch.Tensor], "torch.Tensor | tuple[torch.Tensor, torch.Tensor]"]
+RANKINGS: dict[str, tuple[Ranking, bool]] = {
+    # name -> (function, whether it returns topk (values, indices) whose tie order torch leaves open)
+    "argmax_flat": (lambda x: x.argmax(), False),
+    "argmin_flat": (lambda x: x.argmin(), False),
+    "argmax_transposed": (lambda x: x.t().argmax(), False),
+    "argmin_transposed_reshaped": (lambda x: x.t().reshape(1, -1).argmin(dim=1), False),
+    "max_dim_of_transposed": (lambda x: torch.max(x.t(), dim=1), False),
+    "topk1_flat": (lambda x: x.flatten().topk(1), True),
+    "topk1_flat_smallest": (lambda x: x.flatten().topk(1, largest=False), True),
+    "topk3_flat": (lambda x: x.flatten().topk(3), True),
+    "topk3_transposed_smallest": (lambda x: x.t().flatten().topk(3, largest=False), True),
+}
+RANKING_SIZES = [(3, 18), (17, 4), (33, 2), (18, 33), (4, 17)]  # (rows, cols): every row count of 1, 3, 17, 33
+RANKING_DATA: dict[str, Callable[[int, int], torch.Tensor]] = {
+    "ties": lambda r, c: torch.randint(-2, 3, (r, c)).float(),
+    "specials": lambda r, c: torch.tensor([float("-inf"), float("inf"), float("nan"), 0.0, 1.0])[
+        torch.randint(0, 5, (r, c))],
+    "all_minus_inf": lambda r, c: torch.full((r, c), float("-inf")),
+    "late_extremes": lambda r, c: _late_extremes(r, c),
+}
+
+
+def _late_extremes(rows: int, cols: int) -> torch.Tensor:
+    """Ties everywhere, and the extremes (twice each) in the last row and column: positions far from 0."""
+    x = torch.randint(-1, 2, (rows, cols)).float()
+    x[-1, -1] = x[-1, cols // 2] = x[rows // 2, -1] = 9.0
+    x[-1, cols // 3] = x[rows // 3, -1] = -9.0
+    return x
+
+
+@pytest.mark.parametrize("name", sorted(RANKINGS))
+def test_rankings_over_padded_dims_return_real_indices(name: str) -> None:
+    fn, open_ties = RANKINGS[name]
+    compiled = torch.compile(fn, backend="nkipy", dynamic=True)
+    torch.manual_seed(0)
+    for (rows, cols), (kind, make) in [(s, d) for s in [(1, 17), *RANKING_SIZES] for d in RANKING_DATA.items()]:
+        x = make(rows, cols)
+        got, want = compiled(x), fn(x)
+        if not open_ties:
+            for g, w in zip(got if isinstance(got, tuple) else (got,), want if isinstance(want, tuple) else (want,),
+                            strict=True):
+                torch.testing.assert_close(g, w, rtol=0, atol=0, equal_nan=True, msg=f"{rows}x{cols} {kind}")
+            continue
+        values, indices = got
+        torch.testing.assert_close(values, want[0], rtol=0, atol=0, equal_nan=True, msg=f"{rows}x{cols} {kind}")
+        # the indices point at those values, and among equal values keep index order (a stable sort)
+        source = x.t().flatten() if "transposed" in name else x.flatten()
+        largest = "smallest" not in name
+        stable = torch.sort(source, descending=largest, stable=True).indices[: indices.numel()]
+        torch.testing.assert_close(indices, stable, rtol=0, atol=0, msg=f"{rows}x{cols} {kind}")
+    assert any(stats.padded for stats in bucket_stats())  # the symbols were padded, not compiled exact

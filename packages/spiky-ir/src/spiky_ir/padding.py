@@ -247,6 +247,103 @@ class PadContext:
     def padded_in(self, value: Value, axes: Sequence[int]) -> bool:
         return bool(padded_syms(self.layout(value), self.padded, axes))
 
+    # -- positions along an axis: bucket order and real order --
+    #
+    # An axis with factors (f0, ..., fn) holds element (p0, ..., pn) at bucket position
+    # sum(p_j * bucket stride_j) and, when every p_j is inside its real part, at real position
+    # sum(p_j * real stride_j). The two agree (and the real elements form a prefix) unless a
+    # factor after the first is padded: then the padding sits between real elements, and an
+    # index into the axis means something else in each coordinate system.
+
+    def reorders(self, factors: Factors) -> bool:
+        """Whether bucket and real positions along an axis with ``factors`` differ: some factor
+        after the first is padded (``(s0, s1)`` with s1 padded; not ``(s0, 4)``)."""
+        return any(_is_padded_factor(f, self.padded) for f in factors[1:])
+
+    def size(self, dim: Dim) -> Value:
+        """A size as an int64 scalar; symbolic sizes are the bucket's (bound when specialized)."""
+        if isinstance(dim, int):
+            return self.const(dim, DType.int64)
+        return self.op("dim_value", attrs={"value": dim, "dtype": DType.int64})
+
+    def real_size(self, factor: Dim) -> Value:
+        """The real size of one factor as an int64 scalar (at least 1, so that it may divide)."""
+        if not _is_padded_factor(factor, self.padded):
+            return self.size(factor)
+        return self.op("maximum", self.length(factor), self.const(1, DType.int64))
+
+    def real_count(self, factors: Factors) -> Value:
+        """The number of real elements along an axis with ``factors`` (int64 scalar)."""
+        total: Value | None = None
+        for f in factors:
+            term = self.real_size(f)
+            total = term if total is None else self.op("multiply", total, term)
+        return total if total is not None else self.const(1, DType.int64)
+
+    def _convert_positions(self, factors: Factors, index: Value, to_real: bool) -> Value:
+        """Digit by digit: split ``index`` into per-factor positions with one system's sizes and
+        recombine them with the other's strides."""
+        split = [self.real_size(f) if not to_real else self.size(f) for f in factors]
+        join = [self.size(f) if not to_real else self.real_size(f) for f in factors]
+        rest = index
+        digits: list[Value] = []
+        for j in range(len(factors) - 1, 0, -1):
+            digits.append(self.op("remainder", rest, split[j]))
+            rest = self.op("floor_divide", rest, split[j])
+        digits.append(rest)
+        digits.reverse()
+        out = digits[-1]
+        stride: Value | None = None
+        for j in range(len(factors) - 2, -1, -1):
+            stride = join[j + 1] if stride is None else self.op("multiply", stride, join[j + 1])
+            out = self.op("add", out, self.op("multiply", digits[j], stride))
+        return out
+
+    def real_position(self, factors: Factors, index: Value) -> Value:
+        """Bucket positions (int64 tensor ``index``) along an axis with ``factors`` → real positions.
+
+        Exact for real elements; a padded element maps to some position not above its bucket
+        position (so still a valid index into the axis)."""
+        return self._convert_positions(factors, index, True) if self.reorders(factors) else index
+
+    def bucket_position(self, factors: Factors, index: Value) -> Value:
+        """Real positions (int64 tensor ``index``, each below the real count) → bucket positions."""
+        return self._convert_positions(factors, index, False) if self.reorders(factors) else index
+
+    def _axis_iota(self, value: Value, axis: int) -> tuple[Value, tuple[int | str, ...]]:
+        """Positions 0..n-1 along ``axis`` (1-D int64) and the shape that broadcasts a vector
+        along ``axis`` against ``value``."""
+        dim = value.type.shape[axis]
+        iota = self.op("iota", attrs={"shape": (dim,), "axis": 0, "dtype": DType.int64})
+        return iota, tuple(dim if i == axis else 1 for i in range(value.type.rank))
+
+    def linearized(self, value: Value, axis: int, fill: bool | int | float) -> Value:
+        """``value`` with its real elements along ``axis`` first, in real order, and ``fill`` after
+        them: an axis whose real part is a prefix, so that ops which rank, scan or index along it
+        (argmax, topk, sort, ...) see the real elements in real order and return real positions.
+
+        Without a reordering factor this is just :meth:`masked`; otherwise a gather along the
+        axis (real position j takes the element at bucket position ``bucket_position(j)``)."""
+        factors = self.layout(value)[axis]
+        if not self.reorders(factors):
+            return self.masked(value, (axis,), fill)
+        iota, shape = self._axis_iota(value, axis)
+        count = self.real_count(factors)
+        last = self.op("subtract", count, self.const(1, DType.int64))
+        source = self.bucket_position(factors, self.op("minimum", iota, last))
+        gathered = self.op("take", value, source, attrs={"axis": axis})
+        inside = self.op("reshape", self.op("less", iota, count), attrs={"shape": shape})
+        return self.op("where", inside, gathered, self.const(fill, value.type.dtype))
+
+    def delinearized(self, value: Value, axis: int, factors: Factors) -> Value:
+        """The inverse of :meth:`linearized` for a result of the same length along ``axis``:
+        each real bucket position takes the element at its real position (padded positions
+        take some element; they are padding)."""
+        if not self.reorders(factors):
+            return value
+        iota, _shape = self._axis_iota(value, axis)
+        return self.op("take", value, self.real_position(factors, iota), attrs={"axis": axis})
+
 
 PadRule = Callable[[PadContext, Node, list[Value]], tuple[Sequence[Value], Sequence[Layout]]]
 """A padding rule: rewrite ``node`` on its new inputs; return its results and their layouts."""
