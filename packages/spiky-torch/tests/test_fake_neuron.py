@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -166,7 +167,27 @@ def test_no_c_compiler_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.Monk
         fake_libnrt()
 
 
-def test_the_library_is_cached_by_source_hash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_process_on_another_libnrt_is_refused(tmp_path: Path) -> None:
+    """The runtime loads libnrt once per process: a block after another libnrt was loaded must say so."""
+    other = build.build_fake_libnrt(tmp_path / "other")
+    script = (
+        "import os, sys\n"
+        "import spiky_runtime as rt\n"
+        "from spiky.testing import fake_neuron\n"
+        f"os.environ['SPIKY_LIBNRT'] = {str(other)!r}\n"
+        "assert rt.device_count('nrt') >= 1  # the runtime now holds the other library\n"
+        f"with fake_neuron({str(tmp_path / 'cache')!r}):\n"
+        "    sys.exit('fake_neuron accepted a process whose runtime uses another libnrt')\n"
+    )
+    env = {**os.environ, build.SHARED_ENV: str(fake_libnrt())}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300,
+                          check=False)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "SpikyTargetError: fake_neuron: this process's Neuron runtime does not use the fake libnrt at " \
+           f"{fake_libnrt()}" in done.stderr, done.stderr
+
+
+def test_the_library_is_cached_by_source_hash(tmp_path: Path) -> None:
     first = build.cached_fake_libnrt(tmp_path)
     assert first == tmp_path / build.source_hash() / "libnrt.so.1" and first.is_file()
     stamp = first.stat().st_mtime_ns
