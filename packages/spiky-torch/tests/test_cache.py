@@ -19,8 +19,8 @@ from torch import nn
 import spiky
 import spiky.torch
 from spiky.cache import HLO_PROTO, HLO_TEXT, IR_TEXT, META, CacheKey, CompileCache
-from spiky.torch.executable import cache_key
 from spiky.torch.options import Options, validate_options
+from spiky.torch.pipeline import cache_key
 
 
 @pytest.fixture(autouse=True)
@@ -74,7 +74,6 @@ def test_every_key_field_changes_the_key() -> None:
     variants = [
         cache_key("ir-b", "host", _options(), config),
         cache_key("ir-a", "neuron-trn1", _options(), config),
-        cache_key("ir-a", "host", _options(pipelined=True), config),
         cache_key("ir-a", "host", _options(), config, buckets={"s0": [8, 16]}),
         cache_key("ir-a", "host", _options(), config, buckets={"s0": [8, 32]}),
     ]
@@ -83,11 +82,40 @@ def test_every_key_field_changes_the_key() -> None:
     from dataclasses import replace
 
     changes: list[dict[str, Any]] = [{"compiler_version": "2.0"}, {"compiler_args": "-O2"},
-                                     {"spiky_version": "9.9"}, {"compiler": "/opt/other/neuronx-cc"}]
+                                     {"spiky_version": "9.9"}, {"compiler": "/opt/other/neuronx-cc"},
+                                     {"options": (("x", "1"),)}]
     for change in changes:
         assert replace(base, **change).digest() != base.digest()
-    # options that do not change the artifact do not split the cache
-    assert cache_key("ir-a", "host", _options(dump_ir_dir="/tmp/x"), config).digest() == base.digest()
+
+
+# A valid non-default value of every option: none of them changes the artefact of a given IR and
+# bucket, so none may split the cache (the IR text and the bucket sizes are key fields of their own).
+OTHER_VALUES: dict[str, Any] = {
+    "dump_ir_dir": "/tmp/x", "pipelined": True, "pad_on_device": False, "keep_outputs_on_device": True,
+    "host_executor": "numpy", "fallback": "eager", "buckets": [8, 16], "jit": False, "precompile": True,
+    "bucket_strategy": "linear", "min_bucket": 4, "max_bucket_size": 128, "linear_step": 8,
+    "input_layout": "padded", "output_layout": "padded", "save_ntff": True, "save_ntff_dir": "/tmp/p",
+    "save_ntff_exe_idx": [0], "save_ntff_ranks": [0, 1],
+}
+
+
+@pytest.mark.smoke
+def test_the_option_table_decides_what_enters_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dataclasses import replace
+
+    from spiky.torch.options import OPTIONS
+
+    assert set(OTHER_VALUES) == set(OPTIONS)  # a new option needs a row here
+    config = spiky.torch.init_nkipy_backend(target="host")
+    base = cache_key("ir-a", "host", _options(), config).digest()
+    for name, value in OTHER_VALUES.items():
+        assert not OPTIONS[name].in_cache_key, name
+        assert cache_key("ir-a", "host", validate_options({name: value}), config).digest() == base, name
+    # an option whose row says it changes the artefact splits the cache by its value
+    monkeypatch.setitem(OPTIONS, "linear_step", replace(OPTIONS["linear_step"], in_cache_key=True))
+    keyed = cache_key("ir-a", "host", validate_options({"linear_step": 8}), config)
+    assert keyed.options == (("linear_step", "8"),) and keyed.digest() != base
+    assert cache_key("ir-a", "host", validate_options({"linear_step": 16}), config).digest() != keyed.digest()
 
 
 def test_different_shapes_get_different_entries(tmp_path: Path) -> None:

@@ -194,14 +194,17 @@ def test_layouts_round_trip_pads_once() -> None:
 
 
 @pytest.mark.smoke
-def test_padded_input_layout_errors() -> None:
-    consume = torch.compile(nn.Linear(16, 8).eval(), backend="nkipy", dynamic=True,
+def test_padded_input_layout_takes_plain_tensors_at_their_size_and_rejects_non_buckets() -> None:
+    torch.manual_seed(0)
+    linear = nn.Linear(16, 8).eval()
+    consume = torch.compile(linear, backend="nkipy", dynamic=True,
                             options={"input_layout": "padded", "buckets": [8, 32]})
     produce = torch.compile(nn.Linear(16, 16).eval(), backend="nkipy", dynamic=True,
                             options={"output_layout": "padded", "buckets": [8, 12, 32]})
     with torch.no_grad():
-        with pytest.raises(spiky.SpikyShapeError, match="has no real-shape metadata"):
-            consume(torch.randn(8, 16))
+        for batch in (5, 8):  # no real-shape metadata: an ordinary input, padded like any other
+            plain = torch.randn(batch, 16)
+            torch.testing.assert_close(consume(plain), linear(plain), rtol=RTOL, atol=ATOL)
         padded_to_12 = produce(torch.randn(10, 16))
         assert padded_to_12.shape == (12, 16)
         with pytest.raises(spiky.SpikyShapeError, match=r"is 12, which is not a bucket of s0"):

@@ -11,6 +11,7 @@ True
 
 from spiky import cache, debug
 from spiky._compile import compile
+from spiky._version import __version__
 from spiky.errors import (
     IRError,
     LoweringError,
@@ -35,8 +36,6 @@ from spiky.stats import (
 )
 from spiky.torch.dynamic import bucket_stats, real_shape
 from spiky.torch.dynamic import unpad_tensor as unpad
-
-__version__ = "0.1.0"
 
 configure_logs_from_env()
 

@@ -390,12 +390,31 @@ def _remove_tree(path: Path, trash: Path | None) -> None:
 # --- the public API over the configured cache ------------------------------------------------------
 
 
-def _cache(cache_dir: str | os.PathLike[str] | None) -> CompileCache:
-    if cache_dir is not None:
-        return CompileCache(cache_dir)
-    from spiky.torch.config import current_config
+def default_cache_dir() -> Path:
+    """``$SPIKY_CACHE``, else ``$XDG_CACHE_HOME/spiky``, else ``~/.cache/spiky``."""
+    if os.environ.get("SPIKY_CACHE"):
+        return Path(os.environ["SPIKY_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "spiky"
 
-    return CompileCache(current_config().nkipy_cache)
+
+_configured_dir: Path | None = None
+
+
+def set_cache_dir(path: str | os.PathLike[str] | None) -> None:
+    """The directory the functions below use by default (``init_nkipy_backend`` sets its ``nkipy_cache``;
+    None: back to :func:`default_cache_dir`)."""
+    global _configured_dir
+    _configured_dir = Path(path) if path is not None else None
+
+
+def cache_dir() -> Path:
+    """The cache directory in use: the backend's ``nkipy_cache`` once initialised, else :func:`default_cache_dir`."""
+    return _configured_dir if _configured_dir is not None else default_cache_dir()
+
+
+def _cache(directory: str | os.PathLike[str] | None) -> CompileCache:
+    return CompileCache(directory if directory is not None else cache_dir())
 
 
 def list_entries(cache_dir: str | os.PathLike[str] | None = None) -> list[CacheEntry]:
@@ -428,8 +447,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     clear_p = sub.add_parser("clear", help="remove entries")
     clear_p.add_argument("--older-than", type=float, metavar="DAYS", help="only entries older than DAYS")
     args = parser.parse_args(argv)
-    from spiky.torch.config import default_cache_dir
-
     cache = CompileCache(args.dir or default_cache_dir())
     out = sys.stdout
     if args.command in ("list", "ls"):

@@ -1,20 +1,29 @@
-"""The ``"nkipy"`` torch.compile backend: aot_autograd → spiky-ir → runtime."""
+"""The ``"nkipy"`` torch.compile backend: capture → lower → compile → callable.
+
+::
+
+    Dynamo FX graph → aot_autograd (decompositions; forward, backward and inference graphs)
+      → per graph: symbolic sizes → DynamicGraph (buckets), else CompiledGraph (one static graph);
+        with fallback="eager", ops without a lowering run eagerly between compiled partitions
+      → spiky.torch.pipeline: FX → IR → cache entry (host: HLO; neuron: NEFF) → model on the device
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import fx
 from torch._dynamo.backends.common import aot_autograd
 
-from spiky.torch.config import current_config
 from spiky.torch.decompositions import spiky_decompositions
 from spiky.torch.dynamic import compile_dynamic, is_dynamic, with_static_layouts
 from spiky.torch.executable import compile_graph
 from spiky.torch.fallback import compile_with_fallback, unlowered_ops
 from spiky.torch.options import validate_options
+from spiky.torch.pipeline import Context
 
 
 def nkipy_backend(
@@ -25,27 +34,44 @@ def nkipy_backend(
     """Compile a Dynamo graph for the configured target (host or Neuron).
 
     Used as ``torch.compile(model, backend="nkipy", options={...})``; options are
-    validated before anything is traced.
+    validated (and merged with the defaults) before anything is traced.
     """
     validated = validate_options(options)
-    config = current_config()
+    training = Context.create(validated)
 
-    def compile_static(graph_module: fx.GraphModule) -> Any:
-        return with_static_layouts(compile_graph(graph_module, config.target, validated), validated)
+    def compile_training(graph_module: fx.GraphModule, _inputs: Sequence[Any]) -> Any:
+        return compile_one(graph_module, training)
 
-    def compiler(graph_module: fx.GraphModule, _inputs: Sequence[torch.Tensor]) -> Any:
-        if is_dynamic(graph_module):  # symbolic sizes: buckets, padding, JIT (spiky.torch.dynamic)
-            return compile_dynamic(graph_module, config.target, validated)
-        if validated["fallback"] == "eager" and unlowered_ops(graph_module):
-            return compile_with_fallback(graph_module, compile_static)
-        return compile_static(graph_module)
+    def compile_inference(graph_module: fx.GraphModule, _inputs: Sequence[Any]) -> Any:
+        return compile_one(graph_module, Context.create(validated, inference=not _updates_inputs()))
 
     backend = aot_autograd(
-        fw_compiler=compiler,
-        bw_compiler=compiler,
+        fw_compiler=compile_training,
+        bw_compiler=compile_training,
+        inference_compiler=compile_inference,
         decompositions=spiky_decompositions(),
     )
     return backend(gm, example_inputs)
+
+
+def compile_one(gm: fx.GraphModule, ctx: Context) -> Any:
+    """The compiled callable of one aot_autograd graph (forward, backward or inference)."""
+    if is_dynamic(gm):  # symbolic sizes: buckets, padding, JIT (spiky.torch.dynamic)
+        return compile_dynamic(gm, ctx)
+
+    if ctx.options["fallback"] == "eager" and unlowered_ops(gm):
+        # Unlowered ops run eagerly between compiled partitions, on the CPU tensors they were traced with.
+        part = replace(ctx, inference=False)
+        return compile_with_fallback(gm, lambda sub: with_static_layouts(compile_graph(sub, part), part.options))
+    return with_static_layouts(compile_graph(gm, ctx), ctx.options)
+
+
+def _updates_inputs() -> bool:
+    """Whether the graph aot_autograd is compiling writes into its inputs (an optimizer step, running
+    statistics): its outputs must then stay next to the state they update. True when unknown."""
+    context = torch._guards.TracingContext.try_get()
+    metadata = getattr(context, "fw_metadata", None)
+    return metadata is None or bool(getattr(metadata, "num_mutated_inp_runtime_indices", 1))
 
 
 def register() -> None:

@@ -8,6 +8,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from spiky.cache import default_cache_dir, set_cache_dir
 from spiky.errors import SpikyConfigError
 from spiky.torch.host_executors import resolve_host_executor
 from spiky.torch.targets import find_libnrt, resolve_target
@@ -16,6 +17,8 @@ from spiky_dist import apply_neuron_runtime_env, resolve_rank_world
 log = logging.getLogger("spiky.config")
 
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+__all__ = ["BackendConfig", "current_config", "default_cache_dir", "init_nkipy_backend",
+           "is_nkipy_backend_initialized", "reset_nkipy_backend"]
 
 
 @dataclass(frozen=True)
@@ -47,14 +50,6 @@ class BackendConfig:
 
 _lock = threading.Lock()
 _config: BackendConfig | None = None
-
-
-def default_cache_dir() -> Path:
-    """``$SPIKY_CACHE``, else ``$XDG_CACHE_HOME/spiky``, else ``~/.cache/spiky``."""
-    if os.environ.get("SPIKY_CACHE"):
-        return Path(os.environ["SPIKY_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "spiky"
 
 
 def _log_level(level: int | str) -> int:
@@ -131,6 +126,7 @@ def init_nkipy_backend(
             core_offset=core_offset,
             host_executor=host_executor,
         )
+        set_cache_dir(cache)
         log.info("nkipy backend initialised: %s", _config)
         return _config
 
@@ -148,6 +144,7 @@ def reset_nkipy_backend() -> None:
     global _config
     with _lock:
         _config = None
+        set_cache_dir(None)
 
 
 def current_config() -> BackendConfig:

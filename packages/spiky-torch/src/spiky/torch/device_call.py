@@ -1,53 +1,41 @@
-"""Compiled calls on ``"nkipy"`` tensors: inputs and outputs stay in the device's pool.
+"""Torch tensors into and out of runtime calls: where each input lives and where each output goes.
 
-:class:`~spiky.torch.executable.CompiledGraph` hands a call here when any input is an
-``nkipy`` tensor. Device inputs enter the runtime as DeviceTensors over their own memory (no
-copy); CPU inputs (e.g. scalars) are uploaded. Outputs:
+Both compiled callables (:class:`~spiky.torch.executable.CompiledGraph`,
+:class:`~spiky.torch.dynamic.DynamicGraph`) use this for every call that is not plain CPU in,
+CPU out.
 
-- ``keep_outputs_on_device=True``: the call's DeviceTensors become ``nkipy`` tensors owning
-  that pool memory. With a pipelined bundle the call returns once queued; reading an output
-  (``.cpu()``, another op) waits for it.
-- default: outputs are downloaded and copied into fresh ``nkipy`` tensors (the host round
-  trip the option avoids), so they are still on the device the graph's inputs were on.
+Inputs (:func:`runtime_inputs`): CPU tensors enter as numpy views. ``"nkipy"`` tensors enter as
+DeviceTensors over their own pool memory (no copy) when the graph runs on the runtime device
+behind the ``"nkipy"`` torch device (the host target). On the neuron target that torch device is
+still backed by host memory, so its tensors are read as arrays and uploaded like CPU ones.
+
+Outputs (:func:`output_placement`, then :func:`torch_outputs`):
+
+- a call with ``"nkipy"`` inputs returns outputs traced on ``"nkipy"`` on that device, and keeps
+  outputs traced on ``"cpu"`` (e.g. an optimizer's step counter) on the CPU;
+- a call with CPU inputs returns CPU tensors, except with ``keep_outputs_on_device=True`` in an
+  inference graph: then every output is an ``"nkipy"`` tensor (as a CUDA model's outputs stay
+  on the GPU). Training graphs keep CPU outputs, which autograd needs next to their parameters;
+- ``keep_outputs_on_device=True``: device outputs own the call's pool memory (no D2H copy; with
+  ``pipelined`` the call returns once queued and reading an output waits for it). Without it they
+  are downloaded and copied into fresh ``"nkipy"`` tensors (the host round trip the option avoids).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from torch import fx
 
 import spiky_runtime as rt
+from spiky.torch import device as nkipy_device
 from spiky.torch.device import adopt_output, is_device_tensor, runtime_input
 
-if TYPE_CHECKING:
-    from spiky.torch.executable import CompiledGraph
-
-
-def _bundle(compiled: CompiledGraph) -> rt.Bundle:
-    """A one-model bundle (static shapes) of the graph: what takes DeviceTensor inputs."""
-    bundle: rt.Bundle | None = compiled.__dict__.get("_device_bundle")
-    if bundle is None:
-        pipelined = bool(getattr(compiled, "pipelined", False))
-        bundle = rt.Bundle({0: compiled.model}, name=compiled.kernel_name, pipelined=pipelined)
-        compiled.__dict__["_device_bundle"] = bundle
-    return bundle
-
-
-def device_inputs(args: list[Any]) -> list[rt.DeviceTensor | np.ndarray[Any, Any]]:
-    """Call inputs for ``Bundle.submit``: ``nkipy`` tensors as DeviceTensors (no copy), others as arrays."""
-    out: list[rt.DeviceTensor | np.ndarray[Any, Any]] = []
-    for value in args:
-        if is_device_tensor(value):
-            out.append(runtime_input(value))
-        elif isinstance(value, torch.Tensor):
-            out.append(value.detach().contiguous().numpy())
-        else:
-            raise TypeError(f"compiled graph input {value!r} is not a tensor")
-    return out
+Placement = tuple[torch.device | None, ...]
+"""Per runtime output of a call: the ``"nkipy"`` device it is returned on, or None for the CPU."""
 
 
 def fx_output_devices(gm: fx.GraphModule) -> list[str | None]:
@@ -61,32 +49,63 @@ def fx_output_devices(gm: fx.GraphModule) -> list[str | None]:
     return out
 
 
-def device_outputs(
-    future: rt.Future, device: torch.device, keep: bool, on_host: Sequence[bool] = ()
-) -> list[torch.Tensor]:
-    """A call's outputs as ``nkipy`` tensors: adopted pool memory (``keep``, submitted with
-    ``to_host=False``) or host results copied to ``device``. Outputs flagged in ``on_host``
-    (CPU tensors in the traced graph, e.g. an optimizer's step counter) stay CPU tensors."""
-    host = list(on_host) + [False] * (len(future.result()) - len(on_host))
-    if keep:
-        return [torch.from_numpy(t.numpy()) if h else adopt_output(t, device.index or 0)
-                for t, h in zip(future.result(), host, strict=True)]
-    return [torch.from_numpy(a) if h else torch.from_numpy(a).to(device)
-            for a, h in zip(future.result(), host, strict=True)]
+def input_device(tensors: Sequence[Any]) -> torch.device | None:
+    """The ``"nkipy"`` device of the first ``"nkipy"`` input, None when every input is on the CPU."""
+    return next((t.device for t in tensors if is_device_tensor(t)), None)
 
 
-def call_on_device(compiled: CompiledGraph, args: list[Any]) -> list[torch.Tensor | None]:
-    """Run ``compiled`` (boxed convention: ``args`` is cleared) with device-resident I/O."""
-    device = next(a.device for a in args if is_device_tensor(a))
-    inputs = device_inputs(args)
-    args.clear()
-    keep = compiled.keep_outputs_on_device
-    future = _bundle(compiled).submit(inputs, to_host=not keep)
-    del inputs
-    slots = compiled.output_slots if compiled.output_slots is not None else range(len(future.result()))
-    on_host = [False] * len(future.result())
-    for slot, kind in zip(slots, compiled.output_devices, strict=False):
+def on_nkipy_device(runtime: rt.Device, device: torch.device) -> bool:
+    """Whether ``runtime`` (where a graph runs) is the memory behind the ``"nkipy"`` torch ``device``."""
+    return runtime == rt.Device(nkipy_device.DRIVER, device.index or 0)
+
+
+def runtime_inputs(tensors: Sequence[Any], runtime: rt.Device) -> list[np.ndarray[Any, Any] | rt.DeviceTensor]:
+    """Call inputs for a bundle on ``runtime``: see the module doc."""
+    out: list[np.ndarray[Any, Any] | rt.DeviceTensor] = []
+    for value in tensors:
+        if is_device_tensor(value):
+            if on_nkipy_device(runtime, value.device):
+                out.append(runtime_input(value))
+            else:
+                out.append(value.detach().cpu().numpy())
+        elif isinstance(value, torch.Tensor):
+            out.append(value.detach().contiguous().numpy())
+        else:
+            raise TypeError(f"compiled graph input {value!r} is not a tensor")
+    return out
+
+
+def output_placement(
+    output_devices: Sequence[str | None], slots: Sequence[int | None], outputs: int,
+    device: torch.device | None, keep_cpu_outputs: bool,
+) -> Placement:
+    """Where each of a call's ``outputs`` runtime outputs goes (see the module doc); ``device`` is the
+    call's input device, ``slots`` maps FX outputs (traced on ``output_devices``) to runtime outputs."""
+    if device is None:
+        if not keep_cpu_outputs:
+            return (None,) * outputs
+        return (torch.device(nkipy_device.DEVICE_TYPE, nkipy_device.current_device()),) * outputs
+    where: list[torch.device | None] = [device] * outputs
+    for slot, kind in zip(slots, output_devices, strict=False):
         if slot is not None and kind == "cpu":
-            on_host[slot] = True
-    outs = device_outputs(future, device, keep, on_host)
-    return [None if slot is None else outs[slot] for slot in slots]
+            where[slot] = None
+    return tuple(where)
+
+
+def torch_outputs(results: Sequence[np.ndarray[Any, Any] | rt.DeviceTensor], where: Placement) -> list[torch.Tensor]:
+    """A call's results as torch tensors on the devices ``where`` says: DeviceTensors are adopted
+    (their pool memory becomes the ``"nkipy"`` tensor's), host arrays are wrapped or copied over."""
+    out: list[torch.Tensor] = []
+    for result, device in zip(results, where, strict=True):
+        if isinstance(result, rt.DeviceTensor):
+            out.append(torch.from_numpy(result.numpy()) if device is None else adopt_output(result, device.index or 0))
+        else:
+            tensor = torch.from_numpy(result)
+            out.append(tensor if device is None else tensor.to(device))
+    return out
+
+
+def stays_on_device(where: Placement, runtime: rt.Device, keep: bool) -> bool:
+    """Whether a call's outputs should stay in device memory (submitted with ``to_host=False``):
+    ``keep_outputs_on_device`` with outputs bound for the ``"nkipy"`` device that ``runtime`` is."""
+    return keep and any(d is not None and on_nkipy_device(runtime, d) for d in where)

@@ -11,12 +11,16 @@ inputs (so ``options={"buckets": {"s0": [...], "s1": [...]}}`` names batch and s
    (logged once, in ``spiky.buckets``).
 2. Each call reads the symbol values off the input shapes, picks a bucket per symbol with the
    :class:`~spiky.torch.buckets.BucketPolicy` (exact size for unsafe symbols), compiles the
-   bucket if needed (specialize → compile cache → load: "JIT"), and runs it through a runtime
-   :class:`spiky_runtime.Bundle` that pads on device and unpads the outputs along the dims
-   they carry (tracked symbolically by the padding pass, never guessed from sizes).
+   bucket if needed ("JIT": the graph specialised to the bucket goes through the compile
+   pipeline, :func:`spiky.torch.pipeline.build`, like any static graph), and runs it through a
+   runtime :class:`spiky_runtime.Bundle` that pads on device and unpads the outputs along the
+   dims they carry (tracked symbolically by the padding pass, never guessed from sizes).
+   ``pad_on_device=False`` pads and unpads on the host instead; ``precompile`` builds a whole
+   ladder first (:func:`spiky.torch.pipeline.build_many`).
 
 Layouts: ``output_layout="padded"`` returns bucket-sized outputs that carry their real shape
-(:func:`real_shape`); ``input_layout="padded"`` takes such tensors without padding them again.
+(:func:`real_shape`); ``input_layout="padded"`` takes such tensors without padding them again
+(tensors without a real shape are taken at their own size).
 
 Per-function statistics: :func:`bucket_stats` (bucket hits, compiles, JIT compiles, pad ratio).
 """
@@ -28,8 +32,9 @@ import math
 import time
 import weakref
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -37,21 +42,22 @@ import torch
 from torch import fx
 
 import spiky_runtime as rt
-from spiky.cache import CompileCache
 from spiky.errors import SpikyOptionError, SpikyShapeError
+from spiky.torch import pipeline
 from spiky.torch.buckets import BucketPolicy
-from spiky.torch.config import current_config
-from spiky.torch.device import is_device_tensor
-from spiky.torch.device_call import fx_output_devices
-from spiky.torch.executable import _host_builder, cache_key, kernel_name_of
-from spiky.torch.host_executors import load_host_graph
+from spiky.torch.device_call import (
+    Placement,
+    input_device,
+    output_placement,
+    runtime_inputs,
+    stays_on_device,
+    torch_outputs,
+)
 from spiky.torch.options import Options
-from spiky.torch.targets import runtime_device
-from spiky_ir import Graph, optimize, print_graph, specialize
-from spiky_ir.fx import lower_fx_graph
+from spiky_ir import DType, Graph, TensorType, Value, print_graph, specialize
 from spiky_ir.padding import PaddedGraph, pad_graph, unpad
 from spiky_ir.specialize import bindings_for, rename_symbols
-from spiky_ir.symbolic import Dim, dim_eval, dim_symbols
+from spiky_ir.symbolic import Dim, dim_eval, dim_rename, dim_symbols
 
 log = logging.getLogger("spiky.buckets")
 
@@ -172,15 +178,27 @@ def _symbol_order(graph: Graph) -> list[str]:
     return order
 
 
-def _to_numpy(value: Any) -> np.ndarray[Any, Any]:
-    if not isinstance(value, torch.Tensor):
-        raise TypeError(f"compiled graph input {value!r} is not a tensor")
-    if is_device_tensor(value):
-        # Bucketed calls pad and unpad on the host side of the runtime today, so "nkipy"
-        # inputs make one round trip (static graphs take them without a copy).
-        value = value.cpu()
-    array: np.ndarray[Any, Any] = value.detach().contiguous().numpy()
-    return array
+def _int32_lengths(graph: Graph, count: int) -> Graph:
+    """``graph`` with its last ``count`` inputs (the padding pass's int64 real lengths) taken as int32
+    and widened inside. Neuron's compiler narrows int64 graph inputs to int32 unless told otherwise
+    (docs/neuron-interfaces.md), and a length is far below 2**31; the same graph runs on every target."""
+    if count == 0:
+        return graph
+    out = Graph(name=graph.name)
+    env: dict[int, Value] = {}
+    first = len(graph.inputs) - count
+    for value in graph.inputs[:first]:
+        env[id(value)] = out.add_input(value.name, value.type, exact=True)
+    narrow = [out.add_input(v.name, TensorType(v.type.shape, DType.int32), exact=True) for v in graph.inputs[first:]]
+    for old, new in zip(graph.inputs[first:], narrow, strict=True):
+        env[id(old)] = out.add_op("astype", [new], {"dtype": DType.int64}, name=f"{old.name}_int64")
+    for node in graph.nodes:
+        copied = out.add_node(node.op, [env[id(v)] for v in node.inputs], node.attrs, source=node.source,
+                              result_names=[v.name for v in node.outputs])
+        for before, after in zip(node.outputs, copied.outputs, strict=True):
+            env[id(before)] = after
+    out.set_outputs([env[id(v)] for v in graph.outputs])
+    return out
 
 
 _TENSOR, _VALUE, _NONE = 0, 1, 2
@@ -188,11 +206,20 @@ _MAX_ROUTES = 4096
 
 
 @dataclass(frozen=True)
+class _Bucket:
+    """One compiled bucket: its loaded model and the runtime bundle that pads to exactly its sizes."""
+
+    key: BucketKey
+    loaded: pipeline.Loaded
+    bundle: rt.Bundle
+
+
+@dataclass(frozen=True)
 class _Route:
     """What a call with one combination of input shapes runs (see ``DynamicGraph.__call__``)."""
 
     key: BucketKey
-    bundle: rt.Bundle
+    run: Callable[[list[Any]], list[np.ndarray[Any, Any]]]
     lengths: tuple[np.ndarray[Any, Any], ...]
     real_elements: int
     padded_elements: int
@@ -202,29 +229,30 @@ class _Route:
 
 
 class DynamicGraph:
-    """A boxed callable (aot_autograd's convention) serving every size of one symbolic graph."""
+    """A boxed callable (aot_autograd's convention) serving every size of one symbolic graph.
+
+    Each bucket is built by the compile pipeline (:func:`spiky.torch.pipeline.build`, or
+    :func:`~spiky.torch.pipeline.build_many` for ``precompile``) from the padded symbolic graph
+    specialised to the bucket's sizes; this class picks buckets and moves tensors."""
 
     _boxed_call = True
 
-    def __init__(self, gm: fx.GraphModule, target: str, options: Options) -> None:
+    def __init__(self, lowered: pipeline.Lowered, ctx: pipeline.Context) -> None:
         self._boxed_call = True
         start = time.perf_counter()
-        self.target = target
-        self.options = options
-        self.tensor_args = [isinstance(n.meta.get("val"), torch.Tensor)
-                            for n in gm.graph.nodes if n.op == "placeholder"]
+        self.ctx = ctx
+        self.options = ctx.options
+        self.lowered = lowered
+        self.tensor_args = list(lowered.tensor_args)
         self._tensor_indices = tuple(i for i, is_tensor in enumerate(self.tensor_args) if is_tensor)
-        lowered = lower_fx_graph(gm)
-        self.output_slots = lowered.output_slots
-        self.output_devices = fx_output_devices(gm)
-        graph = optimize(lowered.graph)
-        rename = {old: f"s{i}" for i, old in enumerate(_symbol_order(graph))}
-        self.graph = rename_symbols(graph, rename)
+        self.output_slots = list(lowered.output_slots)
+        rename = {old: f"s{i}" for i, old in enumerate(_symbol_order(lowered.graph))}
+        self.graph = rename_symbols(lowered.graph, rename)
         self.dim_outputs: dict[int, Dim] = {
-            i: dim_eval(d, {}) if isinstance(d, int) else _renamed(d, rename) for i, d in lowered.dim_outputs.items()
+            i: dim_eval(d, {}) if isinstance(d, int) else dim_rename(d, rename) for i, d in lowered.dim_outputs.items()
         }
         self.symbols: tuple[str, ...] = tuple(rename.values())
-        self.policy = BucketPolicy.from_options(options.values)
+        self.policy = BucketPolicy.from_options(self.options.values)
         self._check_bucket_symbols()
         # Which input axes carry a symbol alone: the runtime pads those and reads sizes off them.
         self.input_dims: list[dict[int, str]] = []
@@ -240,11 +268,13 @@ class DynamicGraph:
         plain = {s for dims in self.input_dims for s in dims.values()}
         candidates = (plain - not_plain) & set(self.symbols)
         self.plan: PaddedGraph = pad_graph(self.graph, candidates)
+        self.bucket_graph = _int32_lengths(self.plan.graph, len(self.plan.length_symbols))
+        """What every bucket specialises: the padded graph, its real lengths taken as int32."""
         exact = dict(self.plan.exact)
         for sym in self.symbols:
             if sym not in self.plan.padded and sym not in exact:
                 exact[sym] = "it appears in an input only inside a size expression, which the runtime cannot pad"
-        self.name = kernel_name_of(print_graph(self.graph))
+        self.name = pipeline.kernel_name_of(print_graph(self.graph))
         for sym, why in sorted(exact.items()):
             log.warning("%s: %s is compiled at exact sizes instead of padded: %s", self.name, sym, why)
         self.stats = BucketStats(self.name, self.symbols, tuple(sorted(self.plan.padded)), exact)
@@ -265,16 +295,24 @@ class DynamicGraph:
                     simple = False
             self.output_dims.append(dims if simple else None)
             self.runtime_unpads.append(simple)
-        self.device = runtime_device(target)
-        self.models: dict[BucketKey, rt.Model] = {}
-        self.bundles: dict[BucketKey, rt.Bundle] = {}
+        if self.options["dump_ir_dir"] is not None:  # the symbolic graph every bucket specialises
+            pipeline.dump_ir(self.bucket_graph, self.name, self.options["dump_ir_dir"])
+        self.buckets: dict[BucketKey, _Bucket] = {}
         self._precompiled = False
-        # Input shapes -> what a call with them runs; only for unpadded layouts without precompile
-        # pending, and forgotten whenever a bucket is added (a new bucket can change the choice).
+        self._placements: dict[torch.device | None, Placement] = {}
+        # Input shapes -> what a call with them runs: for CPU calls padded in the runtime with
+        # unpadded layouts; forgotten whenever a bucket is added (a new bucket can change the choice).
         self._routes: dict[tuple[tuple[int, ...], ...], _Route] | None = (
-            {} if options["input_layout"] != "padded" and options["output_layout"] != "padded" else None)
+            {} if self.options["input_layout"] != "padded" and self.options["output_layout"] != "padded"
+            and self.options["pad_on_device"] and not ctx.keep_cpu_outputs_on_device else None)
         log.info("%s: dynamic graph over %s (padded %s, exact %s), lowered in %.1f ms", self.name,
-                 list(self.symbols), sorted(self.plan.padded), sorted(exact), (time.perf_counter() - start) * 1e3)
+                 list(self.symbols), sorted(self.plan.padded), sorted(exact),
+                 (time.perf_counter() - start + lowered.seconds) * 1e3)
+
+    @property
+    def models(self) -> dict[BucketKey, rt.Model]:
+        """The loaded model of each compiled bucket."""
+        return {key: bucket.loaded.model for key, bucket in self.buckets.items()}
 
     # -- buckets --
 
@@ -289,7 +327,7 @@ class DynamicGraph:
                 )
 
     def _compiled_sizes(self, index: int) -> set[int]:
-        return {key[index] for key in self.models}
+        return {key[index] for key in self.buckets}
 
     def choose(self, sizes: Mapping[str, int], given: Mapping[str, int] | None = None) -> BucketKey:
         """The bucket of a call with these symbol sizes (exact sizes for unpaddable symbols;
@@ -320,44 +358,41 @@ class DynamicGraph:
             return size in listed
         return size <= self.policy.max_bucket_size and self.policy.ladder_bucket(size) == size
 
-    def compile_bucket(self, key: BucketKey, reason: str, jit: bool) -> None:
-        start = time.perf_counter()
+    def _job(self, key: BucketKey) -> pipeline.Job:
         bindings = dict(zip(self.symbols, key, strict=True))
-        static = specialize(self.plan.graph, bindings)
-        text = print_graph(static)
-        kernel_name = kernel_name_of(text)
-        config = current_config()
-        ckey = cache_key(text, self.target, self.options, config,
-                         buckets={s: [b] for s, b in bindings.items()})
-        entry, hit = CompileCache(config.nkipy_cache).get_or_build(
-            ckey, _host_builder(static, kernel_name), kernel_name=kernel_name)
+        return pipeline.Job(specialize(self.bucket_graph, bindings), {s: [b] for s, b in bindings.items()},
+                            _describe(self.symbols, key))
+
+    def compile_bucket(self, key: BucketKey, reason: str, jit: bool) -> None:
+        """Build one bucket through the compile pipeline and add it."""
+        job = self._job(key)
+        loaded = pipeline.build(job.graph, self.ctx, buckets=job.buckets,
+                                label=f"bucket {job.label} of {self.name}: {reason}")
+        self._add_bucket(key, loaded, reason, jit)
+
+    def _add_bucket(self, key: BucketKey, loaded: pipeline.Loaded, reason: str, jit: bool) -> None:
         if self._routes is not None:
             self._routes.clear()
-        self.models[key] = load_host_graph(
-            self.device, static, kernel_name, self.options["host_executor"] or config.host_executor, entry)
-        if not hit:
-            self.device.record_compile()
-        else:
-            self.stats.cache_hits += 1
         self.stats.compiles += 1
+        self.stats.cache_hits += int(loaded.hit)
         self.stats.jit_compiles += int(jit)
         self.stats.recompile_reasons.append(reason)
         # One runtime bundle per bucket: its model's static dims (sizes of exact symbols, size
         # expressions) are then fixed, and the bundle pads to exactly this bucket.
-        self.bundles[key] = rt.Bundle(
-            {1: self.models[key]},
+        bundle = rt.Bundle(
+            {1: loaded.model},
             input_dims=[*self.input_dims, *({} for _ in self.plan.length_symbols)],
             output_dims=self.output_dims,
             name=f"{self.name}[{_describe(self.symbols, key)}]",
+            pipelined=bool(self.options["pipelined"]),
             bucket_sizes={1: dict(zip(self.symbols, key, strict=True))},
         )
-        log.info("%s: %s bucket %s (%s) in %.1f ms (cache key %s, artefacts in %s)", self.name,
-                 "loaded" if hit else "compiled", _describe(self.symbols, key), reason,
-                 (time.perf_counter() - start) * 1e3, entry.key[:12], entry.path)
+        self.buckets[key] = _Bucket(key, loaded, bundle)
 
     def precompile(self) -> None:
         """Compile every bucket of the ladders (the listed buckets, else the default ladder) of the
-        padded symbols; exact symbols still compile per size, on demand."""
+        padded symbols (on neuron in parallel compiler processes); exact symbols still compile per
+        size, on demand."""
         self._precompiled = True
         if any(sym not in self.plan.padded for sym in self.symbols):
             log.warning("%s: precompile skipped: %s compile at exact sizes", self.name,
@@ -366,10 +401,12 @@ class DynamicGraph:
         keys: list[BucketKey] = [()]
         for sym in self.symbols:
             keys = [(*k, b) for k in keys for b in self.ladder(sym)]
-        for n, key in enumerate(keys, 1):
-            if key not in self.models:
-                log.info("%s: precompiling bucket %d/%d: %s", self.name, n, len(keys), _describe(self.symbols, key))
-                self.compile_bucket(key, "precompile", jit=False)
+        missing = [key for key in keys if key not in self.buckets]
+        jobs = {key: self._job(key) for key in missing}
+        by_label = {job.label: key for key, job in jobs.items()}
+        pipeline.build_many(list(jobs.values()), self.ctx, name=self.name,
+                            on_loaded=lambda job, loaded: self._add_bucket(by_label[job.label], loaded, "precompile",
+                                                                          jit=False))
 
     # -- calls --
 
@@ -396,7 +433,7 @@ class DynamicGraph:
         stats.bucket_hits[route.key] += 1
         stats.real_elements += route.real_elements
         stats.padded_elements += route.padded_elements
-        outs = [torch.from_numpy(out) for out in route.bundle.run([*arrays, *route.lengths], unpad=True)]
+        outs = [torch.from_numpy(out) for out in route.run([*arrays, *route.lengths])]
         if route.slots is None:
             return outs
         return [outs[slot] if kind == _TENSOR else slot if kind == _VALUE else None for kind, slot in route.slots]
@@ -404,56 +441,95 @@ class DynamicGraph:
     def _call_general(self, args: list[Any]) -> list[Any]:
         tensors = [a for a, is_tensor in zip(args, self.tensor_args, strict=True) if is_tensor]
         args.clear()
-        device = next((t.device for t in tensors if is_device_tensor(t)), None)
+        for index, value in enumerate(tensors):
+            if not isinstance(value, torch.Tensor):
+                raise TypeError(f"compiled graph input {index} ({value!r}) is not a tensor")
         if self.options["precompile"] and not self._precompiled:
             self.precompile()
-        arrays = [_to_numpy(t) for t in tensors]
-        shapes = [a.shape for a in arrays]
-        prepadded = self.options["input_layout"] == "padded"
+        device = input_device(tensors)
+        shapes = [tuple(int(n) for n in t.shape) for t in tensors]
         given: dict[str, int] = {}
-        sizes = self._real_sizes(tensors, arrays, given) if prepadded else bindings_for(self.graph, shapes)
+        carries: list[bool] = [False] * len(tensors)
+        if self.options["input_layout"] == "padded":
+            sizes = self._real_sizes(tensors, given, carries)
+        else:
+            sizes = bindings_for(self.graph, shapes)
         key = self.choose(sizes, given)
-        if key not in self.models:
-            compiled = sorted(self.models)
+        if key not in self.buckets:
+            compiled = sorted(self.buckets)
             reason = (f"{_describe(self.symbols, tuple(sizes[s] for s in self.symbols))} fits no compiled bucket "
                       f"(compiled: {[_describe(self.symbols, k) for k in compiled] or 'none'})")
             self.compile_bucket(key, reason, jit=True)
-        lengths = [np.array(sizes[s], np.int64) for s in self.plan.length_symbols]
-        self._count(key, arrays, sizes)
-        bucket = dict(zip(self.symbols, key, strict=True))
+        bucket = self.buckets[key]
+        bucket_sizes = dict(zip(self.symbols, key, strict=True))
+        lengths = [np.array(sizes[s], np.int32) for s in self.plan.length_symbols]
+        self._count(key, sizes)
+        inputs = runtime_inputs(tensors, self.ctx.device)
+        if given or not self.options["pad_on_device"]:
+            # Padded on the host: pad_on_device=False, or a call mixing inputs that arrive padded
+            # (input_layout="padded") with inputs at their own size. The runtime then sees bucket-sized
+            # inputs only, so outputs are unpadded here too.
+            inputs = [inp if carried else self._pad_on_host(inp, dims, bucket_sizes)
+                      for inp, dims, carried in zip(inputs, self.input_dims, carries, strict=True)]
+            runtime_unpad = False
+        else:
+            runtime_unpad = self.options["output_layout"] != "padded"
+        where = self._placements.get(device)
+        if where is None:
+            where = self._placements[device] = output_placement(
+                self.lowered.output_devices, self.output_slots, len(self.plan.output_layouts), device,
+                self.ctx.keep_cpu_outputs_on_device)
+        to_host = not stays_on_device(where, self.ctx.device, bool(self.options["keep_outputs_on_device"]))
+        results = pipeline.execute(bucket.loaded, bucket.bundle, [*inputs, *lengths], to_host=to_host,
+                                   unpad=runtime_unpad)
+        del inputs
         keep_padded = self.options["output_layout"] == "padded"
-        runtime_unpad = not prepadded and not keep_padded
-        outs = self.bundles[key].run([*arrays, *lengths], unpad=runtime_unpad)
-        results: list[torch.Tensor] = []
-        for out, layout, by_runtime in zip(outs, self.plan.output_layouts, self.runtime_unpads, strict=True):
-            if keep_padded and by_runtime:
-                tensor = torch.from_numpy(out)
-                real_out = tuple(self._real_extent(layout, sizes, bucket))
-                _set_real_shape(tensor, real_out)
-            elif runtime_unpad and by_runtime:
-                tensor = torch.from_numpy(out)
-            else:
-                tensor = torch.from_numpy(np.ascontiguousarray(unpad(out, layout, self.plan.padded, sizes, bucket)))
-                if keep_padded:
-                    _set_real_shape(tensor, tuple(tensor.shape))
-            results.append(tensor)
-        returned = self._slots(results, sizes, device)
+        finished: list[Any] = []
+        reals: list[tuple[int, ...]] = []
+        for index, (out, layout, by_runtime) in enumerate(
+                zip(results, self.plan.output_layouts, self.runtime_unpads, strict=True)):
+            real = self.plan.output_real_shape(index, sizes, bucket_sizes)[0]
+            if (runtime_unpad and by_runtime) or (keep_padded and by_runtime):
+                finished.append(out)  # unpadded by the runtime, or kept bucket-sized on purpose
+                reals.append(real)
+                continue
+            array = out.numpy() if isinstance(out, rt.DeviceTensor) else out
+            cropped = np.ascontiguousarray(unpad(array, layout, self.plan.padded, sizes, bucket_sizes))
+            finished.append(cropped)
+            reals.append(tuple(cropped.shape))
+        outs = torch_outputs(finished, where)
+        if keep_padded:
+            for tensor, real in zip(outs, reals, strict=True):
+                _set_real_shape(tensor, real)
+        returned = self._slots(outs, sizes)
         if self._routes is not None and device is None and all(self.runtime_unpads):
-            self._remember_route(shapes, key, lengths, sizes)
+            self._remember_route(shapes, bucket, lengths, sizes)
         return returned
 
-    def _remember_route(self, shapes: list[tuple[int, ...]], key: BucketKey, lengths: list[np.ndarray[Any, Any]],
+    def _pad_on_host(self, value: np.ndarray[Any, Any] | rt.DeviceTensor, dims: Mapping[int, str],
+                     bucket: Mapping[str, int]) -> np.ndarray[Any, Any]:
+        """``value`` zero-padded to the bucket along its padded axes (what the runtime's padding writes)."""
+        array = value.numpy() if isinstance(value, rt.DeviceTensor) else value
+        shape = tuple(bucket[dims[a]] if a in dims and dims[a] in self.plan.padded else n
+                      for a, n in enumerate(array.shape))
+        if shape == array.shape:
+            return array
+        padded = np.zeros(shape, array.dtype)
+        padded[tuple(slice(0, n) for n in array.shape)] = array
+        return padded
+
+    def _remember_route(self, shapes: list[tuple[int, ...]], bucket: _Bucket, lengths: list[np.ndarray[Any, Any]],
                         sizes: Mapping[str, int]) -> None:
         routes = self._routes
         assert routes is not None
         if len(routes) >= _MAX_ROUTES:
             routes.clear()
-        bucket = dict(zip(self.symbols, key, strict=True))
+        bucket_sizes = dict(zip(self.symbols, bucket.key, strict=True))
         real = padded = 0
         for value, dims in zip(self.graph.inputs, self.input_dims, strict=True):
             if dims:
                 real += math.prod(int(dim_eval(d, sizes)) for d in value.type.shape)
-                padded += math.prod(int(dim_eval(d, bucket)) for d in value.type.shape)
+                padded += math.prod(int(dim_eval(d, bucket_sizes)) for d in value.type.shape)
         slots: list[tuple[int, int]] = []
         for index, slot in enumerate(self.output_slots):
             if slot is not None:
@@ -465,86 +541,70 @@ class DynamicGraph:
         for array in lengths:
             array.flags.writeable = False  # shared by every call of the route
         identity = slots == [(_TENSOR, i) for i in range(len(slots))]
-        routes[tuple(shapes)] = _Route(key, self.bundles[key], tuple(lengths), real, padded,
+        loaded, bundle_run = bucket.loaded, bucket.bundle.run
+        run: Callable[[list[Any]], list[np.ndarray[Any, Any]]] = (
+            bundle_run if loaded.profiler is None else partial(pipeline.execute, loaded, bucket.bundle))
+        routes[tuple(shapes)] = _Route(bucket.key, run, tuple(lengths), real, padded,
                                        None if identity else tuple(slots))
 
-    def _real_extent(self, layout: Any, sizes: Mapping[str, int], bucket: Mapping[str, int]) -> list[int]:
-        from spiky_ir.padding import _real_shape
-
-        return list(_real_shape(layout, self.plan.padded, sizes, bucket)[0])
-
-    def _slots(self, outs: list[torch.Tensor], sizes: Mapping[str, int], device: torch.device | None) -> list[Any]:
-        """Results in FX output order; outputs traced on ``"nkipy"`` go back to ``device``."""
+    def _slots(self, outs: list[torch.Tensor], sizes: Mapping[str, int]) -> list[Any]:
+        """Results in FX output order (tensors, sizes of SymInt outputs, Nones)."""
         result: list[Any] = []
         for index, slot in enumerate(self.output_slots):
             if slot is not None:
-                on_device = device is not None and index < len(self.output_devices) \
-                    and self.output_devices[index] == "nkipy"
-                result.append(outs[slot].to(device) if on_device else outs[slot])
+                result.append(outs[slot])
             elif index in self.dim_outputs:
-                value = dim_eval(self.dim_outputs[index], sizes)
-                result.append(int(value))
+                result.append(int(dim_eval(self.dim_outputs[index], sizes)))
             else:
                 result.append(None)
         return result
 
-    def _count(self, key: BucketKey, arrays: Sequence[np.ndarray[Any, Any]], sizes: Mapping[str, int]) -> None:
+    def _count(self, key: BucketKey, sizes: Mapping[str, int]) -> None:
         self.stats.calls += 1
         self.stats.bucket_hits[key] += 1
         bucket = dict(zip(self.symbols, key, strict=True))
         for value, dims in zip(self.graph.inputs, self.input_dims, strict=True):
             if not dims:
                 continue
-            real = [int(dim_eval(d, sizes)) for d in value.type.shape]
-            padded = [int(dim_eval(d, bucket)) for d in value.type.shape]
-            self.stats.real_elements += int(np.prod(real))
-            self.stats.padded_elements += int(np.prod(padded))
-        del arrays
+            self.stats.real_elements += math.prod(int(dim_eval(d, sizes)) for d in value.type.shape)
+            self.stats.padded_elements += math.prod(int(dim_eval(d, bucket)) for d in value.type.shape)
 
-    def _real_sizes(self, tensors: Sequence[torch.Tensor], arrays: list[np.ndarray[Any, Any]],
-                    given: dict[str, int]) -> dict[str, int]:
-        """``input_layout="padded"``: symbol sizes from the inputs' real-shape metadata; inputs must be
-        bucket-sized along padded symbols (exact symbols are cropped to their real size)."""
+    def _real_sizes(self, tensors: list[torch.Tensor], given: dict[str, int], carries: list[bool]) -> dict[str, int]:
+        """``input_layout="padded"``: symbol sizes from the inputs' real-shape metadata (inputs without
+        it: from their shape). Inputs carrying it must be bucket-sized along padded symbols and are
+        cropped along exact symbols (whose graphs compile at exact sizes)."""
         sizes: dict[str, int] = {}
         for index, (tensor, dims) in enumerate(zip(tensors, self.input_dims, strict=True)):
             if not dims:
                 continue
             real = real_shape(tensor)
-            if real is None:
-                raise SpikyShapeError(
-                    f"input {index} {tuple(tensor.shape)} has no real-shape metadata, but the function was compiled "
-                    "with input_layout='padded'; pass a tensor returned by a function compiled with "
-                    "output_layout='padded', or compile with input_layout='unpadded'"
-                )
+            carries[index] = real is not None
             for axis, sym in dims.items():
-                size, have = real[axis], int(tensor.shape[axis])
+                have = int(tensor.shape[axis])
+                size = real[axis] if real is not None else have
                 if sizes.setdefault(sym, size) != size:
                     raise SpikyShapeError(f"input {index} dim {axis} ({sym}) has real size {size}, but {sym} is "
                                           f"{sizes[sym]} in an earlier input")
-                if sym in self.plan.padded and not self.is_bucket(sym, have):
+                if real is None or sym not in self.plan.padded:
+                    continue
+                if not self.is_bucket(sym, have):
                     known = sorted(self._compiled_sizes(self.symbols.index(sym)) | set(self.ladder(sym)))
                     raise SpikyShapeError(
                         f"input {index} dim {axis} ({sym}) is {have}, which is not a bucket of {sym} "
                         f"(buckets: {known[:12]}{' ...' if len(known) > 12 else ''}); pad it to a bucket "
                         "or use input_layout='unpadded'"
                     )
-                if sym in self.plan.padded:
-                    given[sym] = have
-            if any(sym not in self.plan.padded for sym in dims.values()):
-                # exact symbols: crop to the real size (their graph is compiled at exact sizes)
+                if given.setdefault(sym, have) != have:
+                    raise SpikyShapeError(f"input {index} dim {axis} ({sym}) is padded to {have}, but an earlier "
+                                          f"input is padded to {given[sym]}")
+            if real is not None and any(sym not in self.plan.padded for sym in dims.values()):
                 index_exp = tuple(slice(0, real[a]) if a in dims and dims[a] not in self.plan.padded
-                                  else slice(None) for a in range(arrays[index].ndim))
-                arrays[index] = np.ascontiguousarray(arrays[index][index_exp])
+                                  else slice(None) for a in range(tensor.dim()))
+                tensors[index] = tensor[index_exp]
         for sym in self.symbols:
             if sym not in sizes:
-                raise SpikyShapeError(f"symbol {sym} appears in no input with real-shape metadata")
+                raise SpikyShapeError(f"symbol {sym} appears in no input of this call")
         return sizes
-
-
-def _renamed(dim: Dim, mapping: Mapping[str, str]) -> Dim:
-    from spiky_ir.symbolic import dim_rename
-
-    return dim_rename(dim, mapping)
 
 
 def _describe(symbols: Sequence[str], key: Sequence[int]) -> str:
@@ -588,7 +648,6 @@ def with_static_layouts(compiled: Any, options: Options) -> Any:
     return compiled
 
 
-def compile_dynamic(gm: fx.GraphModule, target: str, options: Options) -> DynamicGraph:
+def compile_dynamic(gm: fx.GraphModule, ctx: pipeline.Context) -> DynamicGraph:
     """The compiled callable of a graph with symbolic sizes (see the module docstring)."""
-    return DynamicGraph(gm, target, options)
-
+    return DynamicGraph(pipeline.lower(gm), ctx)

@@ -41,7 +41,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 
 import spiky_runtime as rt
-from spiky.cache import HLO_PROTO, CacheEntry
+from spiky.cache import COMPILE_LOG, HLO_PROTO, HLO_TEXT, CacheEntry
 from spiky.errors import SpikyConfigError
 from spiky.torch.collectives import collective_groups
 from spiky_ir import Graph, IRError, compile_plan, print_graph
@@ -131,6 +131,32 @@ def resolve_host_executor(requested: str) -> str:
             "pip install 'spiky-torch[xla]' or use host_executor='numpy' / 'auto'"
         )
     return requested
+
+
+# -- the host target's artefact ----------------------------------------------------------------
+
+
+def build_host_artefact(
+    graph: Graph, kernel_name: str, directory: Path,
+    replica_groups: Mapping[str, Sequence[Sequence[int]]] | None = None,
+) -> dict[str, Any]:
+    """The host target's artefact of a static graph in ``directory`` (a cache entry being built): its HLO
+    module, proto and text, which the ``xla`` executor compiles. Returns the entry's ``hlo`` metadata.
+
+    The host target runs the IR itself, so a graph without an HLO form still gets an entry (IR only).
+    """
+    start = time.perf_counter()
+    try:
+        artifact = emit_hlo(graph, name=kernel_name, replica_groups=replica_groups)
+    except IRError as exc:
+        log.info("%s has no HLO form (%s); caching the IR only", kernel_name, exc)
+        (directory / COMPILE_LOG).write_text(f"host target: no HLO module: {exc}\n")
+        return {"hlo": {"available": False, "reason": str(exc)}}
+    (directory / HLO_PROTO).write_bytes(artifact.proto)
+    (directory / HLO_TEXT).write_text(artifact.text)
+    ms = (time.perf_counter() - start) * 1e3
+    (directory / COMPILE_LOG).write_text(f"host target: HLO module emitted in {ms:.1f} ms\n")
+    return {"hlo": {"available": True, "inputs": list(artifact.input_names), "outputs": list(artifact.output_names)}}
 
 
 # -- XLA executables: compiled once per HLO module, in memory and on disk ------------------------

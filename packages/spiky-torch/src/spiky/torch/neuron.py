@@ -1,8 +1,9 @@
-"""The neuron target's half of a compiled graph, and NTFF profiling.
+"""The neuron target's half of the compile pipeline, and NTFF profiling.
 
-:func:`load_neuron_model`: the graph's NEFF from the compile cache (HLO → ``neuronx-cc``,
-compiled once per key) loaded on the nrt device, its I/O bound by NEFF name and checked
-against the graph's types. :class:`NtffProfiler`: the ``save_ntff`` options::
+:func:`build_neff` writes a graph's artefact (HLO → ``neuronx-cc`` → NEFF) into a compile-cache
+entry; :func:`load_neff_model` loads it on the nrt device, its I/O bound by NEFF name and
+checked against the graph's types. :mod:`spiky.torch.pipeline` calls both.
+:class:`NtffProfiler`: the ``save_ntff`` options::
 
     torch.compile(model, backend="nkipy",
                   options={"save_ntff": True, "save_ntff_dir": "profiles", "save_ntff_exe_idx": [0, 3]})
@@ -19,51 +20,75 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import Any, TypeVar
 
 import spiky_runtime as rt
-from spiky.cache import CacheEntry
+from spiky.cache import HLO_TEXT, CacheEntry
 from spiky.errors import SpikyTargetError
-from spiky.torch.collectives import collective_groups
+from spiky.torch.collectives import collective_groups, graph_replica_groups
 from spiky.torch.config import BackendConfig
-from spiky.torch.neuronx_cc import NEFF_FILE
+from spiky.torch.neuronx_cc import NEFF_FILE, NeuronCompiler, compile_neff
 from spiky.torch.options import Options
 from spiky_ir import Graph
+from spiky_ir.hlo import emit_hlo
 
 log = logging.getLogger("spiky.runtime")
 
 DEFAULT_NTFF_DIR = "spiky_ntff"
+_R = TypeVar("_R")
 
 
 def _spec(value_type: Any) -> rt.TensorSpec:
     return rt.TensorSpec(value_type.static_shape(), value_type.dtype.to_numpy())
 
 
-def load_neuron_model(
-    graph: Graph, options: Options, config: BackendConfig, device: rt.Device, kernel_name: str
-) -> tuple[rt.Model, CacheEntry, bool]:
-    """Compile (or find) the graph's NEFF and load it on ``device`` (an nrt device).
-
-    Returns ``(model, cache entry, cache hit)``. The model's inputs and outputs are in graph
-    order; graphs with collectives load with this process's rank and world size.
-    """
-    from spiky.torch.executable import compile_neuron  # executable imports this module
-
-    outputs = [_spec(v.type) for v in graph.outputs]
-    empty = [i for i, spec in enumerate(outputs) if 0 in spec.shape]
+def check_neuron_graph(graph: Graph, kernel_name: str) -> None:
+    """Raise :class:`SpikyTargetError` for graphs a NEFF cannot represent (before compiling them)."""
+    empty = [i for i, value in enumerate(graph.outputs) if 0 in value.type.static_shape()]
     if empty:
         raise SpikyTargetError(
             f"{kernel_name}: outputs {empty} have zero elements, which a NEFF drops; the neuron target does not "
             "support such graphs yet (use target='host')"
         )
-    entry, hit = compile_neuron(graph, options, config)
+
+
+def build_neff(
+    graph: Graph,
+    kernel_name: str,
+    directory: Path,
+    *,
+    compiler: NeuronCompiler,
+    chip: str,
+    config: BackendConfig,
+    timeout: float | None = None,
+    progress: bool | None = None,
+) -> dict[str, Any]:
+    """The neuron artefact of a static graph in ``directory``: HLO module → ``neuronx-cc`` → NEFF.
+
+    Returns the entry's ``neff`` metadata (NEFF I/O names, compile time, argv). Collectives compile
+    with HLO replica groups from this process's world size.
+    """
+    artifact = emit_hlo(graph, name=kernel_name, replica_groups=graph_replica_groups(graph, config.world_size))
+    (directory / HLO_TEXT).write_text(artifact.text)
+    result = compile_neff(compiler, directory, artifact.proto, target=chip,
+                          extra_args=config.additional_compiler_args, timeout=timeout, progress=progress)
+    return {"neff": {"inputs": list(artifact.input_names), "outputs": list(artifact.output_names),
+                     "compile_seconds": round(result.seconds, 3), "argv": list(result.argv)}}
+
+
+def load_neff_model(
+    device: rt.Device, graph: Graph, entry: CacheEntry, config: BackendConfig, kernel_name: str
+) -> rt.Model:
+    """Load the NEFF of a cache entry built by :func:`build_neff` on ``device`` (an nrt device).
+
+    The model's inputs and outputs are in graph order, bound by NEFF name and checked against
+    the graph's types; graphs with collectives load with this process's rank and world size.
+    """
     meta = entry.meta["neff"]
     collectives = bool(collective_groups(graph))
-    model = device.load_neff(
+    return device.load_neff(
         entry.file(NEFF_FILE).read_bytes(),
         kernel_name,
         rank=config.rank if collectives else None,
@@ -71,9 +96,8 @@ def load_neuron_model(
         input_names=list(meta["inputs"]),
         output_names=list(meta["outputs"]),
         inputs=[_spec(v.type) for v in graph.inputs],
-        outputs=outputs,
+        outputs=[_spec(v.type) for v in graph.outputs],
     )
-    return model, entry, hit
 
 
 class NtffProfiler:
@@ -109,7 +133,9 @@ class NtffProfiler:
                         self.directory)
         self._prepared = True
 
-    def run(self, model: rt.Model, arrays: list[np.ndarray[Any, Any]]) -> list[np.ndarray[Any, Any]]:
+    def run(self, model: rt.Model, call: Callable[[], _R]) -> _R:
+        """``call()`` (one execution of ``model``: ``model.run``, or a bundle's ``run``/``submit``),
+        profiled when it is a chosen execution. A profiled call is waited for before the profile stops."""
         with self._lock:
             index = self._count
             self._count += 1
@@ -117,21 +143,28 @@ class NtffProfiler:
             if profiled and not self._prepared:
                 self._prepare()
         if not profiled:
-            return model.run(arrays)
+            return call()
+        device = model.device
+        device.synchronize()  # pipelined calls still in flight belong to no profile
         if self.target == "neuron":
             path = str(self.directory / f"{index}.ntff")
             model.profile_start(path)
             try:
-                return model.run(arrays)
+                return _finished(call())
             finally:
                 model.profile_stop(path)
                 log.info("save_ntff: wrote %s", path)
-        device = model.device
         if device.tracing:  # spiky.profile() is recording this device already
-            return model.run(arrays)
+            return call()
         device.start_trace()
         try:
-            return model.run(arrays)
+            return _finished(call())
         finally:
             device.synchronize()
             (self.directory / f"{index}.trace.json").write_text(device.stop_trace())
+
+
+def _finished(result: _R) -> _R:
+    if isinstance(result, rt.Future):
+        result.wait()
+    return result

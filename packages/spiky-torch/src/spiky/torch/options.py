@@ -1,8 +1,17 @@
 """Per-function options of ``torch.compile(model, backend="nkipy", options={...})``.
 
-The table below is the single source of truth: validation, defaults and the docs come
-from it. Unknown keys and bad values raise :class:`spiky.errors.SpikyOptionError`
-naming the key and what would be valid.
+The table below (:data:`OPTIONS`) is the single source of truth: validation, defaults,
+cache-key membership and the docs (docs/options.md, checked by a test) come from it.
+Unknown keys and bad values raise :class:`spiky.errors.SpikyOptionError` naming the key
+and what would be valid. :func:`validate_options` merges the given options with the
+defaults once per compiled function; nothing else holds a default.
+
+An option enters the compile-cache key (:attr:`OptionSpec.in_cache_key`) only if it
+changes the artefact built for a given IR, target and bucket. None of today's options
+does: bucket choices, padding and fallback partitions change the IR text or the bucket
+sizes, which are key fields of their own, and everything else acts at call time. So a
+bucket compiled under one ``buckets`` list is reused under another (a Neuron compile
+takes minutes).
 """
 
 from __future__ import annotations
@@ -23,6 +32,8 @@ class OptionSpec:
     doc: str
     check: Callable[[Any], str | None]
     """Returns None for a good value, else what a good value looks like."""
+    in_cache_key: bool = False
+    """Whether the value is part of the compile-cache key (it changes the compiled artefact)."""
 
 
 def _path_or_none(value: Any) -> str | None:
@@ -69,24 +80,21 @@ def _one_of(*choices: str) -> Callable[[Any], str | None]:
     return check
 
 
-def _is_bool(value: Any) -> str | None:
-    return None if isinstance(value, bool) else "True or False"
-
-
 DYNAMIC_OPTIONS = (
     OptionSpec("buckets", None, "bucket sizes of dynamic dims: a list (every symbol) or {'s0': [...], 's1': [...]}; "
                "symbols are numbered s0, s1, ... in order of first appearance in the inputs", _bucket_spec),
     OptionSpec("jit", True, "compile a bucket on demand for a size no compiled bucket fits; False: sizes "
-               "beyond the largest bucket raise SpikyShapeError", _is_bool),
-    OptionSpec("precompile", False, "compile every bucket of the ladder (or the listed buckets) on the first call",
-               _is_bool),
+               "beyond the largest bucket raise SpikyShapeError", _bool),
+    OptionSpec("precompile", False, "compile every bucket of the ladder (or the listed buckets) on the first call; "
+               "on neuron the neuronx-cc runs go in parallel (one per core), with progress", _bool),
     OptionSpec("bucket_strategy", "pow2", "default ladder without explicit buckets: 'pow2' or 'linear'",
                _one_of("pow2", "linear")),
     OptionSpec("min_bucket", 1, "smallest bucket of the default ladder", _positive_int),
     OptionSpec("max_bucket_size", 65536, "largest bucket of the default ladder; larger sizes raise", _positive_int),
     OptionSpec("linear_step", 64, "step of the 'linear' ladder", _positive_int),
-    OptionSpec("input_layout", "unpadded", "'padded': dynamic inputs are bucket-sized tensors carrying their "
-               "real shape (from a previous output_layout='padded' call) and are not padded again",
+    OptionSpec("input_layout", "unpadded", "'padded': inputs carrying a real shape (returned by a function "
+               "compiled with output_layout='padded') are bucket-sized and are not padded again; inputs without "
+               "one are taken at their own size",
                _one_of("unpadded", "padded")),
     OptionSpec("output_layout", "unpadded", "'padded': outputs stay bucket-sized and carry their real shape "
                "(spiky.real_shape(t), spiky.unpad(t))", _one_of("unpadded", "padded")),
@@ -120,21 +128,31 @@ NTFF_OPTIONS = (
 """Options of NTFF profiling (issue 6): see spiky.torch.neuron.NtffProfiler."""
 
 
+EXECUTION_OPTIONS = (
+    OptionSpec("pipelined", False, "calls go through the runtime's pipelined executor (copy and execute threads): "
+               "the upload of one call overlaps the execution of the previous; with keep_outputs_on_device a call "
+               "returns once queued. Results are identical to synchronous calls", _bool),
+    OptionSpec("pad_on_device", True, "dynamic graphs: True pads inputs to the bucket and unpads outputs in the "
+               "runtime, on the device; False pads and unpads on the host around the transfer (same results)",
+               _bool),
+    OptionSpec("keep_outputs_on_device", False, "outputs are returned as \"nkipy\" tensors in the device's pool "
+               "memory (no copy through the host): for calls with \"nkipy\" inputs, and for inference calls "
+               "with CPU inputs", _bool),
+)
+"""Options of how calls run (the seed's pipelined / pad_on_device / keep_outputs_on_device)."""
+
+
 OPTIONS: dict[str, OptionSpec] = {
     spec.name: spec
     for spec in (
         OptionSpec(
             "dump_ir_dir",
             None,
-            "directory where each compiled graph's IR text is written as <kernel>.ir.txt",
+            "directory where each compiled graph (each bucket of a dynamic one) is written as <kernel>.ir.txt "
+            "and <kernel>.kernel.py",
             _path_or_none,
         ),
-        OptionSpec(
-            "keep_outputs_on_device",
-            False,
-            "calls with \"nkipy\" inputs return outputs that own pool memory (no copy through the host)",
-            _bool,
-        ),
+        *EXECUTION_OPTIONS,
         OptionSpec(
             "host_executor",
             None,
@@ -164,6 +182,17 @@ class Options:
 
     def __getitem__(self, key: str) -> Any:
         return self.values[key]
+
+    def replace(self, **values: Any) -> Options:
+        """A copy with some values changed (already-valid values: not checked again)."""
+        unknown = sorted(set(values) - set(OPTIONS))
+        if unknown:
+            raise SpikyOptionError(f"unknown option(s) {unknown}; valid options: {', '.join(sorted(OPTIONS))}")
+        return Options({**self.values, **values})
+
+    def cache_key_items(self) -> tuple[tuple[str, str], ...]:
+        """``(name, repr(value))`` of the options that enter the compile-cache key, sorted."""
+        return tuple(sorted((name, repr(self.values[name])) for name, spec in OPTIONS.items() if spec.in_cache_key))
 
 
 def validate_options(options: Mapping[str, Any] | None) -> Options:
