@@ -164,6 +164,12 @@ EXPLICIT: list[Case] = [
     *(Case("softmax", (Operand((3, 8), d),), {"axis": a}) for d, a in [(F32, 1), (F16, 0), (BF16, 1), (I32, 1)]),
     *(Case("topk", (Operand((3, 8), d),), {"k": k, "axis": a, "largest": lg})
       for d, k, a, lg in [(F32, 3, 1, True), (F32, 2, 0, False), (I32, 8, 1, True), (F16, 1, 1, False)]),
+    *(Case(op, (Operand(sh, d, dom),), {"axis": a}) for op in ("cumsum", "cumprod")
+      for sh, d, dom, a in [((3, 9), F32, "small", 1), ((5, 4), F16, "small", 0), ((2, 3, 6), I32, "any", 2),
+                            ((4, 5), BOOL, "any", 1), ((7,), I64, "any", 0), ((3, 4), BF16, "small", 1)]),
+    *(Case("roll", (Operand((4, 7), d),), {"shifts": sh, "axes": ax})
+      for d, sh, ax in [(F32, (2,), (1,)), (I32, (-1, 3), (0, 1)), (BF16, (9,), (0,)), (BOOL, (1, 1), (1, 1)),
+                        (F32, (0,), (0,))]),
     *(Case("sort", (Operand(sh, d, dom),), {"axis": a, "descending": desc})
       for sh, d, dom, a, desc in [((3, 8), F32, "any", 1, False), ((3, 8), F32, "any", 0, True),
                                   ((4, 9), I32, "small", 1, True), ((4, 9), I64, "small", 0, False),

@@ -78,6 +78,10 @@ CASES: dict[str, tuple[Build, bool]] = {
     "softmax": (lambda g, x: g.add_op("softmax", [x], {"axis": 1}), True),
     "softmax_other_axis": (lambda g, x: g.add_op("softmax", [x], {"axis": 0}), True),
     "topk": (_topk, True),
+    "sort_descending": (lambda g, x: g.add_node("sort", [x], {"axis": 1, "descending": True}).outputs[0], True),
+    "cumsum": (lambda g, x: g.add_op("cumsum", [x], {"axis": 1}), True),
+    "cumprod_other_axis": (lambda g, x: g.add_op("cumprod", [x], {"axis": 0}), True),
+    "roll_padded_axis": (lambda g, x: g.add_op("roll", [x], {"shifts": (-3, 1), "axes": (1, 0)}), True),
     "matmul_contraction": (_matmul_contract, True),
     "reshape_merge": (_merge_rows, True),
     "concat_tail": (_concat_tail, True),
@@ -129,7 +133,7 @@ def test_padded_run_matches_unpadded(name: str, real: int, bucket: int) -> None:
 
 def test_every_reduction_and_mixing_op_has_a_rule() -> None:
     mixing = {"sum", "prod", "max", "min", "mean", "var", "any", "all", "argmax", "argmin", "softmax", "topk",
-              "matmul", "dot", "conv1d", "conv2d"}
+              "sort", "cumsum", "cumprod", "roll", "matmul", "dot", "conv1d", "conv2d"}
     assert mixing <= set(PAD_RULES)
 
 

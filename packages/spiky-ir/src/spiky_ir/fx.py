@@ -1004,6 +1004,54 @@ def _topk(ctx: LoweringContext, node: fx.Node) -> tuple[Value, ...]:
     return ctx.ops("topk", x, attrs={"k": int(k), "axis": dim, "largest": largest})
 
 
+def _sorted(ctx: LoweringContext, node: fx.Node) -> tuple[Value, Value]:
+    """sort/argsort ``(self, dim=-1, descending=False)``, keyword-only in the ``stable`` overloads
+    (always stable here: a stable order is also a valid unstable one)."""
+    x = ctx.value(node, 0)
+    dim = int(ctx.kwarg(node, 1, "dim", -1))
+    descending = bool(ctx.kwarg(node, 2, "descending", False))
+    if x.type.rank == 0:
+        return x, ctx.const(0, DType.int64)
+    values, indices = ctx.ops("sort", x, attrs={"axis": _rank_dim(dim, x.type.rank), "descending": descending})
+    return values, indices
+
+
+@lowers(aten.sort.default, aten.sort.stable)
+def _sort(ctx: LoweringContext, node: fx.Node) -> tuple[Value, Value]:
+    return _sorted(ctx, node)
+
+
+@lowers(aten.argsort.default, aten.argsort.stable)
+def _argsort(ctx: LoweringContext, node: fx.Node) -> Value:
+    return _sorted(ctx, node)[1]
+
+
+@lowers(aten.cumsum.default, aten.cumprod.default)
+def _cumulative(ctx: LoweringContext, node: fx.Node) -> Value:
+    x = ctx.value(node, 0)
+    cast = ctx.kwarg(node, 2, "dtype", None)
+    if cast is not None:
+        x = ctx.astype(x, ir_dtype(cast))
+    op = "cumsum" if node.target is aten.cumsum.default else "cumprod"
+    if x.type.rank == 0:
+        return ctx.reshape(ctx.op(op, ctx.reshape(x, (1,)), attrs={"axis": 0}), ())
+    return ctx.op(op, x, attrs={"axis": _rank_dim(int(ctx.arg(node, 1, "dim")), x.type.rank)})
+
+
+@lowers(aten.roll.default)
+def _roll(ctx: LoweringContext, node: fx.Node) -> Value:
+    x = ctx.value(node, 0)
+    shifts = [int(s) for s in ctx.arg(node, 1, "shifts")]
+    dims = [int(d) for d in ctx.kwarg(node, 2, "dims", [])]
+    if not dims:  # roll the flattened tensor, then restore its shape
+        flat = ctx.reshape(x, (_numel(x),))
+        return ctx.reshape(ctx.op("roll", flat, attrs={"shifts": (sum(shifts),), "axes": (0,)}), x.type.shape)
+    if len(shifts) != len(dims):
+        raise LoweringError(f"{source_of(node)}: roll has {len(shifts)} shifts for {len(dims)} dims")
+    axes = tuple(_rank_dim(d, x.type.rank) for d in dims)
+    return ctx.op("roll", x, attrs={"shifts": tuple(shifts), "axes": axes})
+
+
 # -- nn --
 
 

@@ -1,5 +1,5 @@
-"""Reductions over ``axes`` (sum, prod, max, min, any, all, mean, var) and the arg reductions
-argmax/argmin over one ``axis``.
+"""Reductions over ``axes`` (sum, prod, max, min, any, all, mean, var, logsumexp), the scans
+cumsum/cumprod and the arg reductions argmax/argmin along one ``axis``.
 
 :func:`reduction` defines a reduction over ``axes`` with ``keepdims`` from its numpy function
 and result-type rule, and registers its HLO rule, padding rule and kernel-source rule (the
@@ -267,6 +267,73 @@ def _logsumexp_hlo(ctx: HloContext, node: Node, xs: Sequence[HloValue]) -> list[
 
 reduction("logsumexp", logsumexp, to_float, hlo=_logsumexp_hlo, pad=masking_reduce(lowest),
           aten=("aten.logsumexp.default",), doc="numerically stable log(sum(exp(x))) over ``axes``")
+
+
+# --- cumsum, cumprod: inclusive prefix scans along one axis -------------------------------------------
+
+
+def _scan(name: str, fn: Callable[..., Array], kind: str, neutral: int) -> None:
+    """Define ``name``, the inclusive scan ``fn`` (np.cumsum, np.cumprod) along ``axis``.
+
+    Result types as sum/prod (ints and bool give int64); half types accumulate in float32 and
+    round once per element, as torch's CPU kernels do.
+    """
+
+    def shape_rule(types: Sequence[TensorType], attrs: Mapping[str, Attr]) -> list[TensorType]:
+        t = types[0]
+        check_axis(attr_int(attrs, "axis"), t.rank, name)
+        return [TensorType(t.shape, _sum_type(t.dtype))]
+
+    def reference(xs: Sequence[Array], attrs: Mapping[str, Attr]) -> list[Array]:
+        out = _sum_type(dtype_of(xs[0]))
+        with np.errstate(all="ignore"):
+            return [cast(fn(cast(xs[0], _compute(out)), axis=attr_int(attrs, "axis")), out)]
+
+    define_op(name, "reduce", 1, {"axis": "int"}, shape_rule, reference,
+              f"inclusive {'sum' if kind == 'add' else 'product'} scan along ``axis`` (ints and bool give int64)")
+
+    @hlo_rule(name)
+    def hlo(ctx: HloContext, node: Node, xs: Sequence[HloValue]) -> list[HloValue]:
+        """One ``reduce-window``: output i reduces the window of the n inputs ending at i (n - 1
+        low padding with the identity), so every output reads its own prefix only."""
+        out, _ = ctx.result_type()
+        b, axis = ctx.b, ctx.int_attr("axis")
+        x = b.convert(xs[0], _compute(out))
+        n = x.dims[axis]
+        if n == 0:
+            return [b.convert(x, out)]
+        window = s.Window(dimensions=[
+            s.WindowDimension(size=n if i == axis else 1, stride=1, padding_low=n - 1 if i == axis else 0,
+                              padding_high=0, window_dilation=1, base_dilation=1)
+            for i in range(x.rank)
+        ])
+        reducer = b.module.reducer(kind, x.dtype)
+        init = b.constant(init_value(kind, x.dtype), x.dtype)
+        scanned = b.op("reduce-window", [x, init], x.dtype, x.dims, window=window,
+                       called_computation_ids=[reducer.id])
+        return [b.convert(scanned, out)]
+
+    @pad_rule(name)
+    def pad(ctx: PadContext, node: Node, inputs: list[Value]) -> PadResult:
+        """A prefix scan along an axis whose padding is at its end needs nothing: output i reads
+        inputs 0..i only, so no real output reads the padding. When the padding sits between
+        real elements (a padded factor after the first), it becomes the identity (0 for a sum,
+        1 for a product) and adds nothing to the real prefixes that run past it."""
+        (x,) = inputs
+        axis = attr_int(node.attrs, "axis")
+        if ctx.reorders(ctx.layout(x)[axis]):
+            x = ctx.masked(x, (axis,), neutral)
+        return ctx.copy(node, [x]), [ctx.layout(inputs[0])]
+
+    @kernel_rule(name)
+    def kernel(e: KernelEmitter, node: Node, args: list[str], attrs: Mapping[str, Attr]) -> str:
+        out = node.output.type.dtype
+        x = e.cast(args[0], node.inputs[0].type.dtype, _compute(out))
+        return e.cast(f"np.{fn.__name__}({x}, axis={attrs['axis']})", _compute(out), out)
+
+
+_scan("cumsum", np.cumsum, "add", 0)
+_scan("cumprod", np.cumprod, "mul", 1)
 
 
 # --- argmax, argmin ---------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """Type conversion and data movement: astype, transpose, reshape, broadcast_to, expand_dims,
-squeeze, concatenate, split, slice, pad, flip, repeat, tile.
+squeeze, concatenate, split, slice, pad, flip, roll, repeat, tile.
 
 Each op with all of its rules side by side: shape/dtype rule and numpy reference
 (:func:`define_op`), HLO rule, padding rule, kernel-source rule.
@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from spiky_ir.dtypes import promote
+from spiky_ir.dtypes import DType, promote
 from spiky_ir.errors import ShapeError
 from spiky_ir.hlo import schema as s
 from spiky_ir.hlo.builder import HloValue
@@ -539,6 +539,75 @@ def _flip_hlo(ctx: HloContext, node: Node, xs: Sequence[HloValue]) -> list[HloVa
 
 
 pad_rule("flip")(_along_unpadded("axes"))
+
+
+# --- roll: a cyclic shift along axes, which along a padded axis wraps at the real length -------------
+
+
+def _roll_type(types: Sequence[TensorType], attrs: Mapping[str, Attr]) -> list[TensorType]:
+    shifts, axes = attr_ints(attrs, "shifts"), attr_ints(attrs, "axes")
+    if len(shifts) != len(axes):
+        raise ShapeError(f"roll needs one shift per axis, got shifts {shifts} and axes {axes}")
+    for a in axes:
+        check_axis(a, types[0].rank, "roll")
+    return [types[0]]
+
+
+define_op("roll", "transform", 1, {"shifts": "ints", "axes": "ints"}, _roll_type,
+          lambda xs, attrs: [np.roll(xs[0], attr_ints(attrs, "shifts"), attr_ints(attrs, "axes"))],
+          "cyclic shift by ``shifts[i]`` along ``axes[i]`` (np.roll; an axis may repeat, shifts add up)")
+
+
+def _roll_shifts(node: Node) -> dict[int, int]:
+    """Axis → total shift (an axis named twice shifts by the sum, as in np.roll)."""
+    total: dict[int, int] = {}
+    for shift, axis in zip(attr_ints(node.attrs, "shifts"), attr_ints(node.attrs, "axes"), strict=True):
+        total[axis] = total.get(axis, 0) + shift
+    return total
+
+
+@hlo_rule("roll")
+def _roll_hlo(ctx: HloContext, node: Node, xs: Sequence[HloValue]) -> list[HloValue]:
+    """Per axis, the last ``shift`` elements moved to the front: a concatenate of two slices."""
+    x, b = xs[0], ctx.b
+    for axis, shift in _roll_shifts(node).items():
+        n = x.dims[axis]
+        cut = n - shift % n if n else 0
+        if cut in (0, n):
+            continue
+        one, zero = [1] * x.rank, [0] * x.rank
+        tail = b.slice(x, [cut if i == axis else 0 for i in range(x.rank)], list(x.dims), one)
+        head = b.slice(x, zero, [cut if i == axis else d for i, d in enumerate(x.dims)], one)
+        x = b.op("concatenate", [tail, head], x.dtype, x.dims, dimensions=[axis])
+    return [x]
+
+
+@pad_rule("roll")
+def _roll_pad(ctx: PadContext, node: Node, inputs: list[Value]) -> PadResult:
+    """Unpadded axes roll as they are. A padded axis wraps at its real length: real position p takes
+    the element at real position (p - shift) mod n, n the real count (a gather along the axis,
+    positions converted when the axis reorders)."""
+    (x,) = inputs
+    layout = ctx.layout(x)
+    shifts = _roll_shifts(node)
+    plain = {a: sh for a, sh in shifts.items() if not has_padded(layout[a], ctx.padded)}
+    out = x
+    if plain:
+        out = ctx.op("roll", out, attrs={"shifts": tuple(plain.values()), "axes": tuple(plain)})
+    for axis, shift in shifts.items():
+        if axis in plain:
+            continue
+        factors = layout[axis]
+        dim = x.type.shape[axis]
+        position = ctx.real_position(factors, ctx.op("iota", attrs={"shape": (dim,), "axis": 0,
+                                                                     "dtype": DType.int64}))
+        source = ctx.op("remainder", ctx.op("subtract", position, ctx.const(shift, DType.int64)),
+                        ctx.real_count(factors))
+        out = ctx.op("take", out, ctx.bucket_position(factors, source), attrs={"axis": axis})
+    return [out], [layout]
+
+
+kernel_rule("roll")(lambda _e, _node, args, attrs: f"np.roll({args[0]}, {lit(attrs['shifts'])}, {lit(attrs['axes'])})")
 
 
 def _repeat_type(types: Sequence[TensorType], attrs: Mapping[str, Attr]) -> list[TensorType]:
