@@ -57,6 +57,8 @@ fake_lib = _fixtures.fake_lib
 neuron = _fixtures.neuron
 
 TARGETS = [pytest.param("host", marks=pytest.mark.smoke), "neuron"]
+both_targets = pytest.mark.parametrize("target", ["host", "neuron"], indirect=True)
+"""For tests outside the smoke subset on either target (the fixture's default puts host in it)."""
 
 
 @pytest.fixture(params=TARGETS)
@@ -146,6 +148,7 @@ def test_dynamic_true_jit_buckets_match_eager(target: str, request: pytest.Fixtu
                    for e in entries)
 
 
+@both_targets
 def test_mark_dynamic_and_a_second_size_take_the_bucketed_path(target: str) -> None:
     model = _mlp().eval()
     fast = torch.compile(model, backend="nkipy")
@@ -158,6 +161,7 @@ def test_mark_dynamic_and_a_second_size_take_the_bucketed_path(target: str) -> N
     assert dict(_stats().bucket_hits) == {(8,): 1, (16,): 1}
 
 
+@both_targets
 def test_a_plain_compile_called_with_a_second_batch_size(target: str) -> None:
     """Automatic dynamic: Dynamo recompiles the second size with a symbolic batch."""
     model = _mlp().eval()
@@ -169,6 +173,7 @@ def test_a_plain_compile_called_with_a_second_batch_size(target: str) -> None:
     assert dict(_stats().bucket_hits) == {(8,): 1, (16,): 1}
 
 
+@both_targets
 def test_precompile_compiles_the_listed_buckets_before_the_first_call(
     target: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -322,6 +327,7 @@ def test_keep_outputs_on_device_with_cpu_inputs_returns_nkipy_tensors(target: st
         assert "execute" in {n for n, _ in spans} and "D2H" not in {n for n, _ in spans}
 
 
+@both_targets
 def test_keep_outputs_on_device_in_training_keeps_cpu_outputs(target: str) -> None:
     """Autograd needs gradients next to the parameters: training graphs return CPU tensors."""
     model = _mlp()
@@ -337,6 +343,7 @@ def test_keep_outputs_on_device_in_training_keeps_cpu_outputs(target: str) -> No
         torch.testing.assert_close(p.grad, q.grad, **TOL)
 
 
+@both_targets
 @pytest.mark.parametrize("dynamic", [False, True])
 @pytest.mark.parametrize("keep", [False, True])
 def test_device_tensors_in_and_out(target: str, dynamic: bool, keep: bool) -> None:
@@ -367,6 +374,7 @@ def test_seed_options_are_validated(options: dict[str, Any], message: str) -> No
 # --- per-graph work done once in the pipeline, for every bucket too ---------------------------------
 
 
+@both_targets
 def test_dump_ir_dir_on_dynamic_graphs_writes_the_symbolic_graph_and_every_bucket(target: str, tmp_path: Path) -> None:
     model = _linear(16, 3)
     fast = torch.compile(model, backend="nkipy", dynamic=True,
@@ -387,6 +395,7 @@ def test_dump_ir_dir_on_dynamic_graphs_writes_the_symbolic_graph_and_every_bucke
         assert f"def {kernel}(" in (tmp_path / "ir" / f"{kernel}.kernel.py").read_text()
 
 
+@both_targets
 def test_save_ntff_on_dynamic_graphs_profiles_each_bucket(target: str, tmp_path: Path,
                                                          request: pytest.FixtureRequest) -> None:
     fast = torch.compile(_linear(), backend="nkipy", dynamic=True,
@@ -408,6 +417,7 @@ def test_save_ntff_on_dynamic_graphs_profiles_each_bucket(target: str, tmp_path:
         assert request.getfixturevalue("neuron").call_count("nrt_profile_start") == 2
 
 
+@both_targets
 def test_training_forward_and_backward_graphs(target: str) -> None:
     model = _mlp()
     reference = _mlp()
@@ -425,6 +435,7 @@ def test_training_forward_and_backward_graphs(target: str) -> None:
     assert names == {("s0",)} and len(bucket_stats()) == 2  # a forward and a backward dynamic graph
 
 
+@both_targets
 def test_collectives_in_a_dynamic_graph_single_rank(target: str, tmp_path: Path) -> None:
     """World size 1: the all_reduce is the identity, run by spiky-dist on host and compiled into each
     bucket's NEFF on neuron (loaded with nrt_load_collectives). Across ranks: the torchrun test below."""
@@ -500,6 +511,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@both_targets
 @pytest.mark.slow
 def test_readme_distributed_example_and_a_dynamic_collective_first(target: str, tmp_path: Path) -> None:
     """torchrun, 2 ranks: the README's example on each target; on host first (the first graph
