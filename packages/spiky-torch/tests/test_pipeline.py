@@ -17,7 +17,6 @@ import stat
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
@@ -226,16 +225,15 @@ def test_precompile_on_neuron_runs_compilers_in_parallel_bounded_by_cores(
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     model = _linear()
     fast = torch.compile(model, backend="nkipy", dynamic=True, options={"buckets": [2, 4, 8, 16], "precompile": True})
-    start = time.monotonic()
     with torch.no_grad():
         x = torch.randn(5, 16)
         torch.testing.assert_close(fast(x), model(x), **TOL)
-    elapsed = time.monotonic() - start
     spans = _intervals(calls)
     assert len(spans) == 4 and _stats().compiles == 4 and _stats().jit_compiles == 0
     overlap = max(sum(1 for s, e in spans if s <= t < e) for t, _ in spans)
-    assert overlap == 2  # bounded by the cores this process may use, and really parallel
-    assert elapsed < sum(e - s for s, e in spans)
+    # bounded by the cores this process may use, and really parallel (the compilers' own logged
+    # intervals overlap; no wall-clock assertion, which a loaded machine would make flaky)
+    assert overlap == 2
     err = capsys.readouterr().err
     assert "precompile kernel_" in err and "] 4/4 buckets" in err
     assert neuron.call_count("nrt_load") == 4
