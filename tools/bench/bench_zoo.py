@@ -66,6 +66,7 @@ def run_isolated(name: str, timeout: float, inductor: bool) -> dict[str, object]
             tail = [ln for ln in proc.stderr.splitlines() if ln.strip()][-1:] or [f"exit code {proc.returncode}"]
             row = {"name": name, "status": "error", "error": f"case process died: {tail[0][:300]}"}
         row["wall_s"] = time.perf_counter() - t0
+        row["revision"] = _revision()
         return row
 
 
@@ -127,10 +128,22 @@ def summary(rows: list[dict[str, object]]) -> str:
     return text
 
 
+def _revision() -> str:
+    """The commit measured, and whether the work tree had changes to tracked files."""
+    def git(*args: str) -> str:
+        proc = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False)
+        return proc.stdout.strip() if proc.returncode == 0 else ""
+
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    return f"commit {head}" + (" with uncommitted changes" if dirty else "")
+
+
 def write_doc(rows: list[dict[str, object]], inductor: bool) -> None:
+    revisions = sorted({str(r["revision"]) for r in rows if r.get("revision")}) or [_revision()]
     tol = ", ".join(f"{str(d).removeprefix('torch.')} {t:g}" for d, t in TOLERANCE.items())
     block = (
-        f"{BEGIN}\nMeasured {date.today().isoformat()} on {os.cpu_count()} cores, Python "
+        f"{BEGIN}\nMeasured {date.today().isoformat()} ({'; '.join(revisions)}) on {os.cpu_count()} cores, Python "
         f"{platform.python_version()}, one torch thread per backend, host target"
         f"{'' if inductor else ' (Inductor not run)'}. "
         f"Tolerances (max relative error): {tol}.\n\n{table(rows)}\n**Summary:** {summary(rows)}\n{END}"
