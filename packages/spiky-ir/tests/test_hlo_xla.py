@@ -36,7 +36,8 @@ OP_TOL: dict[str, dict[DType, tuple[float, float]]] = {
     **{name: {F32: (1e-5, 1e-6)} for name in ("exp", "tanh", "erf", "sigmoid", "power", "log", "rsqrt")},
     # Accumulations: XLA sums in another order than numpy (tree vs pairwise, blocked dots).
     **{name: {F32: (1e-5, 1e-5)} for name in ("matmul", "dot", "conv1d", "conv2d", "sum", "mean", "var",
-                                              "softmax", "prod", "scatter_add", "logsumexp")},
+                                              "softmax", "prod", "scatter_add", "logsumexp", "conv3d",
+                                              "conv_transpose1d", "conv_transpose2d", "conv_transpose3d")},
 }
 
 
@@ -182,6 +183,21 @@ EXPLICIT: list[Case] = [
     *(Case("conv1d", (Operand((2, 3, 10), F32), Operand((4, 3, 3), F32)),
            {"stride": st, "pad_lo": lo, "pad_hi": hi, "dilation": dil, "groups": 1})
       for st, lo, hi, dil in [((1,), (1,), (1,), (1,)), ((3,), (0,), (2,), (2,))]),
+    *(Case("conv3d", (Operand((2, 4, 5, 4, 6), d), Operand((6, 4 // g, 2, 3, 2), d)),
+           {"stride": st, "pad_lo": lo, "pad_hi": hi, "dilation": dil, "groups": g})
+      for d, st, lo, hi, dil, g in [(F32, (1, 1, 1), (0, 1, 0), (1, 1, 0), (1, 1, 1), 1),
+                                    (F16, (2, 1, 2), (1, 0, 1), (0, 2, 1), (1, 2, 1), 2)]),
+    # transposed: weight (in, out / groups, *kernel); pad_lo/pad_hi crop, negative pad_hi extends
+    *(Case("conv_transpose1d", (Operand((2, 4, 7), d), Operand((4, 3, 3), d)),
+           {"stride": st, "pad_lo": lo, "pad_hi": hi, "dilation": dil, "groups": g})
+      for d, st, lo, hi, dil, g in [(F32, (2,), (1,), (0,), (1,), 1), (F32, (3,), (4,), (2,), (2,), 2),
+                                    (BF16, (1,), (0,), (-1,), (1,), 1)]),
+    *(Case("conv_transpose2d", (Operand((2, 6, 4, 5), d), Operand((6, 2, 3, 2), d)),
+           {"stride": st, "pad_lo": lo, "pad_hi": hi, "dilation": dil, "groups": g})
+      for d, st, lo, hi, dil, g in [(F32, (2, 1), (1, 0), (0, 0), (1, 2), 1),
+                                    (F16, (2, 2), (3, 1), (2, 1), (2, 1), 3)]),
+    Case("conv_transpose3d", (Operand((1, 2, 3, 4, 3), F32), Operand((2, 3, 2, 3, 2), F32)),
+         {"stride": (1, 2, 2), "pad_lo": (0, 1, 1), "pad_hi": (0, 0, 1), "dilation": (1, 1, 1), "groups": 1}),
     # indexing
     *(Case("where", (Operand(sc, BOOL), Operand(sa, da), Operand(sb, db))) for sc, sa, sb, da, db in [
         ((4, 5), (4, 5), (4, 5), F32, F32), ((4, 1), (5,), (), I32, F16), ((3,), (2, 3), (1, 3), BOOL, I64)]),

@@ -133,7 +133,8 @@ def test_padded_run_matches_unpadded(name: str, real: int, bucket: int) -> None:
 
 def test_every_reduction_and_mixing_op_has_a_rule() -> None:
     mixing = {"sum", "prod", "max", "min", "mean", "var", "any", "all", "argmax", "argmin", "softmax", "topk",
-              "sort", "cumsum", "cumprod", "roll", "matmul", "dot", "conv1d", "conv2d"}
+              "sort", "cumsum", "cumprod", "roll", "matmul", "dot", "conv1d", "conv2d", "conv3d", "conv_transpose1d",
+              "conv_transpose2d", "conv_transpose3d"}
     assert mixing <= set(PAD_RULES)
 
 
@@ -356,3 +357,16 @@ def test_flattened_argmax_counts_real_positions() -> None:
     (got,) = _run_padded(g, pad_graph(g, set(sizes)), real, sizes, np.random.default_rng(0))
     (expected,) = execute(g, [real])
     assert int(expected) == 61 and int(got) == 61
+
+
+@pytest.mark.smoke
+def test_symbolic_split_of_an_unpadded_axis_is_no_error() -> None:
+    """arange(2*s0*s1).reshape(s0, 2, s1): the sizes make both symbols exact (a padded symbol must be
+    a factor s+c of its axis), and the reshape, which splits symbolically, must not fail the pass."""
+    g = Graph()
+    x = g.add_input("x", TensorType(("s0", 2, "s1"), F32))
+    ramp = g.add_op("arange", [], {"start": 0, "step": 1, "size": "2*s0*s1", "dtype": F32})
+    g.set_outputs([g.add_op("add", [x, g.add_op("reshape", [ramp], {"shape": ("s0", 2, "s1")})])])
+    plan = pad_graph(g, {"s0", "s1"})
+    assert plan.padded == frozenset() and set(plan.exact) == {"s0", "s1"}
+    assert "2*s0*s1" in plan.exact["s0"]

@@ -375,3 +375,77 @@ def test_scans_and_sorts_over_padded_dims_match_eager(name: str) -> None:
             # sums may associate differently on XLA:CPU; orders and indices are exact
             tol = {"rtol": 1e-5, "atol": 1e-5} if "cum" in name else {"rtol": 0, "atol": 0}
             torch.testing.assert_close(g, w, equal_nan=True, **tol, msg=f"{rows}x{cols} {kind}")
+
+
+# --- convolution nets train: convolution_backward (input, weight, bias gradients) against eager -------------
+
+
+class ConvNet2d(nn.Module):
+    """conv (padding), strided grouped conv, transposed conv (output_padding), a head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.c2 = nn.Conv2d(8, 8, 3, stride=2, groups=2)
+        self.up = nn.ConvTranspose2d(8, 4, 3, stride=2, output_padding=1)
+        self.head = nn.Linear(4, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.up(F.relu(self.c2(F.relu(self.c1(x))))))
+        return self.head(h.mean(dim=(2, 3)))
+
+
+class ConvNet1d(nn.Module):
+    """Stride-1 convolutions over a sequence whose length may be padded too (no zero padding of their own)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv1d(4, 6, 3, dilation=2)
+        self.up = nn.ConvTranspose1d(6, 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.up(torch.tanh(self.c1(x))).sum(dim=2)
+
+
+class ConvNet3d(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c = nn.Conv3d(2, 4, (2, 3, 3), stride=(1, 2, 1), padding=(1, 0, 1))
+        self.up = nn.ConvTranspose3d(4, 2, 2, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.up(torch.sigmoid(self.c(x))).flatten(1).mean(1, keepdim=True)
+
+
+CONV_NETS: dict[str, tuple[Callable[[], nn.Module], Callable[[int], tuple[int, ...]], tuple[int, ...]]] = {
+    # name -> (factory, input shape for a batch size, dims to keep static under dynamic=True)
+    "conv2d": (ConvNet2d, lambda b: (b, 3, 9, 9), (1, 2, 3)),  # strided convs need static image sizes
+    "conv1d_dynamic_length": (ConvNet1d, lambda b: (b, 4, 5 + 2 * b), (1,)),
+    "conv3d": (ConvNet3d, lambda b: (b, 2, 4, 5, 4), (1, 2, 3, 4)),
+}
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+@pytest.mark.parametrize("name", sorted(CONV_NETS))
+def test_conv_net_gradients_match_eager(name: str, dynamic: bool) -> None:
+    factory, shape, static_dims = CONV_NETS[name]
+    torch.manual_seed(0)
+    model = factory()
+    compiled = torch.compile(model, backend="nkipy", dynamic=dynamic)
+    for batch in (3, 5, 17):
+        x = torch.randn(shape(batch), requires_grad=True)
+        xc = x.detach().clone().requires_grad_()
+        if dynamic:
+            torch._dynamo.mark_static(xc, static_dims)
+        compiled(xc).square().mean().backward()
+        got = [xc.grad, *(p.grad for p in model.parameters())]
+        got = [g.clone() for g in got if g is not None]
+        model.zero_grad()
+        model(x).square().mean().backward()
+        want = [x.grad, *(p.grad for p in model.parameters())]
+        assert len(got) == len(want) == 1 + len(list(model.parameters()))
+        for g, w in zip(got, want, strict=True):
+            torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5, msg=f"{name} batch {batch}")
+        model.zero_grad()
+    if dynamic:
+        assert any(stats.padded for stats in bucket_stats())  # buckets served the batch sizes

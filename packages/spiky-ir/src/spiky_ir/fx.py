@@ -19,6 +19,7 @@ the node's name instead of producing wrong numbers later.
 from __future__ import annotations
 
 import difflib
+import itertools
 import math
 import operator
 from collections.abc import Callable, Sequence
@@ -33,14 +34,14 @@ from spiky_ir.dtypes import DType
 from spiky_ir.errors import LoweringError, SpikyError
 from spiky_ir.ir import Graph, Value
 from spiky_ir.registry import OpDef, all_ops, get_op
-from spiky_ir.symbolic import Dim, canonical, dim_add, dims_product
+from spiky_ir.symbolic import Dim, canonical, dim_add, dim_mul, dim_sub, dims_product
 from spiky_ir.types import Attr, TensorType
 from spiky_ir.verify import verify
 
 aten = torch.ops.aten
 c10d = torch.ops._c10d_functional
 
-Lowered = Value | tuple[Value, ...] | Dim | None
+Lowered = Value | tuple[Value | None, ...] | Dim | None
 """What a lowering produces for its FX node: a value, several (multi-result ops), a
 dim (SymInt-valued nodes), or nothing (assertion nodes)."""
 Lowering = Callable[["LoweringContext", fx.Node], Lowered]
@@ -366,10 +367,21 @@ def _checked(ctx: LoweringContext, node: fx.Node, result: Lowered) -> Lowered:
     if isinstance(result, tuple):
         if not isinstance(val, list | tuple) or len(val) != len(result):
             raise LoweringError(f"lowering of {source_of(node)} returned {len(result)} values; torch says {val!r}")
-        return tuple(_check_one(ctx, node, r, v) for r, v in zip(result, val, strict=True))
+        return tuple(_check_optional(ctx, node, r, v) for r, v in zip(result, val, strict=True))
     if isinstance(result, Value):
         return _check_one(ctx, node, result, val)
     return result
+
+
+def _check_optional(ctx: LoweringContext, node: fx.Node, value: Value | None, val: Any) -> Value | None:
+    """One result of a multi-result lowering: None where torch has None too (a gradient that
+    convolution_backward's output_mask did not ask for)."""
+    if value is None:
+        if val is not None:
+            raise LoweringError(f"lowering of {source_of(node)} returned None where torch has {val!r}: "
+                                "this is a spiky-ir bug, please report it")
+        return None
+    return _check_one(ctx, node, value, val)
 
 
 def _check_one(ctx: LoweringContext, node: fx.Node, value: Value, val: Any) -> Value:
@@ -1169,31 +1181,137 @@ def _group_norm(ctx: LoweringContext, node: fx.Node) -> tuple[Value, Value, Valu
             ctx.reshape(rstd, _stat_shape(node, 2)))
 
 
+def _conv_ints(value: Sequence[Any], nd: int) -> tuple[int, ...]:
+    """A conv argument given once for every spatial dim, or per dim."""
+    return tuple(int(a) for a in (list(value) * nd if len(value) == 1 else value))
+
+
+def _conv_args(ctx: LoweringContext, node: fx.Node, first: int, nd: int) -> tuple[tuple[int, ...], ...]:
+    """(stride, padding, dilation, output_padding) of convolution (first=3) or its backward (first=4)."""
+    stride, padding, dilation = (_conv_ints(ctx.arg(node, first + i), nd) for i in range(3))
+    return stride, padding, dilation, _conv_ints(ctx.arg(node, first + 4), nd)
+
+
+def _conv(ctx: LoweringContext, x: Value, w: Value, stride: tuple[int, ...], padding: tuple[int, ...],
+          dilation: tuple[int, ...], groups: int, transposed: bool = False,
+          output_padding: tuple[int, ...] | None = None) -> Value:
+    """torch's convolution (transposed: conv_transpose with ``output_padding`` more at the high end)."""
+    nd = w.type.rank - 2
+    if transposed:
+        extra = output_padding or (0,) * nd
+        return ctx.op(f"conv_transpose{nd}d", x, w, attrs={
+            "stride": stride, "pad_lo": padding, "pad_hi": tuple(p - e for p, e in zip(padding, extra, strict=True)),
+            "dilation": dilation, "groups": groups})
+    return ctx.op(f"conv{nd}d", x, w, attrs={
+        "stride": stride, "pad_lo": padding, "pad_hi": padding, "dilation": dilation, "groups": groups})
+
+
+def _conv_rank(ctx: LoweringContext, node: fx.Node, w: Value) -> int:
+    nd = w.type.rank - 2
+    if nd not in (1, 2, 3):
+        raise LoweringError(f"{source_of(node)}: {nd}-d convolution is not lowered (1-, 2- and 3-d are)")
+    return nd
+
+
 @lowers(aten.convolution.default)
 def _convolution(ctx: LoweringContext, node: fx.Node) -> Value:
     x, w, bias = ctx.value(node, 0), ctx.value(node, 1), ctx.arg(node, 2)
-    stride, padding, dilation = (list(ctx.arg(node, i)) for i in (3, 4, 5))
-    transposed, groups = ctx.arg(node, 6), int(ctx.arg(node, 8))
-    nd = w.type.rank - 2
-    if transposed:
-        raise LoweringError(f"{source_of(node)}: transposed convolution is not lowered yet")
-    if nd not in (1, 2):
-        raise LoweringError(f"{source_of(node)}: {nd}-d convolution is not lowered (conv1d and conv2d are)")
+    nd = _conv_rank(ctx, node, w)
+    stride, padding, dilation, output_padding = _conv_args(ctx, node, 3, nd)
+    transposed, groups = bool(ctx.arg(node, 6)), int(ctx.arg(node, 8))
     unbatched = x.type.rank == nd + 1
     if unbatched:
         x = ctx.op("expand_dims", x, attrs={"axis": 0})
-
-    def full(v: list[int]) -> tuple[int, ...]:
-        return tuple(int(a) for a in (v * nd if len(v) == 1 else v))
-
-    pads = full(padding)
-    out = ctx.op(f"conv{nd}d", x, w, attrs={
-        "stride": full(stride), "pad_lo": pads, "pad_hi": pads, "dilation": full(dilation), "groups": groups})
+    out = _conv(ctx, x, w, stride, padding, dilation, groups, transposed, output_padding)
     if bias is not None:
         out = ctx.op("add", out, _channel(ctx, bias, out.type.rank))
     if unbatched:
         out = ctx.op("squeeze", out, attrs={"axes": (0,)})
     return out
+
+
+def _conv_weight_grad(ctx: LoweringContext, x: Value, gy: Value, kernel: Sequence[int], stride: tuple[int, ...],
+                      padding: tuple[int, ...], dilation: tuple[int, ...], groups: int) -> Value:
+    """The gradient of conv(x, w) with respect to w, given the output's gradient ``gy``:
+    ``gw[o, i, j] = sum over n, t of gy[n, o, t] * x_padded[n, i, j * dilation + t * stride]`` per group,
+    shaped (C_out, C_in / groups, *kernel).
+
+    Static shapes: one convolution with batch and channels swapped (x as (C_in/g, g*N, ...), gy as
+    the kernel (C_out, N, ...), stride and dilation exchanged). Symbolic sizes: a matmul per kernel
+    tap over (N, spatial), which padding can mask (a symbolic kernel could not be padded)."""
+    nd = len(kernel)
+    n, c_in, c_out = x.type.shape[0], x.type.shape[1], gy.type.shape[1]
+    c_in_g, c_out_g = _static_int(ctx, c_in) // groups, _static_int(ctx, c_out) // groups
+    spatial = tuple(range(2, 2 + nd))
+    if x.type.is_static and gy.type.is_static:
+        grouped = ctx.reshape(x, (n, groups, c_in_g, *x.type.shape[2:]))
+        lhs = ctx.reshape(ctx.transpose(grouped, (2, 1, 0, *range(3, 3 + nd))),
+                          (c_in_g, dims_product((groups, n)), *x.type.shape[2:]))
+        rhs = ctx.transpose(gy, (1, 0, *spatial))
+        full = ctx.op(f"conv{nd}d", lhs, rhs, attrs={"stride": dilation, "pad_lo": padding, "pad_hi": padding,
+                                                      "dilation": stride, "groups": groups})
+        cut = ctx.op("slice", full, attrs={"start": (0,) * (nd + 2), "stop": (c_in_g, c_out, *kernel),
+                                            "step": (1,) * (nd + 2)})
+        return ctx.transpose(cut, (1, 0, *spatial))
+    xp = x
+    if any(padding):
+        xp = ctx.op("pad", x, attrs={"lo": (0, 0, *padding), "hi": (0, 0, *padding), "value": 0.0})
+    out_sp = gy.type.shape[2:]
+    taps_n = dims_product((n, *out_sp))
+    g = ctx.reshape(gy, (n, groups, c_out_g, dims_product(out_sp)))
+    g = ctx.reshape(ctx.transpose(g, (1, 2, 0, 3)), (groups, c_out_g, taps_n))
+    taps: list[Value] = []
+    for tap in itertools.product(*(range(k) for k in kernel)):
+        start = tuple(j * d for j, d in zip(tap, dilation, strict=True))
+        stop = tuple(dim_add(dim_mul(t, s), j + 1 - s) for t, s, j in zip(out_sp, stride, start, strict=True))
+        window = ctx.op("slice", xp, attrs={"start": (0, 0, *start), "stop": (n, c_in, *stop),
+                                             "step": (1, 1, *stride)})
+        w = ctx.reshape(window, (n, groups, c_in_g, dims_product(out_sp)))
+        w = ctx.reshape(ctx.transpose(w, (1, 0, 3, 2)), (groups, taps_n, c_in_g))
+        taps.append(ctx.op("expand_dims", ctx.op("matmul", g, w), attrs={"axis": 3}))
+    stacked = taps[0] if len(taps) == 1 else ctx.op("concatenate", *taps, attrs={"axis": 3})
+    return ctx.reshape(stacked, (c_out, c_in_g, *kernel))
+
+
+@lowers(aten.convolution_backward.default)
+def _convolution_backward(ctx: LoweringContext, node: fx.Node) -> tuple[Value | None, Value | None, Value | None]:
+    """Gradients of convolution (plain or transposed) with respect to input, weight and bias, those
+    ``output_mask`` asks for: a transposed convolution of the output gradient (a plain one, for a
+    transposed forward), the weight gradient of :func:`_conv_weight_grad`, a sum."""
+    gy, x, w = ctx.value(node, 0), ctx.value(node, 1), ctx.value(node, 2)
+    nd = _conv_rank(ctx, node, w)
+    stride, padding, dilation = _conv_args(ctx, node, 4, nd)[:3]  # gy's size says the output padding
+    transposed, groups = bool(ctx.arg(node, 7)), int(ctx.arg(node, 9))
+    want_input, want_weight, want_bias = (bool(m) for m in ctx.arg(node, 10, "output_mask"))
+    unbatched = x.type.rank == nd + 1
+    if unbatched:
+        x, gy = (ctx.op("expand_dims", v, attrs={"axis": 0}) for v in (x, gy))
+    kernel = tuple(_static_int(ctx, k) for k in w.type.shape[2:])
+    grad_input = grad_weight = grad_bias = None
+    if want_input:
+        if transposed:
+            grad_input = _conv(ctx, gy, w, stride, padding, dilation, groups)
+        else:  # the output padding that gives back the input's size
+            extra = []
+            for i in range(nd):
+                full = dim_add(dim_mul(gy.type.shape[2 + i], stride[i]), dilation[i] * (kernel[i] - 1) + 1 - stride[i])
+                more = dim_sub(x.type.shape[2 + i], dim_sub(full, 2 * padding[i]))
+                if not isinstance(more, int):
+                    raise LoweringError(f"{source_of(node)}: the input gradient of a stride-{stride[i]} convolution "
+                                        f"over symbolic size {x.type.shape[2 + i]!r} depends on that size modulo the "
+                                        "stride; compile with static shapes")
+                extra.append(more)
+            grad_input = _conv(ctx, gy, w, stride, padding, dilation, groups, True, tuple(extra))
+        if unbatched:
+            grad_input = ctx.op("squeeze", grad_input, attrs={"axes": (0,)})
+    if want_weight:
+        if transposed:  # the roles of input and output gradient swap
+            grad_weight = _conv_weight_grad(ctx, gy, x, kernel, stride, padding, dilation, groups)
+        else:
+            grad_weight = _conv_weight_grad(ctx, x, gy, kernel, stride, padding, dilation, groups)
+    if want_bias:
+        grad_bias = ctx.reduce("sum", gy, (0, *range(2, 2 + nd)), False)
+    return grad_input, grad_weight, grad_bias
 
 
 def _pool_params(ctx: LoweringContext, node: fx.Node) -> tuple[tuple[int, ...], ...]:

@@ -1,8 +1,9 @@
-"""Convolution: conv1d and conv2d (grouped cross-correlation, NC(H)(W) input, OI(H)(W) weight).
+"""Convolution: conv1d/2d/3d (grouped cross-correlation, NC(D)(H)W input, OI(D)(H)W weight) and the
+transposed convolutions conv_transpose1d/2d/3d (IO(D)(H)W weight, as torch's).
 
-Both ops with all of their rules side by side: shape/dtype rule and numpy reference
-(:func:`define_op`), HLO rule, padding rule, kernel-source rule. The numpy function
-:func:`conv` serves the reference and is copied into kernel source.
+Every op with all of its rules side by side: shape/dtype rule and numpy reference
+(:func:`define_op`), HLO rule, padding rule, kernel-source rule. The numpy functions
+:func:`conv` and :func:`conv_transpose` serve the references and are copied into kernel source.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from spiky_ir.padding import (
     single_padded,
 )
 from spiky_ir.registry import Array, attr_int, attr_ints, cast, define_op, dtype_of, static_dim
-from spiky_ir.symbolic import Dim, dim_add, dim_floordiv
+from spiky_ir.symbolic import Dim, dim_add, dim_floordiv, dim_mul
 from spiky_ir.types import Attr, TensorType
 
 
@@ -37,7 +38,10 @@ def conv(x: Array, w: Array, stride: Sequence[int], pad_lo: Sequence[int], pad_h
          dilation: Sequence[int], groups: int) -> Array:
     """N-d grouped cross-correlation (torch's convolution) by windowed tensor contraction."""
     nd = x.ndim - 2
-    x = np.pad(x, [(0, 0), (0, 0), *zip(pad_lo, pad_hi, strict=True)])
+    x = np.pad(x, [(0, 0), (0, 0), *((max(lo, 0), max(hi, 0)) for lo, hi in zip(pad_lo, pad_hi, strict=True))])
+    crop = (slice(None), slice(None), *(slice(max(-lo, 0), n - max(-hi, 0))  # negative padding crops
+                                        for lo, hi, n in zip(pad_lo, pad_hi, x.shape[2:], strict=True)))
+    x = x[crop]
     kernel = w.shape[2:]
     spans = [d * (k - 1) + 1 for d, k in zip(dilation, kernel, strict=True)]
     win = np.lib.stride_tricks.sliding_window_view(x, spans, axis=tuple(range(2, 2 + nd)))
@@ -55,17 +59,51 @@ def conv(x: Array, w: Array, stride: Sequence[int], pad_lo: Sequence[int], pad_h
     return out.reshape(n, w.shape[0], *out_sp)  # type: ignore[no-any-return]
 
 
+def conv_transpose(x: Array, w: Array, stride: Sequence[int], pad_lo: Sequence[int], pad_hi: Sequence[int],
+                   dilation: Sequence[int], groups: int) -> Array:
+    """torch's conv_transpose; ``pad_lo``/``pad_hi`` crop the full result (negative: extend it)."""
+    # The convolution it is the adjoint of: the input spread out by ``stride`` (zeros between
+    # elements), the kernel flipped and its channels swapped within each group.
+    nd = x.ndim - 2
+    n, c_in = x.shape[:2]
+    kernel = w.shape[2:]
+    spread = np.zeros((n, c_in, *(max((d - 1) * st + 1, 0) for d, st in zip(x.shape[2:], stride, strict=True))),
+                      x.dtype)
+    every = (slice(None), slice(None), *(slice(None, None, st) for st in stride))
+    spread[every] = x
+    wg = np.swapaxes(w.reshape(groups, c_in // groups, w.shape[1], *kernel), 1, 2)
+    flipped = np.flip(wg, axis=tuple(range(3, 3 + nd))).reshape(groups * w.shape[1], c_in // groups, *kernel)
+    reach = [d * (k - 1) for d, k in zip(dilation, kernel, strict=True)]
+    return conv(spread, flipped, (1,) * nd, [r - p for r, p in zip(reach, pad_lo, strict=True)],
+                [r - p for r, p in zip(reach, pad_hi, strict=True)], dilation, groups)
+
+
+_CONV_ATTRS = {"stride": "ints", "pad_lo": "ints", "pad_hi": "ints", "dilation": "ints", "groups": "int"}
+
+
+def _spatial_letters(nd: int) -> str:
+    return "DHW"[3 - nd:]
+
+
+def _check_conv_attrs(name: str, nd: int, x: TensorType, w: TensorType, attrs: Mapping[str, Attr]) -> None:
+    stride, dil = attr_ints(attrs, "stride"), attr_ints(attrs, "dilation")
+    lo, hi = attr_ints(attrs, "pad_lo"), attr_ints(attrs, "pad_hi")
+    if x.rank != nd + 2 or w.rank != nd + 2:
+        raise ShapeError(f"{name} needs rank-{nd + 2} input and weight, got {x} and {w}")
+    if not len(stride) == len(dil) == len(lo) == len(hi) == nd:
+        raise ShapeError(f"{name} needs {nd} entries in stride/dilation/pad_lo/pad_hi")
+    if min(stride + dil, default=1) < 1:
+        raise ShapeError(f"{name} stride {stride} and dilation {dil} must be >= 1")
+
+
 def _define(nd: int) -> None:
     name = f"conv{nd}d"
 
     def shape_rule(types: Sequence[TensorType], attrs: Mapping[str, Attr]) -> list[TensorType]:
         x, w = types
+        _check_conv_attrs(name, nd, x, w, attrs)
         stride, dil = attr_ints(attrs, "stride"), attr_ints(attrs, "dilation")
         lo, hi, groups = attr_ints(attrs, "pad_lo"), attr_ints(attrs, "pad_hi"), attr_int(attrs, "groups")
-        if x.rank != nd + 2 or w.rank != nd + 2:
-            raise ShapeError(f"{name} needs rank-{nd + 2} input and weight, got {x} and {w}")
-        if not len(stride) == len(dil) == len(lo) == len(hi) == nd:
-            raise ShapeError(f"{name} needs {nd} entries in stride/dilation/pad_lo/pad_hi")
         c_in = static_dim(x.shape[1], f"{name} channels")
         if groups < 1 or c_in % groups or w.shape[1] != c_in // groups:
             raise ShapeError(f"{name}: input {x} with groups={groups} does not fit weight {w}")
@@ -90,27 +128,78 @@ def _define(nd: int) -> None:
                           attr_ints(attrs, "pad_lo"), attr_ints(attrs, "pad_hi"), attr_ints(attrs, "dilation"),
                           attr_int(attrs, "groups")), out)]
 
-    define_op(name, "conv", 2,
-              {"stride": "ints", "pad_lo": "ints", "pad_hi": "ints", "dilation": "ints", "groups": "int"},
-              shape_rule, reference, f"grouped {nd}-d cross-correlation, NC{'HW'[:nd]} layout, weight OI{'HW'[:nd]}")
+    define_op(name, "conv", 2, _CONV_ATTRS, shape_rule, reference,
+              f"grouped {nd}-d cross-correlation, NC{_spatial_letters(nd)} input, OI{_spatial_letters(nd)} weight")
 
 
-_define(1)
-_define(2)
+def _define_transpose(nd: int) -> None:
+    name = f"conv_transpose{nd}d"
+
+    def shape_rule(types: Sequence[TensorType], attrs: Mapping[str, Attr]) -> list[TensorType]:
+        x, w = types
+        _check_conv_attrs(name, nd, x, w, attrs)
+        stride, dil = attr_ints(attrs, "stride"), attr_ints(attrs, "dilation")
+        lo, hi, groups = attr_ints(attrs, "pad_lo"), attr_ints(attrs, "pad_hi"), attr_int(attrs, "groups")
+        c_in = static_dim(x.shape[1], f"{name} channels")
+        if groups < 1 or c_in % groups or w.shape[0] != c_in:
+            raise ShapeError(f"{name}: input {x} with groups={groups} does not fit weight {w} "
+                             "(weight is (in channels, out channels / groups, *kernel))")
+        spatial: list[Dim] = []
+        for i in range(nd):
+            k = static_dim(w.shape[2 + i], f"{name} kernel")
+            # (in - 1) * stride + dilation * (k - 1) + 1, cropped by pad_lo + pad_hi
+            size = dim_add(dim_mul(x.shape[2 + i], stride[i]), dil[i] * (k - 1) + 1 - stride[i] - lo[i] - hi[i])
+            if isinstance(size, int) and size < 0:
+                raise ShapeError(f"{name}: crops {lo[i]} + {hi[i]} exceed the output of {x} along spatial dim {i}")
+            spatial.append(size)
+        return [TensorType((x.shape[0], dim_mul(w.shape[1], groups), *spatial), promote(x.dtype, w.dtype))]
+
+    def reference(xs: Sequence[Array], attrs: Mapping[str, Attr]) -> list[Array]:
+        out = promote(dtype_of(xs[0]), dtype_of(xs[1]))
+        return [cast(conv_transpose(cast(xs[0], widen(out)), cast(xs[1], widen(out)), attr_ints(attrs, "stride"),
+                                    attr_ints(attrs, "pad_lo"), attr_ints(attrs, "pad_hi"),
+                                    attr_ints(attrs, "dilation"), attr_int(attrs, "groups")), out)]
+
+    define_op(name, "conv", 2, _CONV_ATTRS, shape_rule, reference,
+              f"grouped {nd}-d transposed convolution (the adjoint of conv{nd}d), NC{_spatial_letters(nd)} "
+              f"input, IO{_spatial_letters(nd)} weight; pad_lo/pad_hi crop the full result (negative: extend)")
 
 
-@hlo_rule("conv1d", "conv2d")
+for _nd in (1, 2, 3):
+    _define(_nd)
+    _define_transpose(_nd)
+CONVS = tuple(f"conv{nd}d" for nd in (1, 2, 3))
+TRANSPOSED = tuple(f"conv_transpose{nd}d" for nd in (1, 2, 3))
+
+
+@hlo_rule(*CONVS, *TRANSPOSED)
 def _conv_hlo(ctx: HloContext, node: Node, xs: Sequence[HloValue]) -> list[HloValue]:
-    """NC(H)(W) input, OI(H)(W) weight: one ``convolution`` with explicit window and dim numbers."""
+    """NC(D)(H)W input, OI(D)(H)W weight: one ``convolution`` with explicit window and dim numbers.
+
+    A transposed convolution is the convolution of the input dilated by ``stride`` (the window's
+    base dilation) with the kernel reversed and its channels swapped within each group, padded by
+    ``dilation * (k - 1)`` less the crops (negative padding crops)."""
     out, dims = ctx.result_type()
     b = ctx.b
     x, w = (b.convert(v, widen(out)) for v in xs)
     nd = x.rank - 2
     stride, dilation = ctx.ints("stride"), ctx.ints("dilation")
     lo, hi = ctx.ints("pad_lo"), ctx.ints("pad_hi")
+    window_stride, base = stride, (1,) * nd
+    if node.op in TRANSPOSED:
+        groups, kernel = ctx.int_attr("groups"), w.dims[2:]
+        c_in, c_out_g = w.dims[0], w.dims[1]
+        grouped = b.reshape(w, (groups, c_in // groups, c_out_g, *kernel))
+        swapped = b.transpose(grouped, [0, 2, 1, *range(3, 3 + nd)])
+        w = b.reshape(swapped, (groups * c_out_g, c_in // groups, *kernel))
+        w = b.op("reverse", [w], w.dtype, w.dims, dimensions=list(range(2, 2 + nd)))
+        reach = [dilation[i] * (kernel[i] - 1) for i in range(nd)]
+        lo = tuple(r - p for r, p in zip(reach, lo, strict=True))
+        hi = tuple(r - p for r, p in zip(reach, hi, strict=True))
+        window_stride, base = (1,) * nd, stride
     window = s.Window(dimensions=[
-        s.WindowDimension(size=w.dims[2 + i], stride=stride[i], padding_low=lo[i], padding_high=hi[i],
-                          window_dilation=dilation[i], base_dilation=1)
+        s.WindowDimension(size=w.dims[2 + i], stride=window_stride[i], padding_low=lo[i], padding_high=hi[i],
+                          window_dilation=dilation[i], base_dilation=base[i])
         for i in range(nd)
     ])
     spatial = list(range(2, 2 + nd))
@@ -124,10 +213,12 @@ def _conv_hlo(ctx: HloContext, node: Node, xs: Sequence[HloValue]) -> list[HloVa
     return [b.convert(y, out)]
 
 
-@pad_rule("conv1d", "conv2d")
+@pad_rule(*CONVS, *TRANSPOSED)
 def _conv_pad(ctx: PadContext, node: Node, inputs: list[Value]) -> tuple[Sequence[Value], Sequence[Layout]]:
-    """Convolution: padded batch passes through; a padded spatial axis (stride 1) is zeroed, as the
-    real computation's own zero padding beyond the end."""
+    """Convolution, plain or transposed: padded batch passes through; a padded spatial axis (stride
+    1) is zeroed, as the real computation's own zero padding beyond the end: a real output reads
+    real inputs and zeros only (the crops of a transposed convolution keep its real outputs a
+    prefix of length real + constant)."""
     x, w = inputs
     lx, lw = ctx.layout(x), ctx.layout(w)
     stride = attr_ints(node.attrs, "stride")
@@ -145,12 +236,14 @@ def _conv_pad(ctx: PadContext, node: Node, inputs: list[Value]) -> tuple[Sequenc
 
 
 kernel_helper(conv)
+kernel_helper(conv_transpose, deps=["conv"])
 
 
-@kernel_rule("conv1d", "conv2d")
+@kernel_rule(*CONVS, *TRANSPOSED)
 def _conv_kernel(e: KernelEmitter, node: Node, args: list[str], attrs: Mapping[str, Attr]) -> str:
     out = node.output.type.dtype
     compute = widen(out)
     x, w = (e.cast(a, t, compute) for a, t in zip(args, input_types(node), strict=True))
     params = ", ".join(lit(attrs[k]) for k in ("stride", "pad_lo", "pad_hi", "dilation"))
-    return e.cast(f"{e.function(conv)}({x}, {w}, {params}, {attrs['groups']})", compute, out)
+    fn = e.helper("conv_transpose") if node.op in TRANSPOSED else e.function(conv)
+    return e.cast(f"{fn}({x}, {w}, {params}, {attrs['groups']})", compute, out)

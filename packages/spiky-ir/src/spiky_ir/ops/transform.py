@@ -26,6 +26,7 @@ from spiky_ir.padding import (
     UnpaddableError,
     axis_attr,
     axis_factors,
+    fresh_layout,
     has_padded,
     merge_axis,
     not_along_padded,
@@ -139,6 +140,8 @@ def _reshape_pad(ctx: PadContext, node: Node, inputs: list[Value]) -> PadResult:
     outs = ctx.copy(node, inputs)
     flat = [f for axis in ctx.layout(x) for f in axis if f != 1]
     syms = padded_syms(ctx.layout(x), ctx.padded)
+    if not syms:  # nothing padded flows through: any regrouping is fine, symbolic splits included
+        return outs, [fresh_layout(outs[0].type, ctx.padded)]
     out_layout: list[Factors] = []
     pos = 0
     for dim in outs[0].type.shape:
