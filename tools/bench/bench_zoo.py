@@ -139,13 +139,21 @@ def _revision() -> str:
     return f"commit {head}" + (" with uncommitted changes" if dirty else "")
 
 
+def _inductor_note(rows: list[dict[str, object]], inductor: bool) -> str:
+    ran = sum(1 for r in rows if r.get("inductor_ms") is not None or r.get("inductor_first_s") is not None)
+    if not inductor or ran == 0:
+        return " (Inductor not run)"
+    if ran == len(rows):
+        return ""
+    return f"; Inductor run on {ran} of the {len(rows)} cases (— elsewhere: its compiles take minutes per case here)"
+
+
 def write_doc(rows: list[dict[str, object]], inductor: bool) -> None:
     revisions = sorted({str(r["revision"]) for r in rows if r.get("revision")}) or [_revision()]
     tol = ", ".join(f"{str(d).removeprefix('torch.')} {t:g}" for d, t in TOLERANCE.items())
     block = (
         f"{BEGIN}\nMeasured {date.today().isoformat()} ({'; '.join(revisions)}) on {os.cpu_count()} cores, Python "
-        f"{platform.python_version()}, one torch thread per backend, host target"
-        f"{'' if inductor else ' (Inductor not run)'}. "
+        f"{platform.python_version()}, one torch thread per backend, host target{_inductor_note(rows, inductor)}. "
         f"Tolerances (max relative error): {tol}.\n\n{table(rows)}\n**Summary:** {summary(rows)}\n{END}"
     )
     text = DOC.read_text()
