@@ -12,13 +12,14 @@ module            ops
 ``elementwise``   unary and binary elementwise ops, one line each
 ``creation``      constant, dim_value, full, zeros, iota, arange, tril, triu
 ``transform``     astype, transpose, reshape, broadcast_to, expand_dims, squeeze, concatenate,
-                  split, slice, pad, flip, repeat, tile
-``reduce``        sum, prod, max, min, any, all, mean, var, argmax, argmin
+                  split, slice, pad, flip, roll, repeat, tile
+``reduce``        sum, prod, max, min, any, all, mean, var, logsumexp, cumsum, cumprod, argmax,
+                  argmin
 ``linalg``        matmul, dot
 ``index``         where, take, take_along_axis, scatter, scatter_add, dynamic_slice,
                   dynamic_update_slice
-``nn``            softmax, topk
-``conv``          conv1d, conv2d
+``nn``            softmax, sort, topk
+``conv``          conv1d, conv2d, conv3d, conv_transpose1d, conv_transpose2d, conv_transpose3d
 ``collective``    all_reduce, all_gather, reduce_scatter, broadcast, all_to_all
 ================  ===============================================================================
 
