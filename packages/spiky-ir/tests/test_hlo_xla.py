@@ -24,6 +24,7 @@ import pytest
 from spiky_ir import DType, Graph, ShapeError, TensorType, all_ops, compile_plan, execute
 from spiky_ir.hlo import emit_hlo, missing_rules
 from spiky_ir.hlo.xla_cpu import compile_hlo, run_hlo
+from spiky_ir.types import DenseArray
 
 F32, F16, BF16, F64 = DType.float32, DType.float16, DType.bfloat16, DType.float64
 I8, I16, I32, I64, U8, BOOL = DType.int8, DType.int16, DType.int32, DType.int64, DType.uint8, DType.bool
@@ -129,6 +130,10 @@ EXPLICIT: list[Case] = [
     # creation
     *(Case("full", (), {"shape": (2, 3), "value": v, "dtype": d}) for v, d in [(1.5, F32), (-2, I64), (True, BOOL)]),
     *(Case("dim_value", (), {"value": v, "dtype": d}) for v, d in [(24, F32), (7, I64)]),
+    *(Case("literal", (), {"value": DenseArray.from_numpy(np.asarray(v, d.to_numpy()))}) for v, d in [
+        ([[1.5, -0.0, np.inf], [-np.inf, 3.25, 1e-30]], F32), ([0.1, -2.0], F16), ([1.5, -7.0, 0.0078125], BF16),
+        ([[1, -2], [3, 2**40]], I64), ([5, -3], I32), ([True, False, True], BOOL), ([200, 3], U8), (2.5, F64),
+        (np.zeros((0, 2)), F32)]),
     *(Case("zeros", (), {"shape": sh, "dtype": d}) for sh, d in [((3,), F16), ((2, 2), I32)]),
     *(Case("iota", (), {"shape": (3, 4), "axis": a, "dtype": d}) for a, d in [(0, I64), (1, F32), (1, BF16)]),
     *(Case("arange", (), {"start": st, "step": sp, "size": 6, "dtype": d})

@@ -19,7 +19,9 @@ the node's name instead of producing wrong numbers later.
 from __future__ import annotations
 
 import difflib
+import functools
 import itertools
+import logging
 import math
 import operator
 from collections.abc import Callable, Sequence
@@ -35,11 +37,12 @@ from spiky_ir.errors import LoweringError, SpikyError
 from spiky_ir.ir import Graph, Value
 from spiky_ir.registry import OpDef, all_ops, get_op
 from spiky_ir.symbolic import Dim, canonical, dim_add, dim_mul, dim_sub, dims_product
-from spiky_ir.types import Attr, TensorType
+from spiky_ir.types import Attr, DenseArray, TensorType
 from spiky_ir.verify import verify
 
 aten = torch.ops.aten
 c10d = torch.ops._c10d_functional
+log = logging.getLogger("spiky.ir.fx")
 
 Lowered = Value | tuple[Value | None, ...] | Dim | None
 """What a lowering produces for its FX node: a value, several (multi-result ops), a
@@ -290,6 +293,7 @@ def lower_fx_graph(gm: fx.GraphModule, name: str = "main") -> LoweredGraph:
     Tensor placeholders become graph inputs; SymInt placeholders become symbolic dims
     (named by the SymInt's symbol) and are not inputs of the IR graph.
     """
+    _pin_sizes(gm)
     graph = Graph(name=name)
     ctx = LoweringContext(graph)
     slots: list[OutputSlot] = []
@@ -338,11 +342,79 @@ def lower_fx_graph(gm: fx.GraphModule, name: str = "main") -> LoweredGraph:
                         "are not lowered (compile with static shapes)"
                     )
             graph.set_outputs(values)
+        elif node.op == "get_attr":
+            ctx.env[node] = _lower_get_attr(ctx, gm, node)
         else:
             raise LoweringError(f"FX node '{node.name}' of kind '{node.op}' is not lowered (only ATen graphs are)")
     verify(graph)
     node_values = {n.name: v for n, v in ctx.env.items() if isinstance(v, Value)}
     return LoweredGraph(graph, slots, dim_outputs, node_values)
+
+
+def _encoder_layer_sizes(node: fx.Node) -> list[tuple[Any, int, str]]:
+    src = node.args[0].meta.get("val") if isinstance(node.args[0], fx.Node) else None
+    embed = node.args[1]
+    if not isinstance(src, torch.Tensor) or src.dim() != 3 or not isinstance(embed, int):
+        return []
+    return [(src.shape[2], embed, "the input's last dim is the embedding dim")]
+
+
+SIZE_REQUIREMENTS: dict[Any, Callable[[fx.Node], list[tuple[Any, int, str]]]] = {
+    aten._transformer_encoder_layer_fwd.default: _encoder_layer_sizes,
+}
+"""ATen overload → the (size, value, why) its kernel requires but its fake kernel does not check.
+Under ``dynamic=True`` such a size stays symbolic; :func:`_pin_sizes` makes it the value."""
+
+
+def _pin_sizes(gm: fx.GraphModule) -> None:
+    """Sizes some ops require to equal a constant (e.g. the fused encoder layer's embedding dim)
+    are pinned in torch's shape environment before lowering: ``size == value`` on a SymInt adds
+    a guard (a call with another size recompiles) and makes the symbol that value in every fake
+    tensor of the graph, inputs included."""
+    for node in gm.graph.nodes:
+        rule = SIZE_REQUIREMENTS.get(node.target) if node.op == "call_function" else None
+        for size, value, why in rule(node) if rule is not None else []:
+            if isinstance(size, torch.SymInt) and not bool(size == value):
+                raise LoweringError(f"{source_of(node)}: {why}, {value}, but it is {size}; torch's own kernel "
+                                    "rejects this call too")
+
+
+def tensor_to_numpy(t: torch.Tensor) -> np.ndarray[Any, Any]:
+    """A CPU copy of a real (not fake) tensor as a numpy array of its IR type (bfloat16 as ml_dtypes').
+
+    Works inside a fake-tensor mode (backends compile under one): the copy runs outside it."""
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+    dtype = ir_dtype(t.dtype)
+    with unset_fake_temporarily():
+        t = t.detach().to("cpu").contiguous()
+        array: np.ndarray[Any, Any] = t.view(torch.int16).numpy().view(dtype.to_numpy()) if dtype is DType.bfloat16 \
+            else t.numpy()
+        copy: np.ndarray[Any, Any] = array.copy()
+        return copy
+
+
+def _lower_get_attr(ctx: LoweringContext, gm: fx.GraphModule, node: fx.Node) -> Value:
+    """A tensor the graph module holds (a constant lifted into the graph, e.g. ``torch.tensor([])``
+    in model code) becomes a ``literal``: its data is part of the IR, so its text and the compile
+    cache key change when the data does."""
+    target = str(node.target)
+    try:
+        held: Any = functools.reduce(getattr, target.split("."), gm)
+    except AttributeError:
+        raise LoweringError(f"FX node '{node.name}' reads attribute {target!r}, which the graph module "
+                            "does not have") from None
+    if not isinstance(held, torch.Tensor):
+        raise LoweringError(f"FX node '{node.name}' reads attribute {target!r}, a {type(held).__name__}; only "
+                            "tensor attributes (constants) lower")
+    from torch._subclasses.fake_tensor import is_fake
+
+    if is_fake(held) or held.is_meta:
+        raise LoweringError(f"FX node '{node.name}' reads tensor attribute {target!r} that has no data (a fake or "
+                            "meta tensor); lower the graph module that holds the real constant")
+    dense = DenseArray.from_numpy(tensor_to_numpy(held))
+    log.debug("constant %s %s (%d bytes) becomes a literal", target, dense.type, len(dense.data))
+    return ctx.op("literal", attrs={"value": dense})
 
 
 def lower_fx(gm: fx.GraphModule, name: str = "main") -> Graph:
@@ -707,6 +779,13 @@ def _to_copy(ctx: LoweringContext, node: fx.Node) -> Value:
     return ctx.astype(ctx.value(node, 0), _fake_type(node).dtype)
 
 
+# By name, like prims.fma: Dynamo's float inputs (e.g. a norm's eps under dynamic=True) arrive
+# as float64 rank-0 tensors that the graph casts with this prim.
+@lowers("prims.convert_element_type.default")
+def _convert_element_type(ctx: LoweringContext, node: fx.Node) -> Value:
+    return ctx.astype(ctx.value(node, 0), ir_dtype(ctx.arg(node, 1, "dtype")))
+
+
 @lowers(aten.copy.default)
 def _copy(ctx: LoweringContext, node: fx.Node) -> Value:
     dst, src = ctx.value(node, 0), ctx.value(node, 1)
@@ -748,8 +827,12 @@ def _slice_bounds(size: Dim, start: Any, end: Any) -> tuple[Dim, Dim]:
             end = min(max(end + size if end < 0 else end, 0), size)
         if isinstance(start, int) and isinstance(end, int):
             end = max(end, start)
-    elif isinstance(end, int) and end < 0:
-        end = dim_add(size, end)
+    else:  # negative ends count from the symbolic size (torch guarded that they stay in range;
+        # the lowered shape is checked against torch's, so a clamped case cannot pass silently)
+        if isinstance(start, int) and start < 0:
+            start = dim_add(size, start)
+        if isinstance(end, int) and end < 0:
+            end = dim_add(size, end)
     return start, end
 
 
@@ -771,6 +854,122 @@ def _select(ctx: LoweringContext, node: fx.Node) -> Value:
         index = dim_add(size, index)
     one = ctx.slice(x, dim, index, dim_add(index, 1))
     return ctx.op("squeeze", one, attrs={"axes": (dim,)})
+
+
+# -- as_strided: a restride that reshape, transpose, slice and broadcast express --
+
+
+def _layout_of(val: torch.Tensor) -> tuple[tuple[Dim, ...], tuple[Dim, ...], Dim]:
+    return (tuple(_sym_dim(d) for d in val.shape), tuple(_sym_dim(d) for d in val.stride()),
+            _sym_dim(val.storage_offset()))
+
+
+def _significant(shape: Sequence[Dim], strides: Sequence[Dim]) -> list[tuple[int, Dim, Dim]]:
+    """``(dim, size, stride)`` of the dims whose stride matters (size other than 1)."""
+    return [(i, n, t) for i, (n, t) in enumerate(zip(shape, strides, strict=True)) if n != 1]
+
+
+@lowers(aten.as_strided.default, aten.as_strided_copy.default)
+def _as_strided(ctx: LoweringContext, node: fx.Node) -> Value:
+    """``as_strided(x, size, stride, offset)`` reads x's storage at ``offset + sum(i_k * stride_k)``.
+
+    Lowered only where the layouts prove it is a view: x (with the strides torch gives it) must
+    be a dense block of its storage, and the output's dims, by decreasing stride, must nest
+    (each dim's stride exceeds the span of the dims inside it) and stay inside that block. Then
+    the result is x in storage order, sliced (or zero-padded past the end, at positions no
+    output element reads) and reshaped dim by dim, transposed back, and broadcast along
+    stride-0 dims. Anything else (overlapping windows, storage outside x) is refused.
+    """
+    x = ctx.value(node, 0)
+    src = node.args[0].meta.get("val") if isinstance(node.args[0], fx.Node) else None
+    if not isinstance(src, torch.Tensor):
+        raise LoweringError(f"{source_of(node)}: as_strided needs torch's layout (fake tensor) of its input")
+    x_shape, x_strides, x_offset = _layout_of(src)
+    # The arguments, not the output's fake tensor (whose storage offset need not be the argument).
+    # (ctx.arg maps SymInts to dims.) Layouts are torch's fake tensors' (exact in aot_autograd and
+    # Dynamo graphs; make_fx's real-mode tracing drops the storage offsets of views).
+    shape = tuple(canonical(d) for d in ctx.arg(node, 1, "size"))
+    strides = tuple(canonical(d) for d in ctx.arg(node, 2, "stride"))
+    raw_offset = ctx.kwarg(node, 3, "storage_offset", None)
+    offset = x_offset if raw_offset is None else canonical(raw_offset)
+    if _significant(shape, strides) == _significant(x_shape, x_strides) and offset == x_offset:
+        return ctx.reshape(x, shape)  # the same elements in the same order; only size-1 strides differ
+    static = [d for d in (*x_shape, *x_strides, x_offset, *shape, *strides, offset) if not isinstance(d, int)]
+    if static:
+        raise LoweringError(
+            f"{source_of(node)}: as_strided from {_describe_layout(x_shape, x_strides, x_offset)} to "
+            f"{_describe_layout(shape, strides, offset)} with symbolic sizes is lowered only when it keeps "
+            "the input's layout; compile with static shapes or options={'fallback': 'eager'}")
+    return _restride(ctx, node, x, _static_layout(x_shape, x_strides, x_offset), _static_layout(shape, strides, offset))
+
+
+def _describe_layout(shape: Sequence[Dim], strides: Sequence[Dim], offset: Dim) -> str:
+    return f"size {list(shape)} stride {list(strides)} offset {offset}"
+
+
+Layout3 = tuple[tuple[int, ...], tuple[int, ...], int]
+
+
+def _static_layout(shape: Sequence[Dim], strides: Sequence[Dim], offset: Dim) -> Layout3:
+    def static(d: Dim) -> int:
+        assert isinstance(d, int)
+        return d
+
+    return tuple(map(static, shape)), tuple(map(static, strides)), static(offset)
+
+
+def _restride(ctx: LoweringContext, node: fx.Node, x: Value, src: Layout3, dst: Layout3) -> Value:
+    (x_shape, x_strides, x_offset), (shape, strides, offset) = src, dst
+    refuse = (f"{source_of(node)}: as_strided from {_describe_layout(*src)} to {_describe_layout(*dst)} is not a "
+              "view that reshape/transpose/slice can express")
+    if math.prod(shape) == 0:
+        return ctx.op("zeros", attrs={"shape": tuple(shape), "dtype": x.type.dtype})
+    numel = math.prod(x_shape)
+    # x in storage order: its dims by decreasing stride must tile a dense block.
+    inner = sorted(((d, n, t) for d, (n, t) in enumerate(zip(x_shape, x_strides, strict=True)) if n != 1),
+                   key=lambda d: -d[2])
+    expected = 1
+    for _dim, n, t in reversed(inner):
+        if t != expected:
+            raise LoweringError(f"{refuse}: the input is not a dense block of its storage (dim of size {n} has "
+                                f"stride {t}, a dense layout has {expected})")
+        expected *= n
+    order = [d for d, _n, _t in inner] + [d for d in range(len(x_shape)) if x_shape[d] == 1]
+    buffer = ctx.reshape(ctx.transpose(x, order), (numel,))
+    base = offset - x_offset
+    dims = sorted(((d, n, t) for d, (n, t) in enumerate(zip(shape, strides, strict=True)) if n != 1 and t != 0),
+                  key=lambda d: -d[2])
+    last = base + sum((n - 1) * t for _d, n, t in dims)
+    if base < 0 or last >= numel:
+        raise LoweringError(f"{refuse}: it reads storage {base + x_offset}..{last + x_offset}, outside the input's "
+                            f"{x_offset}..{x_offset + numel - 1}")
+    for k in range(1, len(dims)):
+        span = sum((n - 1) * t for _d, n, t in dims[k:])
+        if span >= dims[k - 1][2]:
+            raise LoweringError(f"{refuse}: its elements overlap or interleave (the dims inside stride "
+                                f"{dims[k - 1][2]} span {span + 1} elements)")
+    # Peel one dim at a time off the last axis: rows of length stride, sliced or zero-padded.
+    v = ctx.slice(buffer, 0, base, numel)
+    sizes: list[int] = []
+    for _d, n, t in dims:
+        length = v.type.shape[-1]
+        assert isinstance(length, int)
+        want = n * t
+        if want > length:  # the padding lies past the last element any output position reads
+            rank = v.type.rank
+            v = ctx.op("pad", v, attrs={"lo": (0,) * rank, "hi": (0,) * (rank - 1) + (want - length,),
+                                        "value": _scalar_attr(0, v.type.dtype)})
+        v = ctx.slice(v, v.type.rank - 1, 0, want)
+        sizes.append(n)
+        v = ctx.reshape(v, (*sizes, t))
+    v = ctx.slice(v, v.type.rank - 1, 0, 1)
+    v = ctx.reshape(v, tuple(sizes))
+    # Back to the output's dim order, then size-1 and stride-0 dims.
+    placed = sorted(range(len(dims)), key=lambda k: dims[k][0])
+    v = ctx.transpose(v, placed)
+    kept = {d for d, _n, _t in dims}
+    v = ctx.reshape(v, tuple(n if d in kept else 1 for d, n in enumerate(shape)))
+    return ctx.broadcast(v, tuple(shape))
 
 
 @lowers(aten.flip.default)
@@ -872,10 +1071,13 @@ def _arange(ctx: LoweringContext, node: fx.Node) -> Value:
 
 
 def _normalized_index(ctx: LoweringContext, idx: Value, size: Dim) -> Value:
-    """Negative indices wrap (as in torch)."""
-    wrapped = ctx.op("add", idx, ctx.const(size if isinstance(size, int) else 0, idx.type.dtype))
-    if not isinstance(size, int):
-        raise LoweringError(f"{ctx._where()}: negative-index wrapping over symbolic dim {size!r} is not supported")
+    """Negative indices wrap (as in torch); over a symbolic dim by its real length at run time
+    (``dim_value``, which the padding pass rebuilds from the real lengths of padded symbols)."""
+    if isinstance(size, int):
+        length = ctx.const(size, idx.type.dtype)
+    else:
+        length = ctx.op("dim_value", attrs={"value": size, "dtype": idx.type.dtype})
+    wrapped = ctx.op("add", idx, length)
     negative = ctx.op("less", idx, ctx.const(0, idx.type.dtype))
     return ctx.op("where", negative, wrapped, idx)
 
@@ -903,8 +1105,10 @@ def _linear_index(ctx: LoweringContext, x: Value, indices: list[Value | None]) -
         idx = indices[d]
         assert idx is not None
         idx = _normalized_index(ctx, ctx.astype(idx, DType.int64), shape[d])
-        linear = idx if linear is None else ctx.op(
-            "add", ctx.binary("multiply", linear, _static_int(ctx, shape[d])), idx)
+        # A symbolic size multiplies as its value (dim_value). Under padding this cannot mix
+        # real and padded strides: ``take`` along an axis holding a padded symbol is refused by
+        # its padding rule, so such a symbol is compiled at exact sizes.
+        linear = idx if linear is None else ctx.op("add", ctx.binary("multiply", linear, shape[d]), idx)
     merged = (*shape[:first], dims_product(shape[first:first + count]), *shape[first + count:])
     assert linear is not None
     return ctx.reshape(x, merged), first, count, linear
@@ -1133,6 +1337,48 @@ def _channel(ctx: LoweringContext, v: Value, rank: int) -> Value:
     return ctx.reshape(v, (v.type.shape[0],) + (1,) * (rank - 2))
 
 
+def _affine(ctx: LoweringContext, out: Value, weight: Any, bias: Any, rank: int) -> Value:
+    if weight is not None:
+        out = ctx.op("multiply", out, _channel(ctx, weight, rank))
+    if bias is not None:
+        out = ctx.op("add", out, _channel(ctx, bias, rank))
+    return out
+
+
+def _batch_norm_eval_values(ctx: LoweringContext, x: Value, weight: Any, bias: Any, mean: Value, var: Value,
+                            eps: float) -> Value:
+    rank = x.type.rank
+    xf = _half_to_f32(ctx, x)
+    scale = ctx.op("rsqrt", ctx.binary("add", _channel(ctx, var, rank), eps))
+    out = ctx.op("multiply", ctx.op("subtract", xf, _channel(ctx, mean, rank)), scale)
+    return ctx.astype(_affine(ctx, out, weight, bias, rank), x.type.dtype)
+
+
+def _batch_norm_train_values(ctx: LoweringContext, node: fx.Node, x: Value, weight: Any, bias: Any,
+                             eps: float) -> tuple[Value, Value, Value, Value, Value]:
+    """Batch statistics over every dim but the channel dim (1): ``(out, mean, rstd, mean, biased var)``,
+    the statistics as (C,) vectors in the input's compute type."""
+    rank = x.type.rank
+    if rank < 2:
+        raise LoweringError(f"{source_of(node)}: batch norm needs (N, C, ...) input, got {x.type}")
+    xf = _half_to_f32(ctx, x)
+    axes = (0, *range(2, rank))
+    mean = ctx.reduce("mean", xf, axes, True)
+    var = ctx.reduce("var", xf, axes, True, correction=0.0)
+    rstd = ctx.op("rsqrt", ctx.binary("add", var, eps))
+    out = _affine(ctx, ctx.op("multiply", ctx.op("subtract", xf, mean), rstd), weight, bias, rank)
+    channels = (x.type.shape[1],)
+    return (ctx.astype(out, x.type.dtype), ctx.reshape(mean, channels), ctx.reshape(rstd, channels),
+            ctx.reshape(mean, channels), ctx.reshape(var, channels))
+
+
+def _running_update(ctx: LoweringContext, running: Value, batch: Value, momentum: float) -> Value:
+    """``(1 - momentum) * running + momentum * batch`` in the running buffer's type."""
+    batch = ctx.astype(batch, running.type.dtype)
+    kept = ctx.binary("multiply", running, 1.0 - momentum)
+    return ctx.op("add", kept, ctx.binary("multiply", batch, momentum))
+
+
 @lowers(aten._native_batch_norm_legit_no_training.default, aten.native_batch_norm.default)
 def _batch_norm_eval(ctx: LoweringContext, node: fx.Node) -> tuple[Value, Value, Value]:
     x = ctx.value(node, 0)
@@ -1141,23 +1387,54 @@ def _batch_norm_eval(ctx: LoweringContext, node: fx.Node) -> tuple[Value, Value,
     if node.target is aten.native_batch_norm.default:
         if ctx.arg(node, 5, "training"):
             raise LoweringError(
-                f"{source_of(node)}: training-mode batch norm (batch statistics and running-stat "
-                "updates) is not lowered; call model.eval() for inference"
+                f"{source_of(node)}: native_batch_norm in training mode updates its running stats in place; "
+                "spiky lowers the functional form aot_autograd emits (_native_batch_norm_legit_functional) "
+                "and _native_batch_norm_legit.no_stats"
             )
         eps = float(ctx.arg(node, 7, "eps"))
     else:
         eps = float(ctx.arg(node, 6, "eps"))
-    rank = x.type.rank
-    xf = _half_to_f32(ctx, x)
-    scale = ctx.op("rsqrt", ctx.binary("add", _channel(ctx, var, rank), eps))
-    out = ctx.op("multiply", ctx.op("subtract", xf, _channel(ctx, mean, rank)), scale)
-    if weight is not None:
-        out = ctx.op("multiply", out, _channel(ctx, weight, rank))
-    if bias is not None:
-        out = ctx.op("add", out, _channel(ctx, bias, rank))
+    out = _batch_norm_eval_values(ctx, x, weight, bias, mean, var, eps)
     empty = [_fake_type(node, v) for v in node.meta["val"][1:]]
     save_mean, save_rstd = (ctx.op("zeros", attrs={"shape": t.shape, "dtype": t.dtype}) for t in empty)
-    return ctx.astype(out, x.type.dtype), save_mean, save_rstd
+    return out, save_mean, save_rstd
+
+
+@lowers(aten._native_batch_norm_legit_functional.default)
+def _batch_norm_functional(ctx: LoweringContext, node: fx.Node) -> tuple[Value, ...]:
+    """``(out, save_mean, save_rstd, new running_mean, new running_var)``; aot_autograd copies the
+    last two back into the module's buffers.
+
+    Training: batch mean and biased variance normalise; the running variance is updated with
+    the unbiased one (``var * n / (n - 1)``, n the elements per channel), as torch does, both
+    with ``momentum``. Eval: the running stats normalise and come back unchanged.
+    """
+    x = ctx.value(node, 0)
+    weight, bias = ctx.arg(node, 1), ctx.arg(node, 2)
+    running_mean, running_var = ctx.value(node, 3), ctx.value(node, 4)
+    training, momentum, eps = bool(ctx.arg(node, 5)), float(ctx.arg(node, 6)), float(ctx.arg(node, 7))
+    if not training:
+        out = _batch_norm_eval_values(ctx, x, weight, bias, running_mean, running_var, eps)
+        empty = [_fake_type(node, v) for v in node.meta["val"][1:3]]
+        save_mean, save_rstd = (ctx.op("zeros", attrs={"shape": t.shape, "dtype": t.dtype}) for t in empty)
+        return out, save_mean, save_rstd, running_mean, running_var
+    out, save_mean, save_rstd, mean, var = _batch_norm_train_values(ctx, node, x, weight, bias, eps)
+    count = dims_product((x.type.shape[0], *x.type.shape[2:]))
+    n = ctx.tensor(count, like=var)  # a dim_value when the batch or spatial sizes are symbolic
+    # n / (n - 1): torch divides by n - 1 (a single element per channel gives inf or nan, as in torch)
+    unbiased = ctx.op("multiply", var, ctx.op("divide", n, ctx.binary("subtract", n, 1)))
+    return (out, save_mean, save_rstd, _running_update(ctx, running_mean, mean, momentum),
+            _running_update(ctx, running_var, unbiased, momentum))
+
+
+@lowers(aten._native_batch_norm_legit.no_stats)
+def _batch_norm_no_stats(ctx: LoweringContext, node: fx.Node) -> tuple[Value, Value, Value]:
+    """Batch norm without running stats (``track_running_stats=False``): always batch statistics."""
+    x = ctx.value(node, 0)
+    eps = float(ctx.arg(node, 5, "eps"))
+    out, save_mean, save_rstd, _mean, _var = _batch_norm_train_values(ctx, node, x, ctx.arg(node, 1),
+                                                                      ctx.arg(node, 2), eps)
+    return out, save_mean, save_rstd
 
 
 @lowers(aten.native_group_norm.default)
@@ -1448,6 +1725,151 @@ def _adaptive_avg_pool2d(ctx: LoweringContext, node: fx.Node) -> Value:
     blocks = ctx.reshape(x, (*lead, out_hw[0], h // out_hw[0], out_hw[1], w // out_hw[1]))
     rank = blocks.type.rank
     return ctx.reduce("mean", blocks, (rank - 3, rank - 1), False)
+
+
+# -- attention: torch's fused encoder layer, and the backward of SDPA --
+
+
+def _linear(ctx: LoweringContext, x: Value, weight: Value, bias: Value | None) -> Value:
+    """``x @ weight.T + bias`` (nn.Linear's layout: weight is (out, in))."""
+    out = ctx.op("matmul", x, ctx.transpose(weight, (1, 0)))
+    return out if bias is None else ctx.op("add", out, bias)
+
+
+def _last_dim_layer_norm(ctx: LoweringContext, x: Value, weight: Value, bias: Value, eps: float) -> Value:
+    xf = _half_to_f32(ctx, x)
+    axis = (x.type.rank - 1,)
+    mean = ctx.reduce("mean", xf, axis, True)
+    rstd = ctx.op("rsqrt", ctx.binary("add", ctx.reduce("var", xf, axis, True, correction=0.0), eps))
+    out = ctx.op("add", ctx.op("multiply", ctx.op("multiply", ctx.op("subtract", xf, mean), rstd), weight), bias)
+    return ctx.astype(out, x.type.dtype)
+
+
+def _heads(ctx: LoweringContext, x: Value, heads: int) -> Value:
+    """(B, T, D) → (B, heads, T, D / heads)."""
+    b, t, d = x.type.shape
+    per_head = _static_int(ctx, d) // heads
+    return ctx.transpose(ctx.reshape(x, (b, t, heads, per_head)), (0, 2, 1, 3))
+
+
+@lowers(aten._transformer_encoder_layer_fwd.default)
+def _transformer_encoder_layer(ctx: LoweringContext, node: fx.Node) -> Value:
+    """torch's fused ``nn.TransformerEncoderLayer`` (its inference fast path, taken under no_grad),
+    from its native semantics: self-attention with ``q`` scaled by 1/sqrt(head dim) before
+    ``q @ k.T``, a mask made boolean (nonzero masks out; ``mask_type`` 0: (T, T), 1: key padding
+    (B, T), 2: (B, H, T, T)), residual adds, layer norms before (``norm_first``) or after each
+    block, and a feed-forward of relu or exact gelu. Dropout is absent (the fast path is eval only).
+    """
+    src = ctx.value(node, 0)
+    heads = int(ctx.arg(node, 2, "num_heads"))
+    qkv_w, qkv_b, proj_w, proj_b = (ctx.value(node, i) for i in (3, 4, 5, 6))
+    use_gelu, norm_first, eps = bool(ctx.arg(node, 7)), bool(ctx.arg(node, 8)), float(ctx.arg(node, 9))
+    n1_w, n1_b, n2_w, n2_b, f1_w, f1_b, f2_w, f2_b = (ctx.value(node, i) for i in range(10, 18))
+    mask = ctx.kwarg(node, 18, "mask", None)
+    mask_type = ctx.kwarg(node, 19, "mask_type", None)
+    if src.type.rank != 3:
+        raise LoweringError(f"{source_of(node)}: the fused encoder layer takes batched (B, T, D) input, got {src.type}")
+    if isinstance(_numel(src), int) and _numel(src) == 0:
+        return src
+    x = _last_dim_layer_norm(ctx, src, n1_w, n1_b, eps) if norm_first else src
+    b, t, d = x.type.shape
+    qkv = _linear(ctx, x, qkv_w, qkv_b)
+    q, k, v = ctx.ops("split", qkv, attrs={"sizes": (d, d, d), "axis": 2})
+    per_head = _static_int(ctx, d) // heads
+    q = ctx.binary("multiply", q, 1.0 / math.sqrt(per_head))
+    scores = ctx.op("matmul", _heads(ctx, q, heads), ctx.transpose(_heads(ctx, k, heads), (0, 1, 3, 2)))
+    if mask is not None:
+        if not isinstance(mask, Value) or mask_type not in (0, 1, 2):
+            raise LoweringError(f"{source_of(node)}: mask_type {mask_type!r} is not 0, 1 or 2")
+        masked = mask if mask.type.dtype is DType.bool else ctx.binary("not_equal", mask, 0)
+        if mask_type == 1:  # (B, T) key padding: every head and query position
+            masked = ctx.reshape(masked, (masked.type.shape[0], 1, 1, masked.type.shape[1]))
+        lowest = ctx.const(-math.inf, scores.type.dtype)
+        scores = ctx.op("where", ctx.broadcast(masked, scores.type.shape), lowest, scores)
+    probs = ctx.op("softmax", scores, attrs={"axis": 3})
+    attn = ctx.op("matmul", probs, _heads(ctx, v, heads))
+    attn = ctx.reshape(ctx.transpose(attn, (0, 2, 1, 3)), (b, t, d))
+    x = ctx.op("add", _linear(ctx, attn, proj_w, proj_b), src)
+    if not norm_first:
+        x = _last_dim_layer_norm(ctx, x, n1_w, n1_b, eps)
+    residual = x
+    if norm_first:
+        x = _last_dim_layer_norm(ctx, x, n2_w, n2_b, eps)
+    hidden = _linear(ctx, x, f1_w, f1_b)
+    if use_gelu:  # exact gelu: 0.5 * h * (1 + erf(h / sqrt(2)))
+        erf = ctx.op("erf", ctx.binary("multiply", hidden, 1.0 / math.sqrt(2.0)))
+        hidden = ctx.op("multiply", ctx.binary("multiply", hidden, 0.5), ctx.binary("add", erf, 1.0))
+    else:
+        hidden = ctx.binary("maximum", hidden, 0)
+    x = ctx.op("add", _linear(ctx, hidden, f2_w, f2_b), residual)
+    if not norm_first:
+        x = _last_dim_layer_norm(ctx, x, n2_w, n2_b, eps)
+    return x
+
+
+def _repeat_heads(ctx: LoweringContext, x: Value, heads: Dim) -> Value:
+    """(B, Hk, S, E) → (B, heads, S, E), each key/value head serving heads / Hk query heads in a row."""
+    b, hk, s_, e = x.type.shape
+    if hk == heads:
+        return x
+    group = _static_int(ctx, heads) // _static_int(ctx, hk)
+    spread = ctx.broadcast(ctx.reshape(x, (b, hk, 1, s_, e)), (b, hk, group, s_, e))
+    return ctx.reshape(spread, (b, heads, s_, e))
+
+
+def _sum_heads(ctx: LoweringContext, grad: Value, like: Value) -> Value:
+    """The inverse of :func:`_repeat_heads` for gradients: sum each group of query heads."""
+    b, h, s_, e = grad.type.shape
+    hk = like.type.shape[1]
+    if hk == h:
+        return grad
+    group = _static_int(ctx, h) // _static_int(ctx, hk)
+    return ctx.reduce("sum", ctx.reshape(grad, (b, hk, group, s_, e)), (2,), False)
+
+
+@lowers(aten._scaled_dot_product_flash_attention_for_cpu_backward.default)
+def _sdpa_flash_for_cpu_backward(ctx: LoweringContext, node: fx.Node) -> tuple[Value, Value, Value]:
+    """Gradients of q, k, v from the saved output and logsumexp (float32), recomputing the
+    probabilities ``P = exp(scale * q @ k.T + mask - lse)``:
+    ``dV = P.T @ dO``, ``dS = P * (dO @ V.T - rowsum(dO * O))``, ``dQ = scale * dS @ K``,
+    ``dK = scale * dS.T @ Q``. Grouped-query attention (fewer key/value heads) sums each group.
+    Rows whose every key is masked have no gradient (torch saves lse 0 for them, and any other
+    value is read as such a row when it is -inf).
+    """
+    grad, q, k, v, out, lse = (ctx.value(node, i) for i in range(6))
+    dropout = float(ctx.arg(node, 6, "dropout_p"))
+    if dropout != 0.0:
+        raise LoweringError(f"{source_of(node)}: SDPA backward with dropout_p={dropout} has random masks that "
+                            "cannot be replayed; train attention with dropout_p=0.0")
+    causal = bool(ctx.arg(node, 7, "is_causal"))
+    mask = ctx.kwarg(node, 8, "attn_mask", None)
+    scale = ctx.kwarg(node, 9, "scale", None)
+    factor = float(scale) if scale is not None else 1.0 / math.sqrt(_static_int(ctx, q.type.shape[-1]))
+    compute = DType.float32 if q.type.dtype in (DType.float16, DType.bfloat16) else q.type.dtype
+    gf, qf, of = (ctx.astype(t, compute) for t in (grad, q, out))
+    heads = q.type.shape[1]
+    kf, vf = (_repeat_heads(ctx, ctx.astype(t, compute), heads) for t in (k, v))
+    scores = ctx.binary("multiply", ctx.op("matmul", qf, ctx.transpose(kf, (0, 1, 3, 2))), factor)
+    length, source = scores.type.shape[-2:]
+    if causal:
+        keep = ctx.op("tril", ctx.full((length, source), True, DType.bool), attrs={"k": 0})
+        scores = ctx.op("where", keep, scores, ctx.const(-math.inf, compute))
+    if mask is not None:
+        if mask.type.dtype is DType.bool:
+            scores = ctx.op("where", mask, scores, ctx.const(-math.inf, compute))
+        else:
+            scores = ctx.op("add", scores, ctx.astype(mask, compute))
+    lse = ctx.astype(lse, compute)
+    lse = ctx.op("where", ctx.binary("equal", lse, -math.inf), ctx.const(0.0, compute), lse)
+    probs = ctx.op("exp", ctx.op("subtract", scores, ctx.op("expand_dims", lse, attrs={"axis": 3})))
+    d_v = ctx.op("matmul", ctx.transpose(probs, (0, 1, 3, 2)), gf)
+    d_probs = ctx.op("matmul", gf, ctx.transpose(vf, (0, 1, 3, 2)))
+    row = ctx.reduce("sum", ctx.op("multiply", gf, of), (3,), True)
+    d_scores = ctx.binary("multiply", ctx.op("multiply", probs, ctx.op("subtract", d_probs, row)), factor)
+    d_q = ctx.op("matmul", d_scores, kf)
+    d_k = ctx.op("matmul", ctx.transpose(d_scores, (0, 1, 3, 2)), qf)
+    return (ctx.astype(d_q, q.type.dtype), ctx.astype(_sum_heads(ctx, d_k, k), k.type.dtype),
+            ctx.astype(_sum_heads(ctx, d_v, v), v.type.dtype))
 
 
 @lowers(aten.threshold_backward.default)

@@ -28,7 +28,7 @@ import numpy as np
 from spiky_ir.dtypes import DType, promote
 from spiky_ir.errors import IRError, ShapeError
 from spiky_ir.symbolic import Dim
-from spiky_ir.types import Attr, TensorType
+from spiky_ir.types import Attr, DenseArray, TensorType
 
 Array = np.ndarray[Any, np.dtype[Any]]
 ShapeRule = Callable[[Sequence[TensorType], Mapping[str, Attr]], Sequence[TensorType]]
@@ -45,6 +45,7 @@ ATTR_KINDS: dict[str, tuple[type, ...]] = {
     "dims": (tuple,),
     "dim": (int, str),
     "scalar": (bool, int, float),
+    "array": (DenseArray,),
 }
 """Attribute kinds an op may declare, with the Python types each accepts."""
 

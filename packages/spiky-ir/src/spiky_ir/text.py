@@ -9,9 +9,10 @@
       return %mm
     }
 
-Attributes are printed sorted by name; node ``source`` locations are debug
-information and are not part of the text (two graphs that compute the same thing
-from different source lines share a cache entry).
+Attributes are printed sorted by name; a dense array (the data of a ``literal``) prints
+as ``dense<f32[2,3]:HEX>``, its little-endian bytes in hex, so it reads back bit for bit.
+Node ``source`` locations are debug information and are not part of the text (two graphs
+that compute the same thing from different source lines share a cache entry).
 
 The printer is :func:`spiky_ir.ir.print_graph` (``str(graph)`` uses it, so it lives
 with the graph); this module re-exports it next to the parser.
@@ -26,7 +27,7 @@ from spiky_ir.dtypes import DType
 from spiky_ir.errors import IRError
 from spiky_ir.ir import TEXT_VERSION, Graph, Value, print_graph
 from spiky_ir.symbolic import Dim, canonical
-from spiky_ir.types import Attr, TensorType, format_attr
+from spiky_ir.types import Attr, DenseArray, TensorType, format_attr
 
 __all__ = ["TEXT_VERSION", "format_attr", "parse_graph", "print_graph"]
 
@@ -56,7 +57,25 @@ def _parse_type(text: str, where: str) -> TensorType:
     return TensorType(shape, DType.parse(m.group(1)))
 
 
+def _parse_dense(text: str, pos: int, where: str) -> tuple[DenseArray, int]:
+    """``dense<f32[2,3]:HEX>`` starting at ``pos``."""
+    end = text.find(">", pos)
+    colon = text.find(":", pos)
+    if end < 0 or not pos < colon < end:
+        raise IRError(f"{where}: cannot read dense array at {text[pos:pos + 40]!r}; expected dense<TYPE:HEX>")
+    t = _parse_type(text[pos + len("dense<"):colon], where)
+    try:
+        data = bytes.fromhex(text[colon + 1:end])
+        return DenseArray(t.dtype, t.static_shape(), data), end + 1
+    except ValueError:
+        raise IRError(f"{where}: dense array data {text[colon + 1:end][:40]!r} is not hex") from None
+    except IRError as exc:
+        raise IRError(f"{where}: {exc}") from None
+
+
 def _parse_attr_value(text: str, pos: int, where: str) -> tuple[Attr, int]:
+    if text.startswith("dense<", pos):
+        return _parse_dense(text, pos, where)
     if text.startswith('"', pos):
         value, end = json.JSONDecoder().raw_decode(text, pos)
         return str(value), end

@@ -13,15 +13,65 @@ the text form can all use them without importing each other.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
-from typing import TypeAlias
+from typing import Any, TypeAlias
+
+import numpy as np
 
 from spiky_ir.dtypes import DType
 from spiky_ir.errors import IRError
 from spiky_ir.symbolic import Dim, canonical
 
-Attr: TypeAlias = int | float | bool | str | DType | tuple[Dim, ...] | None
-"""An op attribute value; tuples hold ints (axes, permutations) or dims (shapes)."""
+
+@dataclass(frozen=True)
+class DenseArray:
+    """A dense array attribute (the data of a ``literal`` op): element type, static shape and
+    the elements' bytes, little-endian in row-major order.
+
+    Equality and hashing are by value (bytes), so CSE and the text form see the exact data.
+    The text form is ``dense<f32[2,3]:HEX>``: the bytes in hex, so it round-trips bit for bit
+    (NaN payloads and signed zeros included).
+    """
+
+    dtype: DType
+    shape: tuple[int, ...]
+    data: bytes
+
+    def __post_init__(self) -> None:
+        if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in self.shape):
+            raise IRError(f"dense array shape {self.shape} must be non-negative ints (dense data is static)")
+        expected = math.prod(self.shape) * self.dtype.itemsize
+        if len(self.data) != expected:
+            raise IRError(
+                f"dense array {self.dtype.value}{list(self.shape)} needs {expected} bytes of data, got {len(self.data)}"
+            )
+
+    @staticmethod
+    def from_numpy(array: Any) -> DenseArray:
+        """The array's type, shape and data (copied); any numpy array with an IR element type."""
+        arr = np.asarray(array)
+        dtype = DType.from_numpy(arr.dtype)
+        raw = np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
+        return DenseArray(dtype, tuple(int(d) for d in arr.shape), raw)
+
+    def to_numpy(self) -> np.ndarray[Any, np.dtype[Any]]:
+        """A fresh, writable numpy array holding the data."""
+        little = self.dtype.to_numpy().newbyteorder("<")
+        flat = np.frombuffer(self.data, dtype=little).astype(self.dtype.to_numpy())
+        return flat.reshape(self.shape)
+
+    @property
+    def type(self) -> TensorType:
+        return TensorType(self.shape, self.dtype)
+
+    def __str__(self) -> str:
+        return f"dense<{self.type}:{self.data.hex()}>"
+
+
+Attr: TypeAlias = int | float | bool | str | DType | tuple[Dim, ...] | DenseArray | None
+"""An op attribute value; tuples hold ints (axes, permutations) or dims (shapes); dense
+arrays hold the data of literals."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +115,8 @@ def format_attr(value: Attr) -> str:
         return "true" if value else "false"
     if isinstance(value, DType):
         return value.value
+    if isinstance(value, DenseArray):
+        return str(value)
     if isinstance(value, tuple):
         return "(" + ",".join(str(v) for v in value) + ")"
     if isinstance(value, float):

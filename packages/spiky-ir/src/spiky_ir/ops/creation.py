@@ -1,4 +1,4 @@
-"""Creation ops: constants, filled tensors, index ramps, and the triangle masks tril/triu.
+"""Creation ops: constants, dense literals, filled tensors, index ramps, and the triangle masks tril/triu.
 
 Each op with all of its rules side by side: shape/dtype rule and numpy reference
 (:func:`define_op`), HLO rule, padding rule, kernel-source rule.
@@ -29,7 +29,7 @@ from spiky_ir.registry import (
     static_dim,
 )
 from spiky_ir.symbolic import dim_symbols, to_poly
-from spiky_ir.types import Attr, TensorType
+from spiky_ir.types import Attr, DenseArray, TensorType
 
 
 def _scalar_type(_types: Sequence[TensorType], attrs: Mapping[str, Attr]) -> list[TensorType]:
@@ -60,6 +60,48 @@ def _constant_hlo(ctx: HloContext, node: Node, xs: Sequence[HloValue]) -> list[H
 
 pad_rule("constant")(creation)
 kernel_rule("constant")(lambda e, node, _args, attrs: _scalar_source(e, node, attrs))
+
+
+# --- literal ----------------------------------------------------------------------------------
+
+
+def _dense(attrs: Mapping[str, Attr]) -> DenseArray:
+    value = attrs["value"]
+    assert isinstance(value, DenseArray)
+    return value
+
+
+define_op("literal", "creation", 0, {"value": "array"}, lambda _types, attrs: [_dense(attrs).type],
+          lambda _xs, attrs: [_dense(attrs).to_numpy()],
+          "a dense constant tensor (its data is an attribute: the graph's text and cache key hold it); "
+          "e.g. a tensor constant lifted into an FX graph")
+
+
+@hlo_rule("literal")
+def _literal_hlo(ctx: HloContext, node: Node, xs: Sequence[HloValue]) -> list[HloValue]:
+    dense = _dense(node.attrs)
+    return [ctx.b.constant(dense.to_numpy(), dense.dtype, dense.shape)]
+
+
+pad_rule("literal")(creation)
+
+
+def _element_source(value: bool | int | float) -> str:
+    if isinstance(value, float) and not np.isfinite(value):
+        return f"float({str(value)!r})"
+    return repr(value)
+
+
+@kernel_rule("literal")
+def _literal_kernel(e: KernelEmitter, node: Node, _args: list[str], attrs: Mapping[str, Attr]) -> str:
+    """An ``np.array`` of the values: floats are written through float64 (exact for every
+    IR float type), so the kernel holds the literal's values bit for bit (NaNs become the
+    quiet NaN)."""
+    dense = _dense(attrs)
+    array = dense.to_numpy()
+    python = array.astype(np.float64) if dense.dtype.is_floating else array
+    values = ", ".join(_element_source(v) for v in python.reshape(-1).tolist())
+    return f"np.array([{values}], dtype={e.dt(dense.dtype)}).reshape({lit(dense.shape)})"
 
 
 # --- dim_value ----------------------------------------------------------------------------------
