@@ -432,7 +432,7 @@ def test_conv_net_gradients_match_eager(name: str, dynamic: bool) -> None:
     torch.manual_seed(0)
     model = factory()
     compiled = torch.compile(model, backend="nkipy", dynamic=dynamic)
-    for batch in (3, 5, 17):
+    for batch in (3, 17):
         x = torch.randn(shape(batch), requires_grad=True)
         xc = x.detach().clone().requires_grad_()
         if dynamic:
