@@ -232,6 +232,7 @@ SIZES = [({"s0": 3, "s1": 17}, {"s0": 4, "s1": 32}), ({"s0": 1, "s1": 33}, {"s0"
          ({"s0": 17, "s1": 1}, {"s0": 32, "s1": 2}), ({"s0": 33, "s1": 3}, {"s0": 64, "s1": 4})]
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize("op", ["cumsum", "cumprod"])
 def test_scan_along_a_padded_tail_needs_no_mask(op: str) -> None:
     """The proof that the shortcut is safe: the rewritten graph is the scan alone (no where, no
