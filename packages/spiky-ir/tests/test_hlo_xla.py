@@ -23,6 +23,7 @@ import pytest
 
 from spiky_ir import DType, Graph, ShapeError, TensorType, all_ops, compile_plan, execute
 from spiky_ir.hlo import emit_hlo, missing_rules
+from spiky_ir.hlo.narrow import INT32_MAX, INT32_MIN, has_int64, narrow_int64
 from spiky_ir.hlo.xla_cpu import compile_hlo, run_hlo
 from spiky_ir.types import DenseArray
 
@@ -353,3 +354,48 @@ def test_inputs_at_one_address_reuse_their_xla_buffer_and_see_new_contents(offse
     b[...] = 3.0
     np.testing.assert_allclose(exe([b])[0], np.exp(b), rtol=1e-6)
     np.testing.assert_allclose(exe([a])[0], np.exp(a), rtol=1e-6)
+
+
+# --- the neuron target's int64 narrowing ------------------------------------------------------------
+# Every case whose module holds an s64 anywhere (int64 operands or results, and the s64 values HLO rules
+# make themselves: index normalisation, argmax/sort iotas, dynamic-slice starts), with every s64 narrowed
+# to s32 as neuronx-cc does without --native-int64=enabled: the module still compiles on XLA:CPU and gives
+# the reference's values as int32: computed values wrap (a 60-element int product overflows, as on hardware)
+# and literals saturate (the literal case's 2**40).
+NARROWED = [c for c in CASES if has_int64(emit_hlo(_graph(c)))]
+
+
+@pytest.mark.parametrize("case", NARROWED, ids=[c.id for c in NARROWED])
+def test_int64_narrowed_module_matches_reference(case: Case) -> None:
+    graph = _graph(case)
+    rng = np.random.default_rng(zlib.crc32(case.id.encode()))
+    arrays = [_data(o, rng) for o in case.operands]
+    expected = execute(graph, arrays)
+    narrowed = narrow_int64(emit_hlo(graph))
+    assert not has_int64(narrowed) and "s64" not in narrowed.text
+    wide = {np.dtype(np.int64): np.int32}
+    actual = run_hlo(narrowed.proto, [a.astype(wide.get(a.dtype, a.dtype)) for a in arrays])
+    for got, want, value in zip(actual, expected, graph.outputs, strict=True):
+        assert got.dtype == np.dtype(wide.get(want.dtype, want.dtype)) and got.shape == want.shape, case.id
+        out = value.type.dtype
+        if out.is_floating:
+            rtol, atol = OP_TOL.get(case.op, {}).get(out, TOL[out])
+            np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64), rtol=rtol, atol=atol)
+        else:
+            as_int32 = want
+            if want.dtype == np.int64:
+                as_int32 = np.clip(want, INT32_MIN, INT32_MAX) if case.op == "literal" else want.astype(np.int32)
+            np.testing.assert_array_equal(got, as_int32)
+
+
+def test_int64_narrowing_saturates_literals_and_keeps_the_rest() -> None:
+    g = Graph()
+    x = g.add_input("x", TensorType((3,), I64))
+    low = g.add_op("full", [], {"value": -(2**63), "dtype": I64, "shape": (3,)})
+    g.set_outputs([g.add_op("maximum", [x, low]), g.add_op("add", [x, x])])
+    narrowed = narrow_int64(emit_hlo(g))
+    assert "s64" not in narrowed.text and "-2147483648" in narrowed.text
+    assert narrowed.input_names == ("x",) and narrowed.output_names == ("output0", "output1")
+    got = run_hlo(narrowed.proto, [np.array([-(2**31), 5, 2**30], np.int32)])
+    np.testing.assert_array_equal(got[0], [-(2**31), 5, 2**30])
+    np.testing.assert_array_equal(got[1], np.array([0, 10, -(2**31)], np.int32))  # 2**31 wraps, as on hardware
