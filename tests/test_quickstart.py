@@ -8,12 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.smoke
 def test_quickstart_prints_shape_difference_and_stats(tmp_path: Path) -> None:
     env = {**os.environ, "SPIKY_CACHE": str(tmp_path)}
     result = subprocess.run(

@@ -14,9 +14,8 @@ import spiky
 from spiky.errors import SpikyConfigError
 from spiky.logs import AREAS, configure_logs, parse_log_spec
 
-pytestmark = pytest.mark.smoke
 
-
+@pytest.mark.smoke
 @pytest.mark.parametrize(
     ("spec", "expected"),
     [
@@ -30,6 +29,7 @@ def test_parse(spec: str, expected: dict[str, int]) -> None:
     assert parse_log_spec(spec) == expected
 
 
+@pytest.mark.smoke
 def test_unknown_area_is_named() -> None:
     with pytest.raises(SpikyConfigError, match=r"unknown log area 'compiler'.*valid: compile, buckets"):
         parse_log_spec("compiler")
@@ -59,6 +59,7 @@ def test_bad_env_value_warns_at_import_instead_of_failing() -> None:
     assert "unknown log area 'bogus'" in result.stderr
 
 
+@pytest.mark.smoke
 def test_spiky_compile_validates_options_up_front() -> None:
     model = torch.nn.Linear(4, 2)
     with pytest.raises(spiky.SpikyOptionError, match=r"unknown option 'bukets'"):
