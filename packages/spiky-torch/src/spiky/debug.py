@@ -23,6 +23,7 @@ from torch._dynamo.backends.common import aot_autograd
 from torch._functorch._aot_autograd.utils import make_boxed_func
 
 from spiky._compile import compile as spiky_compile
+from spiky.torch.arrays import from_array, to_array
 from spiky_ir import execute
 from spiky_ir.fx import lower_fx_graph, source_of
 
@@ -130,14 +131,14 @@ def _first_divergence(index: int, gm: fx.GraphModule, args: list[Any]) -> Diverg
     names = [n.name for n in gm.graph.nodes if n.op == "call_function" and n.name in lowered.node_values]
     graph = lowered.graph
     graph.set_outputs([lowered.node_values[name] for name in names])
-    arrays = [a.numpy() for a in args if isinstance(a, torch.Tensor)]
+    arrays = [to_array(a) for a in args if isinstance(a, torch.Tensor)]
     ir_values = dict(zip(names, execute(graph, arrays), strict=True))
     nodes = {n.name: n for n in gm.graph.nodes}
     for name in names:
         expected = torch_values.get(name)
         if not isinstance(expected, torch.Tensor):
             continue
-        max_abs, _, ok = _errors(torch.from_numpy(np.asarray(ir_values[name])), expected)
+        max_abs, _, ok = _errors(from_array(np.asarray(ir_values[name])), expected)
         if not ok:
             node = nodes[name]
             return Divergence(index, name, str(node.target), source_of(node), max_abs)

@@ -33,6 +33,7 @@ from torch.utils.backend_registration import (
 import spiky_runtime as rt
 from spiky.errors import SpikyConfigError
 from spiky.torch import device_ext
+from spiky.torch.arrays import bfloat16
 from spiky_dist import stage_eager_collectives
 
 log = logging.getLogger("spiky.device")
@@ -169,9 +170,20 @@ def _module() -> ModuleType:
 _NUMPY_NAMES = {
     torch.bool: "bool", torch.int8: "int8", torch.int16: "int16", torch.int32: "int32",
     torch.int64: "int64", torch.uint8: "uint8", torch.float16: "float16", torch.float32: "float32",
-    torch.float64: "float64",
+    torch.float64: "float64", torch.bfloat16: "bfloat16",
 }
-_TORCH_DTYPES = {np.dtype(name): dtype for dtype, name in _NUMPY_NAMES.items()}
+_TORCH_DTYPES = {np.dtype(name): dtype for dtype, name in _NUMPY_NAMES.items() if name != "bfloat16"}
+
+
+def _torch_dtype(dtype: np.dtype[Any]) -> torch.dtype:
+    """The torch dtype of a runtime array dtype (``ml_dtypes.bfloat16`` is torch.bfloat16)."""
+    found = _TORCH_DTYPES.get(dtype)
+    if found is not None:
+        return found
+    if dtype == bfloat16():
+        return torch.bfloat16
+    raise TypeError(f"runtime output dtype {dtype} has no nkipy tensor dtype; "
+                    f"supported: {', '.join(str(d) for d in _NUMPY_NAMES)}")
 
 
 def is_device_tensor(value: Any) -> bool:
@@ -201,5 +213,5 @@ def adopt_output(value: rt.DeviceTensor, index: int) -> torch.Tensor:
     ext = extension()
     ptr = rt._core.adopt_device_tensor(_capsules[index], value)
     return ext.tensor_from_pointer(  # type: ignore[no-any-return]
-        ptr, value.nbytes, list(value.shape), _TORCH_DTYPES[value.dtype], index
+        ptr, value.nbytes, list(value.shape), _torch_dtype(value.dtype), index
     )

@@ -4,7 +4,8 @@ Both compiled callables (:class:`~spiky.torch.executable.CompiledGraph`,
 :class:`~spiky.torch.dynamic.DynamicGraph`) use this for every call that is not plain CPU in,
 CPU out.
 
-Inputs (:func:`runtime_inputs`): CPU tensors enter as numpy views. ``"nkipy"`` tensors enter as
+Inputs (:func:`runtime_inputs`): CPU tensors enter as numpy views (bfloat16 ones as
+``ml_dtypes.bfloat16`` views of their bits, :mod:`spiky.torch.arrays`). ``"nkipy"`` tensors enter as
 DeviceTensors over their own pool memory (no copy) when the graph runs on the runtime device
 behind the ``"nkipy"`` torch device (the host target). On the neuron target that torch device is
 still backed by host memory, so its tensors are read as arrays and uploaded like CPU ones.
@@ -32,6 +33,7 @@ from torch import fx
 
 import spiky_runtime as rt
 from spiky.torch import device as nkipy_device
+from spiky.torch.arrays import from_array, to_array
 from spiky.torch.device import adopt_output, is_device_tensor, runtime_input
 
 Placement = tuple[torch.device | None, ...]
@@ -67,9 +69,9 @@ def runtime_inputs(tensors: Sequence[Any], runtime: rt.Device) -> list[np.ndarra
             if on_nkipy_device(runtime, value.device):
                 out.append(runtime_input(value))
             else:
-                out.append(value.detach().cpu().numpy())
+                out.append(to_array(value.detach().cpu()))
         elif isinstance(value, torch.Tensor):
-            out.append(value.detach().contiguous().numpy())
+            out.append(to_array(value.detach().contiguous()))
         else:
             raise TypeError(f"compiled graph input {value!r} is not a tensor")
     return out
@@ -98,9 +100,9 @@ def torch_outputs(results: Sequence[np.ndarray[Any, Any] | rt.DeviceTensor], whe
     out: list[torch.Tensor] = []
     for result, device in zip(results, where, strict=True):
         if isinstance(result, rt.DeviceTensor):
-            out.append(torch.from_numpy(result.numpy()) if device is None else adopt_output(result, device.index or 0))
+            out.append(from_array(result.numpy()) if device is None else adopt_output(result, device.index or 0))
         else:
-            tensor = torch.from_numpy(result)
+            tensor = from_array(result)
             out.append(tensor if device is None else tensor.to(device))
     return out
 

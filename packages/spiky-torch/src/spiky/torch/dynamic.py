@@ -44,6 +44,7 @@ from torch import fx
 import spiky_runtime as rt
 from spiky.errors import SpikyOptionError, SpikyShapeError
 from spiky.torch import pipeline
+from spiky.torch.arrays import array_reader, to_array
 from spiky.torch.buckets import BucketPolicy
 from spiky.torch.device_call import (
     Placement,
@@ -299,6 +300,10 @@ class DynamicGraph:
             pipeline.dump_ir(self.bucket_graph, self.name, self.options["dump_ir_dir"])
         self.buckets: dict[BucketKey, _Bucket] = {}
         self._precompiled = False
+        # numpy has no bfloat16: bfloat16 inputs and results cross as views of their bits
+        # (spiky.torch.arrays). Decided once, so float32 calls keep numpy's own conversions.
+        self._bf16_inputs = any(v.type.dtype is DType.bfloat16 for v in self.graph.inputs)
+        self._from_array = array_reader(any(v.type.dtype is DType.bfloat16 for v in self.graph.outputs))
         self._placements: dict[torch.device | None, Placement] = {}
         # Input shapes -> what a call with them runs: for CPU calls padded in the runtime with
         # unpadded layouts; forgotten whenever a bucket is added (a new bucket can change the choice).
@@ -416,8 +421,11 @@ class DynamicGraph:
         # output slots); only the runtime call and the tensor views are left per call.
         if self._routes is not None:
             try:
-                arrays = [a.detach().numpy() if a.requires_grad else a.numpy()
-                          for a in (args[i] for i in self._tensor_indices)]
+                if self._bf16_inputs:
+                    arrays = [to_array(args[i]) for i in self._tensor_indices]
+                else:
+                    arrays = [a.detach().numpy() if a.requires_grad else a.numpy()
+                              for a in (args[i] for i in self._tensor_indices)]
             except (TypeError, AttributeError, RuntimeError, IndexError):
                 pass  # "nkipy" tensors and anything unusual: the general path says what is wrong
             else:
@@ -433,7 +441,8 @@ class DynamicGraph:
         stats.bucket_hits[route.key] += 1
         stats.real_elements += route.real_elements
         stats.padded_elements += route.padded_elements
-        outs = [torch.from_numpy(out) for out in route.run([*arrays, *route.lengths])]
+        from_array = self._from_array
+        outs = [from_array(out) for out in route.run([*arrays, *route.lengths])]
         if route.slots is None:
             return outs
         return [outs[slot] if kind == _TENSOR else slot if kind == _VALUE else None for kind, slot in route.slots]

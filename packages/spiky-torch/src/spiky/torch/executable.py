@@ -14,6 +14,7 @@ from torch import fx
 
 import spiky_runtime as rt
 from spiky.torch import pipeline
+from spiky.torch.arrays import array_reader, to_array
 from spiky.torch.device_call import (
     Placement,
     input_device,
@@ -23,6 +24,7 @@ from spiky.torch.device_call import (
     torch_outputs,
 )
 from spiky.torch.pipeline import Context, Loaded, Lowered
+from spiky_ir import DType
 
 
 class CompiledGraph:
@@ -52,6 +54,10 @@ class CompiledGraph:
         # The plain path: CPU tensors in, CPU tensors out, one synchronous call.
         self._plain = (loaded.profiler is None and not ctx.options["pipelined"]
                        and not ctx.keep_cpu_outputs_on_device)
+        # numpy has no bfloat16: bfloat16 inputs and results cross as views of their bits
+        # (spiky.torch.arrays). Decided once, so float32 calls keep numpy's own conversions.
+        self._bf16_inputs = any(v.type.dtype is DType.bfloat16 for v in self.graph.inputs)
+        self._from_array = array_reader(any(v.type.dtype is DType.bfloat16 for v in self.graph.outputs))
 
     def __call__(self, args: list[Any]) -> list[Any]:
         # The plain path is kept to a few attribute reads: CPU tensors become numpy views (no copy;
@@ -59,11 +65,15 @@ class CompiledGraph:
         # numpy cannot view, non-tensors, the options above) takes the general path.
         if self._plain:
             try:
-                arrays = [a.detach().numpy() if a.requires_grad else a.numpy() for a in args]
+                if self._bf16_inputs:
+                    arrays = [to_array(a) for a in args]
+                else:
+                    arrays = [a.detach().numpy() if a.requires_grad else a.numpy() for a in args]
             except (TypeError, AttributeError, RuntimeError):
                 return self._call_general(args)
             args.clear()  # boxed convention: drop our references to the inputs early
-            outs = [torch.from_numpy(out) for out in self.model.run(arrays)]
+            from_array = self._from_array
+            outs = [from_array(out) for out in self.model.run(arrays)]
             slots = self.output_slots
             return outs if slots is None else [None if slot is None else outs[slot] for slot in slots]
         return self._call_general(args)
