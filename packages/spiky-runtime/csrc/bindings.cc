@@ -621,6 +621,14 @@ PYBIND11_MODULE(_core, m) {
       .def_readonly("total_d2h_time_ms", &StatsSnapshot::total_d2h_time_ms)
       .def_readonly("total_pad_time_ms", &StatsSnapshot::total_pad_time_ms)
       .def_readonly("pad_ratio", &StatsSnapshot::pad_ratio)
+      .def_readonly("total_h2d_bytes", &StatsSnapshot::total_h2d_bytes)
+      .def_readonly("total_d2h_bytes", &StatsSnapshot::total_d2h_bytes)
+      .def_readonly("total_h2d_transfers", &StatsSnapshot::total_h2d_transfers)
+      .def_readonly("total_d2h_transfers", &StatsSnapshot::total_d2h_transfers)
+      .def_readonly("call_h2d_bytes", &StatsSnapshot::call_h2d_bytes)
+      .def_readonly("call_d2h_bytes", &StatsSnapshot::call_d2h_bytes)
+      .def_property_readonly("mean_h2d_bytes_per_call", &StatsSnapshot::mean_h2d_bytes_per_call)
+      .def_property_readonly("mean_d2h_bytes_per_call", &StatsSnapshot::mean_d2h_bytes_per_call)
       .def("__repr__", &StatsSnapshot::to_string);
 
   py::class_<Device, std::shared_ptr<Device>>(m, "Device", "A device: driver, pool and stats.")
@@ -673,7 +681,7 @@ PYBIND11_MODULE(_core, m) {
             return d.load_model(std::move(desc));
           },
           py::arg("fn"), py::arg("inputs"), py::arg("outputs"), py::arg("name"))
-      .def("stats", [](Device& d) { return d.stats().snapshot(); })
+      .def("stats", [](Device& d) { return d.stats_snapshot(); })
       .def("record_compile", [](Device& d) { d.stats().record_compile(); })
       .def("reset_stats", &Device::reset_stats)
       .def("synchronize", [](Device& d) { without_gil([&] { d.synchronize(); }); })

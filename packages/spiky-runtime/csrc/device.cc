@@ -157,8 +157,19 @@ std::shared_ptr<Model> Device::load_model(ModelDescriptor descriptor) {
                                  std::move(outputs));
 }
 
+StatsSnapshot Device::stats_snapshot() const {
+  StatsSnapshot s = stats_.snapshot();
+  const TransferCounts t = driver_->transfers();
+  s.total_h2d_bytes = t.h2d_bytes;
+  s.total_d2h_bytes = t.d2h_bytes;
+  s.total_h2d_transfers = t.h2d_transfers;
+  s.total_d2h_transfers = t.d2h_transfers;
+  return s;
+}
+
 void Device::reset_stats() {
   stats_.reset();
+  driver_->reset_transfers();
   pool_->reset_counters();
 }
 

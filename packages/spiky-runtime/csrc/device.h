@@ -55,6 +55,8 @@ class Device : public std::enable_shared_from_this<Device> {
   // Resets the execution stats and the pool's cumulative counters (current byte counts
   // stay: they describe memory that is still held).
   void reset_stats();
+  // The execution stats plus the driver's host <-> device traffic, as one snapshot.
+  StatsSnapshot stats_snapshot() const;
   // Blocks until every call submitted to this device's stream has finished.
   void synchronize() { executor_.synchronize(); }
   // Copies host memory to a new device tensor (synchronous H2D through the pool).

@@ -8,6 +8,7 @@
 //  - no method calls back into Python except HostExecutable, which owns that concern.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -57,6 +58,14 @@ struct ModelDescriptor {
   std::vector<std::string> output_names;
   std::optional<std::uint32_t> rank;
   std::optional<std::uint32_t> world_size;
+};
+
+// Bytes a driver moved between host memory and the device, and in how many transfers.
+struct TransferCounts {
+  std::int64_t h2d_bytes = 0;
+  std::int64_t d2h_bytes = 0;
+  std::int64_t h2d_transfers = 0;
+  std::int64_t d2h_transfers = 0;
 };
 
 // The inputs and outputs of a loaded model as the driver found them in its compiled image.
@@ -127,7 +136,40 @@ class Driver {
   }
   virtual void profile_stop(const std::string& /*ntff_path*/) { throw InvalidArgument(no_profiling()); }
 
+  // Host <-> device traffic since construction or the last reset_transfers(). Drivers count a
+  // transfer where bytes really cross (nrt: every nrt_tensor_write/read, padding rows written
+  // from the host included; host: write/read copies, never borrowed memory, which moves 0 bytes).
+  TransferCounts transfers() const {
+    TransferCounts t;
+    t.h2d_bytes = h2d_bytes_.load(std::memory_order_relaxed);
+    t.d2h_bytes = d2h_bytes_.load(std::memory_order_relaxed);
+    t.h2d_transfers = h2d_transfers_.load(std::memory_order_relaxed);
+    t.d2h_transfers = d2h_transfers_.load(std::memory_order_relaxed);
+    return t;
+  }
+  void reset_transfers() {
+    h2d_bytes_.store(0, std::memory_order_relaxed);
+    d2h_bytes_.store(0, std::memory_order_relaxed);
+    h2d_transfers_.store(0, std::memory_order_relaxed);
+    d2h_transfers_.store(0, std::memory_order_relaxed);
+  }
+
+ protected:
+  void count_h2d(std::size_t nbytes) {
+    h2d_bytes_.fetch_add(static_cast<std::int64_t>(nbytes), std::memory_order_relaxed);
+    h2d_transfers_.fetch_add(1, std::memory_order_relaxed);
+  }
+  void count_d2h(std::size_t nbytes) {
+    d2h_bytes_.fetch_add(static_cast<std::int64_t>(nbytes), std::memory_order_relaxed);
+    d2h_transfers_.fetch_add(1, std::memory_order_relaxed);
+  }
+
  private:
+  std::atomic<std::int64_t> h2d_bytes_{0};
+  std::atomic<std::int64_t> d2h_bytes_{0};
+  std::atomic<std::int64_t> h2d_transfers_{0};
+  std::atomic<std::int64_t> d2h_transfers_{0};
+
   std::string no_profiling() const {
     return "driver '" + name() + "' has no NTFF profiling; NTFF needs Neuron (the nrt driver)";
   }

@@ -120,7 +120,7 @@ void Executor::upload(Call& call) {
     if (same) {
       TimelineSpan span(timeline_, "H2D", call.id(), name, bucket);
       PhaseTimer timer(call.timings_.h2d_ms);
-      if (in.spec.nbytes()) driver_.write(dst.handle, dst.offset, in.host, in.spec.nbytes());
+      write_input(call, span, dst, in);
     } else {
       const PadPlan plan = plan_pad(in.spec.shape(), padded.shape(), itemsize, call.fill_patterns_[i]);
       if (plan.prefix) {
@@ -128,7 +128,7 @@ void Executor::upload(Call& call) {
         {
           TimelineSpan span(timeline_, "H2D", call.id(), name, bucket);
           PhaseTimer timer(call.timings_.h2d_ms);
-          if (in.spec.nbytes()) driver_.write(dst.handle, dst.offset, in.host, in.spec.nbytes());
+          write_input(call, span, dst, in);
         }
         TimelineSpan span(timeline_, "pad", call.id(), name, bucket);
         PhaseTimer timer(call.timings_.pad_ms);
@@ -140,7 +140,7 @@ void Executor::upload(Call& call) {
         {
           TimelineSpan span(timeline_, "H2D", call.id(), name, bucket);
           PhaseTimer timer(call.timings_.h2d_ms);
-          if (in.spec.nbytes()) driver_.write(st.handle, st.offset, in.host, in.spec.nbytes());
+          write_input(call, span, st, in);
         }
         TimelineSpan span(timeline_, "pad", call.id(), name, bucket);
         PhaseTimer timer(call.timings_.pad_ms);
@@ -151,6 +151,15 @@ void Executor::upload(Call& call) {
     in.host = nullptr;
     in.keepalive.reset();  // the host array may go now
   }
+}
+
+// H2D of one host input (its actual bytes) into `dst`; counted for the call and its span.
+void Executor::write_input(Call& call, TimelineSpan& span, const DeviceRef& dst,
+                           const CallInput& in) {
+  const std::size_t nbytes = in.spec.nbytes();
+  if (nbytes) driver_.write(dst.handle, dst.offset, in.host, nbytes);
+  call.timings_.h2d_bytes += static_cast<std::int64_t>(nbytes);
+  span.set_bytes(static_cast<std::int64_t>(nbytes));
 }
 
 // Input buffers go back to the pool; device inputs and borrowed host buffers are released.
@@ -226,6 +235,7 @@ void Executor::download(Call& call) {
   const Model& model = call.model();
   TimelineSpan span(timeline_, "D2H", call.id(), model.name(), call.bucket().value_or(-1));
   PhaseTimer timer(call.timings_.d2h_ms);
+  std::int64_t moved = 0;  // outputs the model wrote in place move nothing
   for (std::size_t j = 0; j < call.out_blocks_.size(); ++j) {
     const TensorSpec& spec = call.output_specs_[j];
     if (!call.out_blocks_[j]) {  // written in place by the model (see execute)
@@ -235,8 +245,11 @@ void Executor::download(Call& call) {
     HostMemory mem = allocate_host(spec.nbytes());
     const DeviceRef src = call.out_blocks_[j]->ref();
     if (spec.nbytes()) driver_.read(src.handle, src.offset, mem.get(), spec.nbytes());
+    moved += static_cast<std::int64_t>(spec.nbytes());
     call.host_outputs_.push_back(HostArray{spec, std::move(mem)});
   }
+  call.timings_.d2h_bytes += moved;
+  span.set_bytes(moved);
   call.out_blocks_.clear();
   call.out_host_.clear();
 }

@@ -58,6 +58,7 @@ class Executor {
 
  private:
   void upload(Call& call);
+  void write_input(Call& call, TimelineSpan& span, const DeviceRef& dst, const CallInput& in);
   void execute(Call& call);
   void unpad(Call& call);
   void download(Call& call);

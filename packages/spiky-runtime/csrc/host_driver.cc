@@ -120,12 +120,18 @@ void HostDriver::release_borrowed(MemHandle handle) {
 void HostDriver::write(MemHandle dst, std::size_t dst_offset, const void* src,
                        std::size_t nbytes) {
   Region r = region(dst, dst_offset, nbytes, "host driver write");
-  if (nbytes) std::memcpy(r.data + dst_offset, src, nbytes);
+  if (nbytes) {
+    std::memcpy(r.data + dst_offset, src, nbytes);
+    count_h2d(nbytes);
+  }
 }
 
 void HostDriver::read(MemHandle src, std::size_t src_offset, void* dst, std::size_t nbytes) {
   Region r = region(src, src_offset, nbytes, "host driver read");
-  if (nbytes) std::memcpy(dst, r.data + src_offset, nbytes);
+  if (nbytes) {
+    std::memcpy(dst, r.data + src_offset, nbytes);
+    count_d2h(nbytes);
+  }
 }
 
 void HostDriver::copy(MemHandle src, std::size_t src_offset, MemHandle dst,

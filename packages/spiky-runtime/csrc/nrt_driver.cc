@@ -331,6 +331,7 @@ void NrtDriver::write(MemHandle dst, std::size_t dst_offset, const void* src, st
   if (nbytes == 0) return;
   check_nrt("nrt_tensor_write", runtime_->api().nrt_tensor_write(r.tensor->get(), src, dst_offset, nbytes),
             r.tensor->context());
+  count_h2d(nbytes);
 }
 
 void NrtDriver::read(MemHandle src, std::size_t src_offset, void* dst, std::size_t nbytes) {
@@ -338,6 +339,7 @@ void NrtDriver::read(MemHandle src, std::size_t src_offset, void* dst, std::size
   if (nbytes == 0) return;
   check_nrt("nrt_tensor_read", runtime_->api().nrt_tensor_read(r.tensor->get(), dst, src_offset, nbytes),
             r.tensor->context());
+  count_d2h(nbytes);
 }
 
 void NrtDriver::copy(MemHandle src, std::size_t src_offset, MemHandle dst, std::size_t dst_offset,
@@ -387,6 +389,7 @@ void NrtDriver::fill_strided(MemHandle dst, std::size_t dst_offset, const Stride
     }
     check_nrt("nrt_tensor_write", api.nrt_tensor_write(d.tensor->get(), line.data(), dst_offset + off, row),
               d.tensor->context() + " (padding)");
+    count_h2d(row);  // a fill value that is not one repeated byte crosses PCIe row by row
   });
 }
 

@@ -18,6 +18,8 @@ void RuntimeStats::record_execution(const ExecutionTimings& t,
   data_.total_exec_time_ms += t.exec_ms;
   data_.total_d2h_time_ms += t.d2h_ms;
   data_.total_pad_time_ms += t.pad_ms;
+  data_.call_h2d_bytes += t.h2d_bytes;
+  data_.call_d2h_bytes += t.d2h_bytes;
   pad_ratio_sum_ += t.actual_elements > 0 ? static_cast<double>(t.padded_elements) /
                                                static_cast<double>(t.actual_elements)
                                          : 1.0;
@@ -41,6 +43,16 @@ StatsSnapshot RuntimeStats::snapshot() const {
   return data_;
 }
 
+double StatsSnapshot::mean_h2d_bytes_per_call() const {
+  return total_executions ? static_cast<double>(call_h2d_bytes) / static_cast<double>(total_executions)
+                          : 0.0;
+}
+
+double StatsSnapshot::mean_d2h_bytes_per_call() const {
+  return total_executions ? static_cast<double>(call_d2h_bytes) / static_cast<double>(total_executions)
+                          : 0.0;
+}
+
 std::string StatsSnapshot::to_string() const {
   std::ostringstream os;
   os.setf(std::ios::fixed);
@@ -59,7 +71,14 @@ std::string StatsSnapshot::to_string() const {
      << ", total_h2d_time_ms=" << total_h2d_time_ms
      << ", total_exec_time_ms=" << total_exec_time_ms
      << ", total_d2h_time_ms=" << total_d2h_time_ms
-     << ", total_pad_time_ms=" << total_pad_time_ms << ", pad_ratio=" << pad_ratio << ")";
+     << ", total_pad_time_ms=" << total_pad_time_ms << ", pad_ratio=" << pad_ratio
+     << ", total_h2d_bytes=" << total_h2d_bytes << ", total_d2h_bytes=" << total_d2h_bytes
+     << ", total_h2d_transfers=" << total_h2d_transfers
+     << ", total_d2h_transfers=" << total_d2h_transfers << ", call_h2d_bytes=" << call_h2d_bytes
+     << ", call_d2h_bytes=" << call_d2h_bytes;
+  os.precision(1);
+  os << ", mean_h2d_bytes_per_call=" << mean_h2d_bytes_per_call()
+     << ", mean_d2h_bytes_per_call=" << mean_d2h_bytes_per_call() << ")";
   return os.str();
 }
 

@@ -24,7 +24,20 @@ struct StatsSnapshot {
   // Mean over executions of (input elements after padding) / (input elements given):
   // 1.0 when nothing is padded; 0 until the first run.
   double pad_ratio = 0.0;
+  // Host <-> device traffic of the device's driver since the last reset: every byte that crossed
+  // (calls, to_device, reads of device tensors, padding rows written from the host), and the
+  // number of transfers. Borrowed host memory (host driver) moves 0 bytes.
+  std::int64_t total_h2d_bytes = 0;
+  std::int64_t total_d2h_bytes = 0;
+  std::int64_t total_h2d_transfers = 0;
+  std::int64_t total_d2h_transfers = 0;
+  // The part of it moved by the recorded executions (their uploads and downloads).
+  std::int64_t call_h2d_bytes = 0;
+  std::int64_t call_d2h_bytes = 0;
 
+  // call_*_bytes / total_executions (0 before the first execution).
+  double mean_h2d_bytes_per_call() const;
+  double mean_d2h_bytes_per_call() const;
   std::string to_string() const;
 };
 
@@ -37,6 +50,8 @@ struct ExecutionTimings {
   double total_ms = 0.0;  // first stage start to last stage end
   std::int64_t actual_elements = 0;
   std::int64_t padded_elements = 0;
+  std::int64_t h2d_bytes = 0;  // bytes this call wrote host -> device
+  std::int64_t d2h_bytes = 0;  // bytes this call read device -> host
 };
 
 class RuntimeStats {

@@ -53,11 +53,12 @@ void Timeline::name_current_thread(const std::string& name) {
 }
 
 void Timeline::record(const char* name, Clock::time_point begin, Clock::time_point end,
-                      std::uint64_t call_id, const std::string& model, std::int64_t bucket) {
+                      std::uint64_t call_id, const std::string& model, std::int64_t bucket,
+                      std::int64_t bytes) {
   if (!enabled()) return;
   std::lock_guard<std::mutex> lock(mutex_);
   const int tid = tid_locked(std::this_thread::get_id());
-  events_.push_back(Event{name, begin, end, tid, call_id, model, bucket});
+  events_.push_back(Event{name, begin, end, tid, call_id, model, bucket, bytes});
 }
 
 std::string Timeline::stop() {
@@ -82,7 +83,9 @@ std::string Timeline::stop() {
        << ", \"ts\": " << micros(e.begin - origin_) << ", \"dur\": " << micros(e.end - e.begin)
        << ", \"args\": {\"call\": " << e.call_id << ", \"model\": ";
     json_string(os, e.model);
-    os << ", \"bucket\": " << e.bucket << "}}";
+    os << ", \"bucket\": " << e.bucket;
+    if (e.bytes >= 0) os << ", \"bytes\": " << e.bytes;
+    os << "}}";
   }
   os << "\n]}\n";
   events_.clear();

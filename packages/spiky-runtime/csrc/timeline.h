@@ -4,7 +4,8 @@
 // One track per thread: the pipeline's "copy" and "execute" workers name themselves; a
 // caller thread running a synchronous call gets "caller N". Events are complete ("X")
 // events named H2D, pad, execute, unpad, D2H, plus a "call" span around each synchronous
-// call, with args {call, model, bucket}. Off by default: when off, recording costs one
+// call, with args {call, model, bucket}; H2D and D2H events also carry {bytes}: what that
+// transfer moved over the host <-> device link. Off by default: when off, recording costs one
 // relaxed atomic load per phase. One timeline per device.
 #pragma once
 
@@ -30,8 +31,10 @@ class Timeline {
   std::string stop();
   // Names the calling thread's track (kept across start/stop).
   void name_current_thread(const std::string& name);
+  // bytes < 0: the event is not a transfer (no "bytes" arg).
   void record(const char* name, Clock::time_point begin, Clock::time_point end,
-              std::uint64_t call_id, const std::string& model, std::int64_t bucket);
+              std::uint64_t call_id, const std::string& model, std::int64_t bucket,
+              std::int64_t bytes = -1);
 
  private:
   struct Event {
@@ -42,6 +45,7 @@ class Timeline {
     std::uint64_t call_id;
     std::string model;
     std::int64_t bucket;
+    std::int64_t bytes;
   };
   int tid_locked(std::thread::id id);  // caller holds mutex_
 
@@ -68,9 +72,11 @@ class TimelineSpan {
   }
   ~TimelineSpan() {
     if (timeline_ != nullptr) {
-      timeline_->record(name_, begin_, Timeline::Clock::now(), call_id_, model_, bucket_);
+      timeline_->record(name_, begin_, Timeline::Clock::now(), call_id_, model_, bucket_, bytes_);
     }
   }
+  // Marks the span as a transfer of `bytes` (shown as the event's "bytes" arg).
+  void set_bytes(std::int64_t bytes) { bytes_ = bytes; }
   TimelineSpan(const TimelineSpan&) = delete;
   TimelineSpan& operator=(const TimelineSpan&) = delete;
 
@@ -80,6 +86,7 @@ class TimelineSpan {
   std::uint64_t call_id_;
   const std::string& model_;
   std::int64_t bucket_;
+  std::int64_t bytes_ = -1;
   Timeline::Clock::time_point begin_;
 };
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import importlib.util
+import json
 import os
 import re
 import subprocess
@@ -351,7 +352,58 @@ def test_fill_values_other_than_zero_write_rows(nrt: rt.Device, fake: Any) -> No
     assert fake.call_count("nrt_tensor_write") >= 3  # the input rows, and the -1.5 pad rows
 
 
-# ---- 16-bit floats: bf16 (NRT_DTYPE_BF16) and f16 (NRT_DTYPE_F16) ---------------------------
+# ---- transfers: bytes and counts the driver reports match what crossed libnrt -----------------
+
+
+def _transfer_events(trace: str) -> dict[str, list[int]]:
+    found: dict[str, list[int]] = {"H2D": [], "D2H": []}
+    for e in json.loads(trace)["traceEvents"]:
+        if e.get("ph") == "X" and e["name"] in found:
+            found[e["name"]].append(e["args"]["bytes"])
+    return found
+
+
+@pytest.mark.parametrize("pipelined", [False, True])
+def test_transfer_bytes_are_what_libnrt_moved(nrt: rt.Device, fake: Any, pipelined: bool) -> None:
+    bundle = rt.Bundle({0: nrt.load_neff(ADD, "kernel_add")}, name="add", pipelined=pipelined)
+    nrt.start_trace()
+    for _ in range(3):
+        np.testing.assert_array_equal(bundle.run(_ab())[0], np.arange(4) + 10)
+    events = _transfer_events(nrt.stop_trace())
+    s = nrt.stats()
+    # Per call: two 16-byte inputs up, one 16-byte output down; one trace event per transfer.
+    assert (s.call_h2d_bytes, s.call_d2h_bytes) == (3 * 32, 3 * 16)
+    assert (s.mean_h2d_bytes_per_call, s.mean_d2h_bytes_per_call) == (32.0, 16.0)
+    assert events == {"H2D": [16] * 6, "D2H": [16] * 3}
+    assert (s.total_h2d_bytes, s.total_d2h_bytes) == (fake.bytes_written(), fake.bytes_read()) == (96, 48)
+    assert (s.total_h2d_transfers, s.total_d2h_transfers) == (
+        fake.call_count("nrt_tensor_write"), fake.call_count("nrt_tensor_read")) == (6, 3)
+    assert "total_h2d_bytes=96" in repr(s) and "mean_d2h_bytes_per_call=16.0" in repr(s)
+    nrt.reset_stats()
+    s = nrt.stats()
+    assert (s.total_h2d_bytes, s.total_d2h_bytes, s.call_h2d_bytes, s.total_h2d_transfers) == (0, 0, 0, 0)
+
+
+def test_transfer_totals_count_padding_rows_and_device_tensors(nrt: rt.Device, fake: Any) -> None:
+    data = neff.fake_neff_bytes([("x", F32, (2, 3))], [("output0", F32, (2,)), ("output1", F32, (2, 3))],
+                                "kernel_rows_pad")
+    model = nrt.load_neff(data, "kernel_rows_pad", output_names=["output0", "output1"])
+    bundle = rt.Bundle({3: model}, input_dims=[{1: "k"}], output_dims=[None, {1: "k"}],
+                       fill_values=[-1.5], name="fill")
+    x = np.array([[1, 2], [3, 4]], np.float32)
+    bundle.run([x])
+    s = nrt.stats()
+    # The call uploaded its 16 input bytes; the -1.5 pad column (2 rows of 4 bytes) crossed too.
+    assert s.call_h2d_bytes == 16 and s.total_h2d_bytes == 16 + 8 == fake.bytes_written()
+    assert s.call_d2h_bytes == 8 + 16 == s.total_d2h_bytes == fake.bytes_read()
+    t = nrt.to_device(np.zeros(10, np.float32))  # outside any call: in the totals only
+    t.numpy()
+    s = nrt.stats()
+    assert (s.call_h2d_bytes, s.total_h2d_bytes) == (16, 24 + 40)
+    assert (s.call_d2h_bytes, s.total_d2h_bytes) == (24, 24 + 40)
+
+
+
 
 
 @pytest.mark.smoke

@@ -137,6 +137,23 @@ def test_stats_on_both_paths(dev: rt.Device, pipelined: bool) -> None:
     assert (s.total_executions, s.bucket_hits, s.pad_ratio, s.total_pad_time_ms) == (0, {}, 0.0, 0.0)
 
 
+@pytest.mark.parametrize(("rows", "pipelined", "h2d_bytes"), [
+    (8, False, 0),        # used as it is: the host driver borrows the caller's array, no copy
+    (5, False, 5 * 12),   # padded to bucket 8: the actual bytes are copied into a pool block
+    (8, True, 0),         # pipelined calls borrow too (the call keeps the array alive)
+])
+def test_host_transfer_bytes_count_only_real_copies(dev: rt.Device, rows: int, pipelined: bool,
+                                                     h2d_bytes: int) -> None:
+    bundle = affine_bundle(dev, pipelined=pipelined)
+    x = np.arange(rows * 3, dtype=np.float32).reshape(rows, 3)
+    check(x, bundle.run([x]))
+    s = dev.stats()
+    assert s.call_h2d_bytes == s.total_h2d_bytes == h2d_bytes
+    assert s.mean_h2d_bytes_per_call == h2d_bytes
+    if rows == 8:  # unpadded outputs are written into the returned arrays in place: 0 bytes down
+        assert s.call_d2h_bytes == s.total_d2h_bytes == 0
+
+
 def test_device_resident_chain(dev: rt.Device) -> None:
     bundle = affine_bundle(dev, pipelined=True)
     x = make_input(3)

@@ -12,7 +12,14 @@ def _device() -> rt.Device:
 
 
 def get_stats() -> rt.RuntimeStats:
-    """A snapshot of execution statistics (executions, compiles, bucket hits, timings)."""
+    """A snapshot of execution statistics (executions, compiles, bucket hits, timings, transfers).
+
+    ``total_h2d_bytes`` / ``total_d2h_bytes`` (and ``total_*_transfers``) count every byte the device's
+    driver moved between host and device since the last reset: call inputs and outputs, uploads of
+    device tensors, reads of them, padding rows written from the host. ``call_h2d_bytes`` /
+    ``call_d2h_bytes`` are the part moved by calls, and ``mean_h2d_bytes_per_call`` /
+    ``mean_d2h_bytes_per_call`` divide them by ``total_executions``. On the host target an input used
+    as it is and an unpadded output are borrowed, not copied: they move 0 bytes."""
     return _device().stats()
 
 

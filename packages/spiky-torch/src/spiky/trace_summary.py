@@ -16,6 +16,8 @@ class PhaseTotal:
     name: str
     count: int
     total_ms: float
+    total_bytes: int = 0
+    """Bytes the phase's events moved (their ``bytes`` arg: H2D and D2H); 0 for other phases."""
 
 
 @dataclass(frozen=True)
@@ -38,9 +40,11 @@ class TraceSummary:
         return self.overlap_ms / self.busy_ms if self.busy_ms else 0.0
 
     def format(self) -> str:
-        lines = [f"{'phase':<12} {'count':>7} {'total ms':>10} {'mean us':>9}"]
+        lines = [f"{'phase':<12} {'count':>7} {'total ms':>10} {'mean us':>9} {'bytes':>12} {'GB/s':>7}"]
         for p in self.phases:
-            lines.append(f"{p.name:<12} {p.count:>7} {p.total_ms:>10.3f} {1e3 * p.total_ms / p.count:>9.1f}")
+            rate = p.total_bytes / p.total_ms / 1e6 if p.total_ms else 0.0  # bytes/ms / 1e6 = GB/s
+            moved = f" {p.total_bytes:>12} {rate:>7.2f}" if p.total_bytes else ""
+            lines.append(f"{p.name:<12} {p.count:>7} {p.total_ms:>10.3f} {1e3 * p.total_ms / p.count:>9.1f}{moved}")
         lines.append("")
         for thread, ms in self.threads.items():
             lines.append(f"thread {thread:<20} busy {ms:.3f} ms")
@@ -65,10 +69,14 @@ def summarize_trace(path: str | Path) -> TraceSummary:
     if not spans:
         raise SpikyConfigError(f"trace {str(path)!r} has no events; was anything run inside spiky.profile(...)?")
     phases: dict[str, list[float]] = {}
+    moved: dict[str, int] = {}
     per_thread_edges: dict[Any, list[tuple[float, int]]] = {}
     for e in spans:
         start, dur = float(e["ts"]), float(e["dur"])
         phases.setdefault(str(e["name"]), []).append(dur)
+        args = e.get("args")
+        if isinstance(args, dict) and isinstance(args.get("bytes"), int):
+            moved[str(e["name"])] = moved.get(str(e["name"]), 0) + int(args["bytes"])
         per_thread_edges.setdefault(e["tid"], []).extend([(start, 1), (start + dur, -1)])
     # Nested events of one thread count once: merge each thread's events into busy
     # intervals, then sweep all threads' intervals to find when two or more were busy.
@@ -95,5 +103,5 @@ def summarize_trace(path: str | Path) -> TraceSummary:
         last = t
     first = min(float(e["ts"]) for e in spans)
     end = max(float(e["ts"]) + float(e["dur"]) for e in spans)
-    totals = [PhaseTotal(n, len(d), sum(d) / 1e3) for n, d in sorted(phases.items())]
+    totals = [PhaseTotal(n, len(d), sum(d) / 1e3, moved.get(n, 0)) for n, d in sorted(phases.items())]
     return TraceSummary(totals, threads, (end - first) / 1e3, busy / 1e3, overlap / 1e3)
