@@ -20,6 +20,7 @@ from spiky.errors import (
     SpikyConfigError,
     SpikyError,
     SpikyOptionError,
+    SpikyRangeError,
     SpikyRuntimeError,
     SpikyShapeError,
     SpikyTargetError,
@@ -41,7 +42,7 @@ configure_logs_from_env()
 
 __all__ = [
     "IRError", "LoweringError", "OutOfMemoryError", "SpikyCompileError", "SpikyConfigError", "SpikyError",
-    "SpikyOptionError", "SpikyRuntimeError", "SpikyShapeError", "SpikyTargetError", "__version__",
+    "SpikyOptionError", "SpikyRangeError", "SpikyRuntimeError", "SpikyShapeError", "SpikyTargetError", "__version__",
     "bucket_stats", "cache", "clear_memory_pool", "compile", "debug",
     "configure_logs", "device_count", "get_memory_stats",
     "get_stats", "real_shape", "reset_stats", "trim_memory_pool", "unpad",

@@ -22,6 +22,11 @@ class SpikyShapeError(SpikyError, ValueError):
     """An input size the compiled function cannot serve (no bucket fits, bad dynamic size)."""
 
 
+class SpikyRangeError(SpikyError, ValueError):
+    """An input value the target cannot represent (an int64 beyond int32 on the neuron target,
+    which narrows int64 to int32 unless ``--native-int64=enabled``)."""
+
+
 class SpikyTargetError(SpikyError, RuntimeError):
     """The requested target cannot run here; the message says what is missing."""
 
@@ -39,6 +44,6 @@ class SpikyCompileError(SpikyError, RuntimeError):
 
 __all__ = [
     "IRError", "InvalidArgumentError", "LoweringError", "OutOfMemoryError", "ShapeError",
-    "SpikyCompileError", "SpikyConfigError", "SpikyError", "SpikyOptionError", "SpikyRuntimeError", "SpikyShapeError",
-    "SpikyTargetError",
+    "SpikyCompileError", "SpikyConfigError", "SpikyError", "SpikyOptionError", "SpikyRangeError", "SpikyRuntimeError",
+    "SpikyShapeError", "SpikyTargetError",
 ]

@@ -52,7 +52,7 @@ class CompiledGraph:
         self.keep_outputs_on_device = bool(ctx.options["keep_outputs_on_device"])
         self._placements: dict[torch.device | None, Placement] = {}
         # The plain path: CPU tensors in, CPU tensors out, one synchronous call.
-        self._plain = (loaded.profiler is None and not ctx.options["pipelined"]
+        self._plain = (loaded.profiler is None and loaded.int64 is None and not ctx.options["pipelined"]
                        and not ctx.keep_cpu_outputs_on_device)
         # numpy has no bfloat16: bfloat16 inputs and results cross as views of their bits
         # (spiky.torch.arrays). Decided once, so float32 calls keep numpy's own conversions.

@@ -123,6 +123,20 @@ def detect_target(override: str | None = None, product_name_file: Path = PRODUCT
     )
 
 
+def native_int64(extra_args: str | Sequence[str]) -> bool:
+    """Whether the compiler arguments keep int64 native (``--native-int64=enabled`` or
+    ``--native-int64 enabled``; the last occurrence wins, as on a command line). Without it
+    ``neuronx-cc`` narrows int64 to int32."""
+    args = shlex.split(extra_args) if isinstance(extra_args, str) else list(extra_args)
+    mode = "disabled"
+    for i, arg in enumerate(args):
+        if arg.startswith("--native-int64="):
+            mode = arg.split("=", 1)[1]
+        elif arg == "--native-int64" and i + 1 < len(args):
+            mode = args[i + 1]
+    return mode == "enabled"
+
+
 def compile_command(compiler: NeuronCompiler, workdir: Path, target: str, extra_args: str | Sequence[str]) -> list[str]:
     """The argv that compiles ``<workdir>/model.hlo.pb`` into ``<workdir>/model.neff``."""
     extra = shlex.split(extra_args) if isinstance(extra_args, str) else list(extra_args)

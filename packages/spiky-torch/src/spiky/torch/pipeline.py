@@ -12,10 +12,12 @@ sizes first)::
                               host:   the HLO module (the xla executor compiles it)
                               neuron: HLO module → neuronx-cc → NEFF
         model               host: the numpy plan or XLA:CPU (host_executor); neuron: the NEFF on nrt
+                              (int64 as int32 unless --native-int64=enabled: Loaded.int64)
         the rest            save_ntff profiler, compile stats, one log line with the cache key and path
     build_many(jobs, ctx) several buckets (precompile); on neuron the compiles run in parallel
     execute(...)          one call of a Loaded model through a runtime bundle (pipelined or not,
-                          padded on the device, outputs to the host or left on the device)
+                          padded on the device, outputs to the host or left on the device; int64
+                          inputs narrowed and outputs widened where the neuron model has int32)
 
 :class:`~spiky.torch.executable.CompiledGraph` (static) and
 :class:`~spiky.torch.dynamic.DynamicGraph` (buckets) are thin callables over it.
@@ -46,7 +48,7 @@ from spiky.torch.collectives import bind_host_collectives, host_replica_groups
 from spiky.torch.config import BackendConfig, current_config
 from spiky.torch.device_call import fx_output_devices
 from spiky.torch.host_executors import build_host_artefact, load_host_graph
-from spiky.torch.neuron import NtffProfiler, build_neff, check_neuron_graph, load_neff_model
+from spiky.torch.neuron import Int64Boundary, NtffProfiler, build_neff, check_neuron_graph, load_neff_model
 from spiky.torch.neuronx_cc import NeuronCompiler, detect_target, find_neuronx_cc
 from spiky.torch.options import Options
 from spiky.torch.targets import runtime_device
@@ -257,6 +259,10 @@ class Loaded:
     hit: bool
     profiler: NtffProfiler | None
     """``save_ntff``: profiles the chosen executions of this model (None: off or not this rank)."""
+    int64: Int64Boundary | None = None
+    """Neuron target without ``--native-int64=enabled``: the model takes and gives int32 where the graph has
+    int64, so :func:`execute` narrows those inputs (range-checked) and widens those outputs (None: nothing to
+    convert; callers that bypass :func:`execute` must check this is None)."""
 
 
 def load(graph: Graph, artefact: Artefact, ctx: Context) -> rt.Model:
@@ -286,13 +292,14 @@ def build(
     if not artefact.hit:
         ctx.device.record_compile()
     profiler = NtffProfiler.for_graph(ctx.options, ctx.config, kernel_name, artefact.entry)
+    int64 = Int64Boundary.of(graph, kernel_name, ctx.config) if ctx.target == "neuron" else None
     log.info(
         "%s %s (%s, %d nodes) for target %s in %.1f ms (cache key %s, artefacts in %s)",
         "loaded" if artefact.hit else "compiled", kernel_name, label, len(graph.nodes), ctx.target,
         (time.perf_counter() - start) * 1e3,
         artefact.entry.key[:12], artefact.entry.path,
     )
-    return Loaded(graph, kernel_name, model, artefact.entry, artefact.hit, profiler)
+    return Loaded(graph, kernel_name, model, artefact.entry, artefact.hit, profiler, int64)
 
 
 @dataclass(frozen=True)
@@ -419,11 +426,16 @@ def execute(loaded: Loaded, bundle: rt.Bundle, inputs: Sequence[RuntimeInput], *
             unpad: bool = True) -> list[Any]:
     """One call of ``loaded`` through ``bundle`` (which holds its model): host arrays (``to_host``) or
     DeviceTensors that may still be being produced (a pipelined bundle returns once the call is queued).
-    Chosen executions are profiled (``save_ntff``)."""
+    Chosen executions are profiled (``save_ntff``); int64 crosses ``loaded.int64`` (neuron target)."""
+    boundary = loaded.int64
+    if boundary is not None:
+        inputs = boundary.narrow(inputs)
+
     def call() -> Any:
         if to_host:
             return bundle.run(inputs, unpad=unpad)  # a pipelined bundle queues the call and waits for it
         return bundle.submit(inputs, to_host=False, unpad=unpad)
 
     result = call() if loaded.profiler is None else loaded.profiler.run(loaded.model, call)
-    return list(result) if to_host else list(result.result())
+    outputs = list(result) if to_host else list(result.result())
+    return outputs if boundary is None else boundary.widen(outputs)
