@@ -552,7 +552,8 @@ class DynamicGraph:
         identity = slots == [(_TENSOR, i) for i in range(len(slots))]
         loaded, bundle_run = bucket.loaded, bucket.bundle.run
         run: Callable[[list[Any]], list[np.ndarray[Any, Any]]] = (
-            bundle_run if loaded.profiler is None else partial(pipeline.execute, loaded, bucket.bundle))
+            bundle_run if loaded.profiler is None and loaded.int64 is None
+            else partial(pipeline.execute, loaded, bucket.bundle))
         routes[tuple(shapes)] = _Route(bucket.key, run, tuple(lengths), real, padded,
                                        None if identity else tuple(slots))
 
