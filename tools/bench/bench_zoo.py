@@ -1,6 +1,7 @@
 """The model zoo: real models from transformers, torchvision and timm through backend="nkipy".
 
     .venv/bin/python tools/bench/bench_zoo.py [--only a,b] [--no-inductor] [--timeout S] [--write-doc]
+                                              [--target host|neuron]
 
 Each case (tools/zoo/cases.py) runs in its own subprocess with a timeout, so a crash or a hang
 stops only that case. A case runs eager, then Inductor, then nkipy (host target) with default
@@ -9,6 +10,10 @@ options and, if that raises, with options={"fallback": "eager"}; the row gives t
 each backend, the first-call (compile) time of Inductor and nkipy, and the first line of the
 nkipy error. The summary counts the statuses and compares them with the expected-status table
 (tools/zoo/expected.py). --write-doc regenerates the table in docs/MODELS.md.
+
+--target neuron runs nkipy on the neuron target through the fake Neuron stack
+(spiky.testing.fake_neuron: fake neuronx-cc and libnrt, executed on XLA:CPU): the interface checks
+of a real device without one; its times are not a NeuronCore's. The docs table is host-only.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ DOC = ROOT / "docs" / "MODELS.md"
 BEGIN, END = "<!-- zoo-table:begin -->", "<!-- zoo-table:end -->"
 
 
-def run_child(name: str, out: Path, inductor: bool) -> None:
+def run_child(name: str, out: Path, inductor: bool, target: str = "host") -> None:
     """Child mode: run one case in this process and write its Result as JSON."""
     import torch
 
@@ -45,16 +50,17 @@ def run_child(name: str, out: Path, inductor: bool) -> None:
     from zoo.cases import BY_NAME
     from zoo.runner import run_case
 
-    result = run_case(BY_NAME[name], inductor=inductor)
+    result = run_case(BY_NAME[name], inductor=inductor, target=target)
     out.write_text(json.dumps(result.to_json()))
 
 
-def run_isolated(name: str, timeout: float, inductor: bool) -> dict[str, object]:
+def run_isolated(name: str, timeout: float, inductor: bool, target: str = "host") -> dict[str, object]:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
         cmd = [sys.executable, __file__, "--child", name, "--child-out", str(out)]
         if not inductor:
             cmd.append("--no-inductor")
+        cmd += ["--target", target]
         t0 = time.perf_counter()
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
@@ -176,6 +182,8 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per case (default 600)")
     ap.add_argument("--write-doc", action="store_true", help="regenerate the table in docs/MODELS.md")
     ap.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    ap.add_argument("--target", choices=["host", "neuron"], default="host",
+                    help="nkipy's target: host (default) or neuron through the fake Neuron stack")
     ap.add_argument("--from-json", type=Path, nargs="+", default=[],
                     help="run nothing: take the rows from these --json files (later files win), print, --write-doc")
     ap.add_argument("--child", help=argparse.SUPPRESS)
@@ -183,8 +191,10 @@ def main() -> None:
     args = ap.parse_args()
     inductor = not args.no_inductor
     if args.child:
-        run_child(args.child, args.child_out, inductor)
+        run_child(args.child, args.child_out, inductor, args.target)
         return
+    if args.write_doc and args.target != "host":
+        ap.error("--write-doc records host-target measurements; drop it or use --target host")
     names = [n for n in args.only.split(",") if n] or [c.name for c in CASES]
     unknown = sorted(set(names) - {c.name for c in CASES})
     if unknown:
@@ -197,7 +207,7 @@ def main() -> None:
         inductor = any(r.get("inductor_ms") is not None for r in merged.values())
         names = [n for n in names if n in merged]
     for name in names:
-        row = merged[name] if args.from_json else run_isolated(name, args.timeout, inductor)
+        row = merged[name] if args.from_json else run_isolated(name, args.timeout, inductor, args.target)
         rows.append(row)
         print_row(row)
     print(summary(rows))

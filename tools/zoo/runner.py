@@ -10,16 +10,24 @@ Status of a case (worst first):
 
 Each backend gets a fresh copy of the same seeded model, a ``torch._dynamo.reset()`` and (for
 nkipy) ``spiky.torch.reset_nkipy_backend()``.
+
+``target``: nkipy runs on the ``host`` target, or on ``neuron`` through the fake Neuron stack
+(``spiky.testing.fake_neuron``: HLO → fake neuronx-cc → NEFF → fake libnrt, executed on XLA:CPU),
+with the compile cache in ``$SPIKY_CACHE`` when set, else a temporary folder.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import os
 import statistics
+import tempfile
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -29,6 +37,7 @@ from zoo.cases import DYNAMIC_LENGTHS, TOLERANCE, Case, _ids
 TIMED_CALLS = 5  # calls timed after the first (tests/test_zoo.py times one: it checks status only)
 _timed_calls = TIMED_CALLS
 STATUSES = ("ok", "fallback", "WRONG", "error")
+TARGETS = ("host", "neuron")
 
 
 @dataclass
@@ -201,9 +210,30 @@ def _within(case: Case, err: float) -> bool:
     return err == 0 if case.mode == "generate" else err <= TOLERANCE[case.dtype]
 
 
-def run_case(case: Case, inductor: bool = True, timed_calls: int = TIMED_CALLS) -> Result:
-    """Run one case in this process (callers wanting isolation use a subprocess per case)."""
+@contextlib.contextmanager
+def on_target(target: str) -> Iterator[None]:
+    """The nkipy backend initialised for ``target`` for the block (see the module doc)."""
     import spiky.torch
+
+    if target == "host":
+        spiky.torch.init_nkipy_backend(target="host")
+        yield
+        return
+    if target != "neuron":
+        raise ValueError(f"unknown zoo target {target!r}; valid: {', '.join(TARGETS)}")
+    from spiky.testing import fake_neuron
+
+    with contextlib.ExitStack() as stack:
+        cache = os.environ.get("SPIKY_CACHE") or stack.enter_context(tempfile.TemporaryDirectory(prefix="zoo-neuron-"))
+        stack.enter_context(fake_neuron(Path(cache)))
+        yield
+
+
+def run_case(case: Case, inductor: bool = True, timed_calls: int = TIMED_CALLS, target: str = "host") -> Result:
+    """Run one case in this process (callers wanting isolation use a subprocess per case), nkipy on
+    ``target`` (``host``, or ``neuron`` through the fake Neuron stack)."""
+    if target not in TARGETS:
+        raise ValueError(f"unknown zoo target {target!r}; valid: {', '.join(TARGETS)}")
 
     global _timed_calls
     _timed_calls = timed_calls
@@ -231,11 +261,11 @@ def run_case(case: Case, inductor: bool = True, timed_calls: int = TIMED_CALLS) 
     first_error = ""
     for status, options in (("ok", None), ("fallback", {"fallback": "eager"})):
         _reset()
-        spiky.torch.init_nkipy_backend(target="host")
         counter = torch._dynamo.utils.counters
         counter.clear()
         try:
-            got, t, f = run(case, fresh(), inputs, "nkipy", options)
+            with on_target(target):
+                got, t, f = run(case, fresh(), inputs, "nkipy", options)
         except Exception as exc:
             first_error = first_error or _first_line(exc)
             if status == "ok":
