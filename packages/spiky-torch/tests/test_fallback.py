@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import pytest
 import torch
 from torch import nn
 
 import spiky
+from spiky_ir.fx import LOWERINGS
 
 
 class Exotic(nn.Module):
@@ -56,3 +58,73 @@ def test_fallback_with_training() -> None:
     for p, q in zip(model.parameters(), reference.parameters(), strict=True):
         assert p.grad is not None and q.grad is not None
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5)
+
+
+# --- partitions around multi-output ops, on every path ---------------------------------------------
+#
+# Each case: a function whose multi-output op (unlowered, or lowered and feeding an unlowered op) sits
+# between lowered ops, and the ATen ops removed from the lowering table for the test (so the partitioner
+# must keep them, and the getitems of their results, in torch). Compared with eager, static and dynamic,
+# forward (no_grad) and backward (every input gradient).
+
+aten = torch.ops.aten
+
+
+def _var_mean(x: torch.Tensor) -> torch.Tensor:  # var_mean.correction has no lowering
+    var, mean = torch.var_mean(torch.relu(x) * 2 + 1, dim=1, keepdim=True)
+    return torch.tanh(x - mean) * var + mean
+
+
+def _max_dim(x: torch.Tensor) -> torch.Tensor:  # both results of an unlowered max.dim feed lowered ops
+    values, indices = (x * 3).max(dim=1)
+    return torch.sigmoid(values) + indices.to(x.dtype) * 0.25
+
+
+def _sort(x: torch.Tensor) -> torch.Tensor:  # an unlowered sort between lowered ops, both results used
+    values, indices = torch.sort(torch.exp(x * 0.5), dim=1, descending=True)
+    return values.cumsum(1) * 0.1 + indices.to(x.dtype)
+
+
+def _topk_into_lgamma(x: torch.Tensor) -> torch.Tensor:  # a lowered topk whose results feed an unlowered op
+    values, indices = torch.topk(x.abs() + 0.5, 2, dim=1)
+    return torch.lgamma(values) + torch.lgamma(indices.to(x.dtype) + 1.5) - values * 2
+
+
+def _layer_norm(x: torch.Tensor) -> torch.Tensor:  # native_layer_norm's mean/rstd outputs reach the backward
+    return torch.nn.functional.layer_norm(torch.relu(x) + x * 0.5, (x.shape[-1],)) * 3 + x
+
+
+FALLBACK_CASES: dict[str, tuple[Any, tuple[Any, ...]]] = {
+    "var_mean": (_var_mean, ()),
+    "max_dim": (_max_dim, (aten.max.dim,)),
+    "sort": (_sort, (aten.sort.default,)),
+    "topk_into_lgamma": (_topk_into_lgamma, ()),
+    "layer_norm": (_layer_norm, (aten.native_layer_norm.default,)),
+}
+
+
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
+@pytest.mark.parametrize("backward", [False, True], ids=["forward", "backward"])
+@pytest.mark.parametrize("case", list(FALLBACK_CASES))
+def test_fallback_partitions_around_multi_output_ops_match_eager(
+    case: str, backward: bool, dynamic: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fn, removed = FALLBACK_CASES[case]
+    for op in removed:
+        monkeypatch.delitem(LOWERINGS, op)
+    compiled = torch.compile(fn, backend="nkipy", dynamic=dynamic, options={"fallback": "eager"})
+    torch.manual_seed(0)
+    for rows in (3, 5) if dynamic else (4,):
+        x = torch.randn(rows, 6)
+        if not backward:
+            with torch.no_grad():
+                torch.testing.assert_close(compiled(x), fn(x), rtol=1e-5, atol=1e-5)
+            continue
+        mine, theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
+        out, expected = compiled(mine), fn(theirs)
+        torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+        weights = torch.randn_like(expected)
+        (out * weights).sum().backward()
+        (expected * weights).sum().backward()
+        assert mine.grad is not None and theirs.grad is not None
+        torch.testing.assert_close(mine.grad, theirs.grad, rtol=1e-4, atol=1e-5)

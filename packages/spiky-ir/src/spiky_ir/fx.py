@@ -106,9 +106,9 @@ class LoweringContext:
             return self.env[raw]
         if isinstance(raw, list | tuple):
             return type(raw)(self._map(r) for r in raw)
-        if isinstance(raw, torch.SymInt | torch.SymBool | torch.SymFloat):
+        if isinstance(raw, torch.SymInt):
             return _sym_dim(raw)
-        return raw
+        return raw  # SymFloat and SymBool stay symbolic scalars (ctx.tensor builds them)
 
     def arg(self, node: fx.Node, index: int, kw: str | None = None) -> Any:
         """Positional argument ``index`` (or keyword ``kw``) of ``node``, FX nodes mapped to
@@ -142,6 +142,10 @@ class LoweringContext:
             return self.const(value, _scalar_dtype(value, like))
         if isinstance(value, str):  # a symbolic size used as a number (SymInt), e.g. a mean's count
             return self.op("dim_value", attrs={"value": value, "dtype": _scalar_dtype(1, like)})
+        if isinstance(value, torch.SymInt | torch.SymFloat | torch.SymBool):  # arithmetic on sizes
+            kind: bool | int | float = (1.0 if isinstance(value, torch.SymFloat)
+                                        else True if isinstance(value, torch.SymBool) else 1)
+            return self.astype(_sym_scalar(self, value.node.expr), _scalar_dtype(kind, like))
         raise LoweringError(f"{self._where()} has operand {value!r} that is not a tensor or scalar")
 
     def const(self, value: bool | int | float, dtype: DType) -> Value:
@@ -256,6 +260,75 @@ def _sym_dim(value: Any) -> Dim:
         ) from None
 
 
+def _sym_scalar(ctx: LoweringContext, expr: Any) -> Value:
+    """A sympy expression over size symbols (a SymInt/SymFloat's) as a rank-0 IR value, int64 or
+    float32: sizes are ``dim_value`` ops (bound when a bucket is specialised; real lengths under
+    padding), the arithmetic is IR ops."""
+    from torch.utils._sympy import functions as symfn
+
+    def both_float(a: Value, b: Value) -> tuple[Value, Value]:
+        if a.type.dtype.is_floating or b.type.dtype.is_floating:
+            return ctx.astype(a, DType.float32), ctx.astype(b, DType.float32)
+        return a, b
+
+    def fold(name: str, args: Sequence[Any]) -> Value:
+        out = walk(args[0])
+        for arg in args[1:]:
+            out = ctx.op(name, *both_float(out, walk(arg)))
+        return out
+
+    def power(base: Any, exponent: Any) -> Value:
+        if getattr(exponent, "is_Integer", False):
+            n = int(exponent)
+            out = ctx.const(1, DType.int64)
+            for _ in range(abs(n)):
+                out = ctx.op("multiply", *both_float(out, walk(base)))
+            return out if n >= 0 else ctx.op("reciprocal", ctx.astype(out, DType.float32))
+        return ctx.op("power", *both_float(ctx.astype(walk(base), DType.float32), walk(exponent)))
+
+    def walk(e: Any) -> Value:
+        if getattr(e, "is_Integer", False) or e is True or e is False:
+            return ctx.const(int(e), DType.int64)
+        if getattr(e, "is_Number", False):
+            return ctx.const(float(e), DType.float32)
+        if getattr(e, "is_Symbol", False):
+            return ctx.op("dim_value", attrs={"value": str(e), "dtype": DType.int64})
+        name = type(e).__name__
+        if name == "Add":
+            return fold("add", e.args)
+        if name == "Mul":
+            return fold("multiply", e.args)
+        if name in ("Pow", "PowByNatural", "FloatPow"):
+            return power(*e.args)
+        if isinstance(e, symfn.FloorDiv):
+            return ctx.op("floor_divide", *both_float(walk(e.args[0]), walk(e.args[1])))
+        if name in ("Mod", "PythonMod"):
+            return ctx.op("remainder", *both_float(walk(e.args[0]), walk(e.args[1])))
+        if name in ("IntTrueDiv", "FloatTrueDiv"):
+            numerator, denominator = (ctx.astype(walk(a), DType.float32) for a in e.args)
+            return ctx.op("divide", numerator, denominator)
+        if name == "ToFloat":
+            return ctx.astype(walk(e.args[0]), DType.float32)
+        if name in ("TruncToInt", "TruncToFloat"):
+            truncated = ctx.op("trunc", ctx.astype(walk(e.args[0]), DType.float32))
+            return ctx.astype(truncated, DType.int64 if name == "TruncToInt" else DType.float32)
+        if name in ("Max", "Min"):
+            return fold("maximum" if name == "Max" else "minimum", e.args)
+        if name == "Identity":
+            return walk(e.args[0])
+        raise LoweringError(
+            f"{ctx._where()}: the symbolic scalar {expr} uses {name}, which spiky-ir cannot compute from sizes "
+            "(+, -, *, //, %, /, powers, min, max, float()); compile with static shapes or "
+            "options={'fallback': 'eager'}")
+
+    return walk(expr)
+
+
+def sym_dim(value: Any) -> Dim:
+    """A SymInt (a graph input's ``val``, say) as the IR dim the lowering gives it."""
+    return _sym_dim(value)
+
+
 def _fake_type(node: fx.Node, val: Any = None) -> TensorType:
     val = node.meta.get("val") if val is None else val
     if not isinstance(val, torch.Tensor):
@@ -304,6 +377,8 @@ def lower_fx_graph(gm: fx.GraphModule, name: str = "main") -> LoweredGraph:
         if node.op == "placeholder":
             if isinstance(val, torch.Tensor):
                 ctx.env[node] = graph.add_input(node.name, _fake_type(node))
+            elif isinstance(val, torch.SymFloat | torch.SymBool):
+                ctx.env[node] = val  # a symbolic scalar: built from sizes where a lowering uses it
             elif _is_sym(val):
                 ctx.env[node] = _sym_dim(val)
             else:

@@ -55,14 +55,23 @@ def nkipy_backend(
 
 
 def compile_one(gm: fx.GraphModule, ctx: Context) -> Any:
-    """The compiled callable of one aot_autograd graph (forward, backward or inference)."""
-    if is_dynamic(gm):  # symbolic sizes: buckets, padding, JIT (spiky.torch.dynamic)
-        return compile_dynamic(gm, ctx)
+    """The compiled callable of one aot_autograd graph (forward, backward or inference).
 
+    ``fallback="eager"`` is honoured on every path: a graph with unlowered ops is partitioned first,
+    and each lowerable partition then goes the static or the dynamic way on its own.
+    """
     if ctx.options["fallback"] == "eager" and unlowered_ops(gm):
         # Unlowered ops run eagerly between compiled partitions, on the CPU tensors they were traced with.
         part = replace(ctx, inference=False)
-        return compile_with_fallback(gm, lambda sub: with_static_layouts(compile_graph(sub, part), part.options))
+        return compile_with_fallback(gm, lambda sub: _compile_whole(sub, part))
+    return _compile_whole(gm, ctx)
+
+
+def _compile_whole(gm: fx.GraphModule, ctx: Context) -> Any:
+    """``gm`` compiled as one graph: symbolic sizes → buckets, padding, JIT (spiky.torch.dynamic);
+    static sizes → one CompiledGraph."""
+    if is_dynamic(gm):
+        return compile_dynamic(gm, ctx)
     return with_static_layouts(compile_graph(gm, ctx), ctx.options)
 
 

@@ -56,9 +56,11 @@ from spiky.torch.device_call import (
 )
 from spiky.torch.options import Options
 from spiky_ir import DType, Graph, TensorType, Value, print_graph, specialize
+from spiky_ir.errors import ShapeError
+from spiky_ir.fx import sym_dim
 from spiky_ir.padding import PaddedGraph, pad_graph, unpad
 from spiky_ir.specialize import bindings_for, rename_symbols
-from spiky_ir.symbolic import Dim, dim_eval, dim_rename, dim_symbols
+from spiky_ir.symbolic import Dim, dim_eval, dim_rename, dim_symbols, solve_binding
 
 log = logging.getLogger("spiky.buckets")
 
@@ -238,7 +240,8 @@ class DynamicGraph:
 
     _boxed_call = True
 
-    def __init__(self, lowered: pipeline.Lowered, ctx: pipeline.Context) -> None:
+    def __init__(self, lowered: pipeline.Lowered, ctx: pipeline.Context,
+                 size_args: Mapping[int, Dim] | None = None) -> None:
         self._boxed_call = True
         start = time.perf_counter()
         self.ctx = ctx
@@ -247,7 +250,15 @@ class DynamicGraph:
         self.tensor_args = list(lowered.tensor_args)
         self._tensor_indices = tuple(i for i, is_tensor in enumerate(self.tensor_args) if is_tensor)
         self.output_slots = list(lowered.output_slots)
-        rename = {old: f"s{i}" for i, old in enumerate(_symbol_order(lowered.graph))}
+        # Symbols of the input shapes first (the names options use), then those only SymInt inputs carry
+        # (Python ints Dynamo made dynamic): each call reads their values off those arguments.
+        order = _symbol_order(lowered.graph)
+        for dim in (size_args or {}).values():
+            order += sorted(dim_symbols(dim) - set(order))
+        rename = {old: f"s{i}" for i, old in enumerate(order)}
+        self.size_args: dict[int, Dim] = {i: dim_rename(d, rename) for i, d in (size_args or {}).items()}
+        self.value_symbols = frozenset(rename[s] for s in order[len(_symbol_order(lowered.graph)):])
+        """Symbols no tensor input's shape carries, bound from SymInt arguments (exact sizes)."""
         self.graph = rename_symbols(lowered.graph, rename)
         self.dim_outputs: dict[int, Dim] = {
             i: dim_eval(d, {}) if isinstance(d, int) else dim_rename(d, rename) for i, d in lowered.dim_outputs.items()
@@ -273,7 +284,10 @@ class DynamicGraph:
         """What every bucket specialises: the padded graph, its real lengths taken as int32."""
         exact = dict(self.plan.exact)
         for sym in self.symbols:
-            if sym not in self.plan.padded and sym not in exact:
+            if sym in self.value_symbols:
+                exact[sym] = ("it is an int argument of the graph (a SymInt input), not the size of a tensor "
+                              "input: each value compiles its own bucket")
+            elif sym not in self.plan.padded and sym not in exact:
                 exact[sym] = "it appears in an input only inside a size expression, which the runtime cannot pad"
         self.name = pipeline.kernel_name_of(print_graph(self.graph))
         for sym, why in sorted(exact.items()):
@@ -309,7 +323,8 @@ class DynamicGraph:
         # unpadded layouts; forgotten whenever a bucket is added (a new bucket can change the choice).
         self._routes: dict[tuple[tuple[int, ...], ...], _Route] | None = (
             {} if self.options["input_layout"] != "padded" and self.options["output_layout"] != "padded"
-            and self.options["pad_on_device"] and not ctx.keep_cpu_outputs_on_device else None)
+            and self.options["pad_on_device"] and not ctx.keep_cpu_outputs_on_device
+            and not self.value_symbols else None)
         log.info("%s: dynamic graph over %s (padded %s, exact %s), lowered in %.1f ms", self.name,
                  list(self.symbols), sorted(self.plan.padded), sorted(exact),
                  (time.perf_counter() - start + lowered.seconds) * 1e3)
@@ -449,6 +464,7 @@ class DynamicGraph:
 
     def _call_general(self, args: list[Any]) -> list[Any]:
         tensors = [a for a, is_tensor in zip(args, self.tensor_args, strict=True) if is_tensor]
+        size_values = {i: args[i] for i in self.size_args}
         args.clear()
         for index, value in enumerate(tensors):
             if not isinstance(value, torch.Tensor):
@@ -463,6 +479,7 @@ class DynamicGraph:
             sizes = self._real_sizes(tensors, given, carries)
         else:
             sizes = bindings_for(self.graph, shapes)
+        self._bind_size_args(sizes, size_values)
         key = self.choose(sizes, given)
         if key not in self.buckets:
             compiled = sorted(self.buckets)
@@ -514,6 +531,22 @@ class DynamicGraph:
         if self._routes is not None and device is None and all(self.runtime_unpads):
             self._remember_route(shapes, bucket, lengths, sizes)
         return returned
+
+    def _bind_size_args(self, sizes: dict[str, int], values: Mapping[int, Any]) -> None:
+        """Bind the symbols only SymInt arguments carry (the input shapes bound the others; under
+        ``input_layout="padded"`` an argument holding such a size may hold its bucket) to their values."""
+        for index, dim in self.size_args.items():
+            if not dim_symbols(dim) - sizes.keys():
+                continue
+            value = values[index]
+            if isinstance(value, bool) or not isinstance(value, int | torch.SymInt):
+                raise TypeError(f"compiled graph argument {index} ({value!r}) is not an int; it was traced "
+                                f"as the size {dim}")
+            try:
+                solve_binding(dim, int(value), sizes)
+            except ShapeError as exc:
+                raise SpikyShapeError(f"compiled graph argument {index} is {int(value)}, which does not fit "
+                                      f"the size {dim} it was traced as: {exc}") from None
 
     def _pad_on_host(self, value: np.ndarray[Any, Any] | rt.DeviceTensor, dims: Mapping[int, str],
                      bucket: Mapping[str, int]) -> np.ndarray[Any, Any]:
@@ -612,7 +645,7 @@ class DynamicGraph:
                                   else slice(None) for a in range(tensor.dim()))
                 tensors[index] = tensor[index_exp]
         for sym in self.symbols:
-            if sym not in sizes:
+            if sym not in sizes and sym not in self.value_symbols:  # those come from the int arguments
                 raise SpikyShapeError(f"symbol {sym} appears in no input of this call")
         return sizes
 
@@ -660,4 +693,7 @@ def with_static_layouts(compiled: Any, options: Options) -> Any:
 
 def compile_dynamic(gm: fx.GraphModule, ctx: pipeline.Context) -> DynamicGraph:
     """The compiled callable of a graph with symbolic sizes (see the module docstring)."""
-    return DynamicGraph(pipeline.lower(gm), ctx)
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    size_args = {i: sym_dim(n.meta["val"]) for i, n in enumerate(placeholders)
+                 if isinstance(n.meta.get("val"), torch.SymInt)}
+    return DynamicGraph(pipeline.lower(gm), ctx, size_args)

@@ -13,6 +13,7 @@ import operator
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import torch
 from torch import fx, nn
 from torch.fx.passes.infra.partitioner import CapabilityBasedPartitioner
 from torch.fx.passes.operator_support import OperatorSupportBase
@@ -28,13 +29,21 @@ def lowers(node: fx.Node) -> bool:
     return target in LOWERINGS or str(target) in LOWERINGS or target in SYMBOLIC_OPS
 
 
+def _size_computation(node: fx.Node) -> bool:
+    """A SymInt-valued node (``sym_size``, arithmetic on sizes): torch computes it next to the eager
+    ops at no cost, and a partition that needs it takes it as a size input."""
+    val = node.meta.get("val")
+    return isinstance(val, torch.SymInt | torch.SymBool | torch.SymFloat) and (
+        node.target in SYMBOLIC_OPS or not lowers(node))
+
+
 class _Lowerable(OperatorSupportBase):
     def is_node_supported(self, submodules: Mapping[str, nn.Module], node: fx.Node) -> bool:
         # getitem of an unlowered multi-output op must stay with that op, in eager
         if node.target is operator.getitem:
             source = node.args[0]
             return isinstance(source, fx.Node) and source.op == "call_function" and lowers(source)
-        return node.op == "call_function" and lowers(node)
+        return node.op == "call_function" and lowers(node) and not _size_computation(node)
 
 
 class _Partition(nn.Module):
@@ -53,7 +62,8 @@ class _Partition(nn.Module):
 def unlowered_ops(gm: fx.GraphModule) -> list[str]:
     """Names of the call_function targets in ``gm`` that do not lower (sorted, unique)."""
     return sorted({str(n.target) for n in gm.graph.nodes
-                   if n.op == "call_function" and not _Lowerable().is_node_supported({}, n)})
+                   if n.op == "call_function" and not _size_computation(n)
+                   and not _Lowerable().is_node_supported({}, n)})
 
 
 def compile_with_fallback(
