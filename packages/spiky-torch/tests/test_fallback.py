@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from typing import Any
 
@@ -31,6 +32,18 @@ class Exotic(nn.Module):
 def test_without_fallback_the_error_names_the_op_and_the_way_out() -> None:
     with pytest.raises(Exception, match=r"aten\.lgamma\.default .*fallback': 'eager'"), torch.no_grad():
         torch.compile(Exotic(), backend="nkipy")(torch.randn(3, 8))
+
+
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
+def test_the_lowering_error_names_the_users_source_line(dynamic: bool) -> None:
+    lines, first = inspect.getsourcelines(Exotic.forward)
+    number = first + next(i for i, line in enumerate(lines) if "torch.lgamma" in line)
+    with pytest.raises(Exception) as caught, torch.no_grad():
+        torch.compile(Exotic(), backend="nkipy", dynamic=dynamic)(torch.randn(3, 8))
+    message = str(caught.value)
+    assert f"aten.lgamma.default (node 'lgamma') at {__file__}, line {number}, in forward" in message
+    assert "(`h = torch.lgamma(h + 1)  # the exotic op`)" in message  # the code itself
+    assert "options={'fallback': 'eager'}" in message  # and what to do
 
 
 def test_fallback_eager_runs_the_op_in_torch_and_compiles_the_rest(caplog: pytest.LogCaptureFixture) -> None:

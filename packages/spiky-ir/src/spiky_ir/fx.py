@@ -82,12 +82,16 @@ def lowers(*targets: Any) -> Callable[[Lowering], Lowering]:
 
 
 def source_of(node: fx.Node) -> str:
-    """``aten.op (node 'name') at file:line`` for error messages, from the FX stack trace."""
+    """``aten.op (node 'name') at file, line N, in fn (`code`)`` for error messages, from the FX stack trace."""
     text = f"{node.target} (node '{node.name}')"
-    trace = node.meta.get("stack_trace") or ""
-    frames = [line.strip() for line in trace.splitlines() if line.strip().startswith("File ")]
+    trace = [line.strip() for line in (node.meta.get("stack_trace") or "").splitlines()]
+    frames = [i for i, line in enumerate(trace) if line.startswith("File ")]
     if frames:
-        text += " at " + frames[-1].removeprefix("File ").replace('"', "")
+        last = frames[-1]
+        text += " at " + trace[last].removeprefix("File ").replace('"', "")
+        code = trace[last + 1] if last + 1 < len(trace) else ""
+        if code and not code.startswith("File "):  # the user's line of code itself
+            text += f" (`{code}`)"
     return text
 
 
