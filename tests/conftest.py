@@ -1,4 +1,7 @@
-"""Every valid graph built by a spiky-ir test must round-trip through the text form."""
+"""Every valid graph built by a spiky-ir test must round-trip through the text form.
+
+``host_executor``: runs a test with each host executor; ``neuron_target``: on the neuron target (fake stack).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from spiky.testing import FakeNeuron, fake_neuron
 from spiky_ir.testing import check_recorded, record_graphs
 
 
@@ -33,3 +37,11 @@ def host_executor(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[st
     yield request.param
     spiky.torch.reset_nkipy_backend()
     torch._dynamo.reset()
+
+
+@pytest.fixture
+def neuron_target(tmp_path: Path) -> Iterator[FakeNeuron]:
+    """Runs the test on the neuron target through the fake Neuron stack (``spiky.testing.fake_neuron``:
+    HLO -> fake neuronx-cc -> NEFF -> fake libnrt, executed on XLA:CPU); yields the ``FakeNeuron`` handle."""
+    with fake_neuron(tmp_path / "neuron_cache") as handle:
+        yield handle

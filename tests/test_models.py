@@ -1,7 +1,8 @@
-"""Whole models through torch.compile(backend="nkipy") on the host target, against eager.
+"""Whole models through torch.compile(backend="nkipy"), against eager.
 
 Forward models run in eval mode; the training table checks every parameter gradient
-(the backward graphs) against torch.autograd. Both run with each host executor (numpy, xla).
+(the backward graphs) against torch.autograd. Both run with each host executor (numpy, xla),
+and a subset of each on the neuron target through the fake Neuron stack (see NEURON_MODELS).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from torch import nn
 
 import spiky.torch  # noqa: F401  (registers the backend)
 from spiky.reference_models import GPTBlock, rotary
+from spiky.testing import FakeNeuron
 
 
 class EmbeddingClassifier(nn.Module):
@@ -71,6 +73,22 @@ def _flat(out: Any) -> list[torch.Tensor]:
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_model_matches_eager(name: str, host_executor: str) -> None:
+    _check_model(name)
+
+
+# The neuron target through the fake Neuron stack costs ~2 s per compiled graph, so one model per kind of
+# graph: int64 token ids in and argmax ids out (the int64 boundary), convolutions with batch norm and pooling,
+# and attention (the encoder layer); the norm-first/GELU layer and the GPT block add no new kind.
+NEURON_MODELS = ["embedding_mean_pool", "small_cnn", "transformer_encoder_layer"]
+
+
+@pytest.mark.parametrize("name", NEURON_MODELS)
+def test_model_matches_eager_on_neuron(name: str, neuron_target: FakeNeuron) -> None:
+    _check_model(name)
+    assert neuron_target.execute_count() >= 1  # it ran on the (fake) device
+
+
+def _check_model(name: str) -> None:
     make_model, make_inputs, (rtol, atol) = MODELS[name]
     torch.manual_seed(0)
     model = make_model().eval()
@@ -126,6 +144,22 @@ def _grads(model: nn.Module, inputs: list[torch.Tensor], fn: Callable[..., Any])
 
 @pytest.mark.parametrize("name", sorted(TRAINING))
 def test_gradients_match_autograd(name: str, host_executor: str) -> None:
+    _check_gradients(name)
+
+
+# Training on neuron (a forward and a backward graph each): the embedding classifier (int64 ids saved for the
+# backward's scatter-add) and layer norm (the reductions of a normalisation backward); the Linear/MLP/softmax
+# rows are matmuls and elementwise ops the two already cover.
+NEURON_TRAINING = ["embedding_classifier", "layer_norm"]
+
+
+@pytest.mark.parametrize("name", NEURON_TRAINING)
+def test_gradients_match_autograd_on_neuron(name: str, neuron_target: FakeNeuron) -> None:
+    _check_gradients(name)
+    assert len(neuron_target.neffs) >= 2  # the forward and the backward graph compiled for neuron
+
+
+def _check_gradients(name: str) -> None:
     make_model, make_inputs = TRAINING[name]
     torch.manual_seed(0)
     model = make_model()

@@ -1,6 +1,7 @@
 """Each test starts with the backend uninitialised, Dynamo's caches empty and a private cache dir.
 
-``host_executor``: a fixture that runs a test with each host executor (numpy, xla).
+``host_executor``: a fixture that runs a test with each host executor (numpy, xla); ``neuron_target``: one
+that runs it on the neuron target through the fake Neuron stack.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import pytest
 import torch
 
 import spiky.torch
+from spiky.testing import FakeNeuron, fake_neuron
 
 
 @pytest.fixture(autouse=True)
@@ -37,3 +39,11 @@ def host_executor(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[st
     yield request.param
     spiky.torch.reset_nkipy_backend()
     torch._dynamo.reset()
+
+
+@pytest.fixture
+def neuron_target(tmp_path: Path) -> Iterator[FakeNeuron]:
+    """Runs the test on the neuron target through the fake Neuron stack (``spiky.testing.fake_neuron``:
+    HLO -> fake neuronx-cc -> NEFF -> fake libnrt, executed on XLA:CPU); yields the ``FakeNeuron`` handle."""
+    with fake_neuron(tmp_path / "neuron_cache") as handle:
+        yield handle

@@ -1,4 +1,7 @@
-"""Dynamic shapes end to end: buckets, JIT compiles, padding that never changes results, layouts."""
+"""Dynamic shapes end to end: buckets, JIT compiles, padding that never changes results, layouts.
+
+On the host target; the ``*_on_neuron`` tests run a subset on the neuron target (fake Neuron stack).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from torch import nn
 
 import spiky
 import spiky.torch
+from spiky.testing import FakeNeuron
 from spiky.torch.dynamic import BucketStats, bucket_stats, real_shape, reset_bucket_stats
 
 RTOL, ATOL = 1e-5, 1e-5  # fp32, bucket-padded vs eager
@@ -100,6 +104,18 @@ def test_transformer_block_dynamic_batch_and_sequence_matches_eager() -> None:
 
 @pytest.mark.smoke
 def test_transformer_block_one_padded_size() -> None:
+    _transformer_block_one_padded_size()
+
+
+def test_transformer_block_one_padded_size_on_neuron(neuron_target: FakeNeuron) -> None:
+    """On the neuron target (fake stack): attention with a key-padding mask, both dims padded, one NEFF."""
+    _transformer_block_one_padded_size()
+    (neff,) = neuron_target.neffs
+    shapes = [shape for _, _, shape in neff.inputs]
+    assert (4, 8, 32) in shapes and (4, 8) in shapes and () in shapes  # x and mask bucket-sized; a real length
+
+
+def _transformer_block_one_padded_size() -> None:
     torch.manual_seed(1)
     model = Block().eval()
     compiled = torch.compile(model, backend="nkipy", dynamic=True, options={"buckets": {"s0": [4], "s1": [8]}})
@@ -331,8 +347,26 @@ def _late_extremes(rows: int, cols: int) -> torch.Tensor:
 
 @pytest.mark.parametrize("name", sorted(RANKINGS))
 def test_rankings_over_padded_dims_return_real_indices(name: str) -> None:
+    _check_ranking(name, {})
+
+
+# On the neuron target (fake stack, ~2 s per NEFF) one bucket per symbol keeps it to two compiles per case
+# (the first call's graph, rows specialised to 1, then the one dynamic in both dims); the flat argmax (an
+# int64 index over padded rows and columns) and topk of a transposed view (values and int64 indices through
+# a sort) stand for the table.
+NEURON_RANKINGS = ["argmax_flat", "topk3_transposed_smallest"]
+ONE_BUCKET = {"buckets": [64]}
+
+
+@pytest.mark.parametrize("name", NEURON_RANKINGS)
+def test_rankings_over_padded_dims_return_real_indices_on_neuron(name: str, neuron_target: FakeNeuron) -> None:
+    _check_ranking(name, ONE_BUCKET)
+    assert len(neuron_target.neffs) == 2
+
+
+def _check_ranking(name: str, options: dict[str, object]) -> None:
     fn, open_ties = RANKINGS[name]
-    compiled = torch.compile(fn, backend="nkipy", dynamic=True)
+    compiled = torch.compile(fn, backend="nkipy", dynamic=True, options=options)
     torch.manual_seed(0)
     for (rows, cols), (kind, make) in [(s, d) for s in [(1, 17), *RANKING_SIZES] for d in RANKING_DATA.items()]:
         x = make(rows, cols)
@@ -364,8 +398,18 @@ SCANS_AND_SORTS: dict[str, Callable[[torch.Tensor], torch.Tensor | tuple[torch.T
 
 @pytest.mark.parametrize("name", sorted(SCANS_AND_SORTS))
 def test_scans_and_sorts_over_padded_dims_match_eager(name: str) -> None:
+    _check_scan_or_sort(name, {})
+
+
+@pytest.mark.parametrize("name", ["sort_rows"])  # a stable sort with int64 indices along a padded dim
+def test_scans_and_sorts_over_padded_dims_match_eager_on_neuron(name: str, neuron_target: FakeNeuron) -> None:
+    _check_scan_or_sort(name, ONE_BUCKET)
+    assert len(neuron_target.neffs) == 2
+
+
+def _check_scan_or_sort(name: str, options: dict[str, object]) -> None:
     fn = SCANS_AND_SORTS[name]
-    compiled = torch.compile(fn, backend="nkipy", dynamic=True)
+    compiled = torch.compile(fn, backend="nkipy", dynamic=True, options=options)
     torch.manual_seed(0)
     for (rows, cols), (kind, make) in [(s, d) for s in [(1, 17), *RANKING_SIZES] for d in RANKING_DATA.items()]:
         x = make(rows, cols) if "cumprod" not in name else make(rows, cols).clamp(-2, 2)

@@ -1,7 +1,7 @@
 """Training through torch.compile(backend="nkipy"): backward graphs, compiled optimizer steps, device.
 
 Three steps on the "nkipy" device against the same steps in eager on the CPU; losses and
-weights agree within 1e-4 (fp32).
+weights agree within 1e-4 (fp32). On the host target, and one case on the neuron target (fake stack).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from spiky.reference_models import TransformerBlock
+from spiky.testing import FakeNeuron
 from spiky.torch import device as nkipy_device
 
 DEV = "nkipy"
@@ -136,6 +137,16 @@ def test_mlp_sgd_three_steps_on_device() -> None:
 @pytest.mark.parametrize(("model", "optimizer"), [("mlp", "adamw"), ("block", "sgd"), ("block", "adamw")])
 def test_three_steps_on_device_match_eager(model: str, optimizer: str) -> None:
     _train(model, optimizer, (4, 4, 4), on_device=True)
+
+
+# The neuron target through the fake Neuron stack (~2 s per graph; a training step compiles five: the model's
+# forward and backward, the loss's forward and backward, the optimizer step): the MLP with AdamW, whose step
+# graph has the most state (moments, a step counter), on the "nkipy" device when there is one (on neuron it is
+# backed by host memory, so tensors are uploaded per call), else on the CPU. The block adds attention, which
+# tests/test_models.py runs on neuron.
+def test_three_steps_on_neuron_match_eager(neuron_target: FakeNeuron) -> None:
+    _train("mlp", "adamw", (4, 4, 4), on_device=nkipy_device.is_available())
+    assert len(neuron_target.neffs) >= 5 and neuron_target.execute_count() >= 15
 
 
 @needs_device
