@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import importlib.util
 import io
+import re
 import subprocess
 import sys
 import tarfile
@@ -998,3 +999,68 @@ def test_neff_writer_round_trips(tmp_path: Path) -> None:
 def test_neff_writer_rejects(inputs: list[Any], neff_id: str, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         neff.fake_neff_bytes(inputs, [], neff_id)
+
+
+# ---- the timing model (off by default) --------------------------------------------------------
+
+
+@pytest.mark.parametrize(("changes", "field"), [
+    ({"h2d_gbps": 0}, "h2d_gbps"),
+    ({"d2h_gbps": -1.0}, "d2h_gbps"),
+    ({"device_gbps": "fast"}, "device_gbps"),
+    ({"latency_us": -5}, "latency_us"),
+    ({"latency_us": float("inf")}, "latency_us"),
+    ({"execute_ms": -1.0}, "execute_ms"),
+    ({"execute_ms_per_neff": {"kernel_add": float("nan")}}, "execute_ms_per_neff['kernel_add']"),
+])
+def test_timing_model_rejects_bad_figures(changes: dict[str, Any], field: str) -> None:
+    with pytest.raises(ValueError, match=rf"TimingModel\.{re.escape(field)} must be"):
+        control.TimingModel(**changes)
+
+
+def test_timing_model_presets_and_transfer_time() -> None:
+    trn1, trn2 = control.TimingModel.trn1(), control.TimingModel.trn2(execute_ms=2.0)
+    assert (trn1.h2d_gbps, trn1.device_gbps, trn1.execute_ms) == (31.5, 820.0, None)
+    assert (trn2.h2d_gbps, trn2.device_gbps, trn2.execute_ms) == (63.0, 2900.0, 2.0)
+    assert trn1.transfer_ms(31_500_000) == pytest.approx(1.0 + 0.01)  # 1 ms of bytes + 10 us latency
+
+
+def test_timing_model_is_a_floor_on_transfers_and_executions(fake: Any, nrt: Any) -> None:
+    # Sleeps end at absolute CLOCK_MONOTONIC deadlines, so a timed call never returns early: the
+    # modelled time is a lower bound of the wall time (an upper bound would be a timing assertion).
+    fake.set_execute(add_rule)
+    m = AddModel(nrt, shape=(1 << 18,))  # 1 MiB per tensor
+    timing = control.TimingModel(h2d_gbps=1.0, d2h_gbps=2.0, latency_us=500.0, execute_ms=5.0,
+                                 execute_ms_per_neff={"kernel_other": 50.0})
+    fake.set_timing(timing)
+    data = np.ones(1 << 18, np.float32).tobytes()
+    start = time.monotonic()
+    assert write(nrt, m.a, data) == OK
+    assert time.monotonic() - start >= timing.transfer_ms(len(data)) / 1e3  # 1.05 ms + 0.5 ms
+    start = time.monotonic()
+    assert m.execute() == OK
+    assert time.monotonic() - start >= 5e-3  # kernel_add has no entry of its own: the default
+    start = time.monotonic()
+    np.testing.assert_array_equal(m.result(), 1 + 10 * m.x)  # the numbers are the rule's
+    assert time.monotonic() - start >= timing.transfer_ms(len(data), h2d=False) / 1e3
+    fake.set_execute_time("kernel_add", 20.0)
+    start = time.monotonic()
+    assert m.execute() == OK
+    assert time.monotonic() - start >= 20e-3
+    assert fake.bytes_written() == 3 * len(data) and fake.execute_count() == 2
+    fake.set_timing(None)  # off again; reset() and teardown() turn it off too
+    m.close()
+
+
+def test_execute_time_table_is_bounded(fake: Any) -> None:
+    for i in range(64):
+        fake.set_execute_time(f"kernel_{i}", 1.0)
+    fake.set_execute_time("kernel_0", 2.0)  # an update takes no new entry
+    with pytest.raises(RuntimeError, match="at most 64 per-NEFF times; 'kernel_64'"):
+        fake.set_execute_time("kernel_64", 1.0)
+    fake.set_execute_time("kernel_0", None)  # removing one makes room
+    fake.set_execute_time("kernel_64", 1.0)
+    with pytest.raises(ValueError, match="ms must be a finite number >= 0 or None"):
+        fake.set_execute_time("kernel_1", -3.0)
+    with pytest.raises(TypeError, match="expected a TimingModel or None, got dict"):
+        fake.set_timing({"h2d_gbps": 1.0})

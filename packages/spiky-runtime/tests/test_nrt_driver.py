@@ -384,6 +384,23 @@ def test_transfer_bytes_are_what_libnrt_moved(nrt: rt.Device, fake: Any, pipelin
     assert (s.total_h2d_bytes, s.total_d2h_bytes, s.call_h2d_bytes, s.total_h2d_transfers) == (0, 0, 0, 0)
 
 
+def test_pipelined_100_distinct_inputs_equal_synchronous_under_the_timing_model(nrt: rt.Device, fake: Any) -> None:
+    # 100 distinct inputs, all submitted before any result is read (at most four in flight, the
+    # stream's back-pressure), with transfers and executions taking modelled time: every result is
+    # the synchronous one. (How much faster is bench_pipeline.py's question, not a test's.)
+    fake.set_timing(control.TimingModel(h2d_gbps=1.0, d2h_gbps=1.0, latency_us=20.0, execute_ms=0.2))
+    model = nrt.load_neff(ADD, "kernel_add")
+    sync = rt.Bundle({0: model}, name="sync")
+    piped = rt.Bundle({0: model}, name="piped", pipelined=True)
+    inputs = [[np.arange(4, dtype=np.float32) * i, np.full(4, -i, np.float32)] for i in range(100)]
+    futures = [piped.submit(x) for x in inputs]
+    for x, f in zip(inputs, futures, strict=True):
+        np.testing.assert_array_equal(f.result()[0], sync.run(x)[0])
+    assert fake.execute_count() == 200
+    s = nrt.stats()
+    assert (s.call_h2d_bytes, s.call_d2h_bytes) == (200 * 32, 200 * 16) == (fake.bytes_written(), fake.bytes_read())
+
+
 def test_transfer_totals_count_padding_rows_and_device_tensors(nrt: rt.Device, fake: Any) -> None:
     data = neff.fake_neff_bytes([("x", F32, (2, 3))], [("output0", F32, (2,)), ("output1", F32, (2, 3))],
                                 "kernel_rows_pad")

@@ -40,6 +40,7 @@ from spiky.testing import (
     NRT_UNSUPPORTED_NEFF_VERSION,
     FakeNeuron,
     FakeNrt,
+    TimingModel,
     fake_libnrt,
     fake_neuron,
 )
@@ -118,6 +119,25 @@ def test_bytes_through_the_runtime_are_counted_exactly(neuron: FakeNeuron) -> No
     assert (neuron.bytes_written() - written, neuron.bytes_read() - read) == (40, 40)
 
 
+@pytest.mark.parametrize("options", [{}, {"pipelined": True}], ids=["synchronous", "pipelined"])
+def test_timing_model_keeps_results_and_stats_count_the_fakes_bytes(cache: Path, options: dict[str, Any]) -> None:
+    # Transfers and executions take modelled time (short here); the numbers are XLA:CPU's as without
+    # it, and spiky.get_stats() counts exactly the bytes the fake libnrt moved.
+    model = _mlp()
+    xs = [torch.randn(4, 16) + i for i in range(6)]
+    timing = TimingModel(h2d_gbps=1.0, d2h_gbps=1.0, latency_us=50.0, execute_ms=0.5)
+    with fake_neuron(cache, timing=timing) as neuron, torch.no_grad():
+        fast = torch.compile(model, backend="nkipy", options=options)
+        for x in xs:
+            torch.testing.assert_close(fast(x), model(x), **TOL)
+        s = spiky.get_stats()
+        assert (s.total_h2d_bytes, s.total_d2h_bytes) == (neuron.bytes_written(), neuron.bytes_read())
+        assert (s.total_h2d_transfers, s.total_d2h_transfers) == (
+            neuron.call_count("nrt_tensor_write"), neuron.call_count("nrt_tensor_read"))
+        assert s.call_d2h_bytes == 6 * 4 * 8 * 4 and s.mean_d2h_bytes_per_call == 4 * 8 * 4
+        assert s.mean_h2d_bytes_per_call >= x.numel() * 4  # the input, and the weights unless resident
+
+
 def test_backend_state_and_environment_are_restored(cache: Path, tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     before = {"SPIKY_LIBNRT": "/elsewhere/libnrt.so.1", "SPIKY_NEURON_TARGET": "inf2", "NEURON_RT_VISIBLE_CORES": "7"}
@@ -151,7 +171,8 @@ def test_chip_and_compiler_args_reach_the_compiler(cache: Path) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [({"chip": "trn9"}, r"fake_neuron: unknown chip 'trn9'; valid: trn1, trn2, inf2"),
-     ({"device_capacity_bytes": -1}, r"device_capacity_bytes must be an int >= 0, got -1")],
+     ({"device_capacity_bytes": -1}, r"device_capacity_bytes must be an int >= 0, got -1"),
+     ({"timing": {"h2d_gbps": 1.0}}, r"timing must be a spiky.testing.TimingModel or None, got \{'h2d_gbps': 1.0\}")],
 )
 def test_bad_arguments_are_refused(cache: Path, kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(SpikyConfigError, match=message), fake_neuron(cache, **kwargs):

@@ -19,7 +19,8 @@ contract checks of the real stack, and the HLO runs on XLA:CPU, so the numbers a
 docs/fake-neuron.md says what it checks and what it cannot model.
 
 The pieces are public for other setups (several processes, a custom execute rule):
-:func:`fake_libnrt`, :func:`write_fake_neuronx_cc`, :class:`FakeNrt` and :class:`XlaExecuteRule`.
+:func:`fake_libnrt`, :func:`write_fake_neuronx_cc`, :class:`FakeNrt`, :class:`XlaExecuteRule` and
+:class:`TimingModel` (transfer and execution times, to measure overlap on any machine).
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ from spiky.testing.fake_nrt.control import (
     NRT_UNSUPPORTED_NEFF_VERSION,
     ExecuteRule,
     FakeNrt,
+    TimingModel,
 )
 from spiky.testing.xla_rule import XlaExecuteRule
 
@@ -62,7 +64,7 @@ log = logging.getLogger("spiky.testing")
 
 __all__ = [
     "fake_neuron", "FakeNeuron", "CompiledNeff", "fake_libnrt", "write_fake_neuronx_cc", "FakeNrt",
-    "XlaExecuteRule", "ExecuteRule", "NEURON_CHIPS",
+    "XlaExecuteRule", "ExecuteRule", "NEURON_CHIPS", "TimingModel",
     "NRT_SUCCESS", "NRT_FAILURE", "NRT_INVALID", "NRT_INVALID_HANDLE", "NRT_RESOURCE", "NRT_TIMEOUT",
     "NRT_HW_ERROR", "NRT_UNSUPPORTED_NEFF_VERSION", "NRT_UNINITIALIZED", "NRT_CLOSED", "NRT_EXEC_BAD_INPUT",
     "NRT_EXEC_COMPLETED_WITH_NUM_ERR", "NRT_EXEC_COMPLETED_WITH_ERR", "NRT_EXEC_NC_BUSY",
@@ -266,13 +268,16 @@ def fake_neuron(
     chip: str = "trn1",
     device_capacity_bytes: int = 0,
     log_level: int | str = logging.WARNING,
+    timing: TimingModel | None = None,
 ) -> Iterator[FakeNeuron]:
     """Run the block on the emulated Neuron stack, with the backend initialised for ``target="neuron"``.
 
     ``cache_dir`` is the compile cache (``nkipy_cache``); ``additional_compiler_args`` go to the
     (fake) compiler as with :func:`spiky.torch.init_nkipy_backend` (e.g. ``"--native-int64=enabled"``);
     ``chip`` is the ``--target`` (``trn1``, ``trn2`` or ``inf2``); ``device_capacity_bytes`` limits
-    device memory per NeuronCore (0: unlimited).
+    device memory per NeuronCore (0: unlimited); ``timing`` turns on the timing model (transfers take
+    bytes / bandwidth + latency, executions a set or measured time: :class:`TimingModel`, e.g.
+    ``TimingModel.trn1(execute_ms=2.0)``), off by default so tests stay fast.
 
     On entry the backend is reset and initialised for neuron and Dynamo's caches are cleared; on exit
     both again, the environment variables it set (``SPIKY_LIBNRT``, ``SPIKY_NEURONX_CC``,
@@ -292,6 +297,8 @@ def fake_neuron(
     if isinstance(device_capacity_bytes, bool) or not isinstance(device_capacity_bytes, int) \
             or device_capacity_bytes < 0:
         raise SpikyConfigError(f"fake_neuron: device_capacity_bytes must be an int >= 0, got {device_capacity_bytes!r}")
+    if timing is not None and not isinstance(timing, TimingModel):
+        raise SpikyConfigError(f"fake_neuron: timing must be a spiky.testing.TimingModel or None, got {timing!r}")
     cache = Path(cache_dir)
     lib = fake_libnrt()
     previous = spiky.torch.current_config() if spiky.torch.is_nkipy_backend_initialized() else None
@@ -311,6 +318,7 @@ def fake_neuron(
         _probe(handle)
         handle.reset()
         handle.set_device_capacity(device_capacity_bytes)
+        handle.set_timing(timing)
         handle.set_execute(_logging_rule(XlaExecuteRule(handle)))
         spiky.reset_stats()
         log.info("fake_neuron: libnrt %s, neuronx-cc %s (%s), cache %s", lib, handle.compiler, chip, cache)

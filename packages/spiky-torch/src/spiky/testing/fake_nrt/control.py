@@ -15,7 +15,9 @@ spiky-runtime's tests load them by path without importing spiky.
 from __future__ import annotations
 
 import ctypes
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 # NRT_STATUS codes (docs/neuron-interfaces.md).
@@ -122,6 +124,8 @@ _CONTROL_SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "fake_nrt_fail_next_load": (None, [ctypes.c_int]),
     "fake_nrt_current_neff": (ctypes.c_void_p, [ctypes.POINTER(ctypes.c_size_t), ctypes.POINTER(ctypes.c_uint64)]),
     "fake_nrt_set_device_capacity": (None, [ctypes.c_size_t]),
+    "fake_nrt_set_timing": (None, [ctypes.c_int, ctypes.c_double, ctypes.c_double, ctypes.c_double, ctypes.c_double]),
+    "fake_nrt_set_execute_time": (ctypes.c_int, [ctypes.c_char_p, ctypes.c_double]),
     "fake_nrt_reset": (None, []),
     "fake_nrt_teardown": (ctypes.c_uint64, []),
     "fake_nrt_live_tensors": (ctypes.c_uint64, []),
@@ -140,6 +144,61 @@ _CONTROL_SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "fake_nrt_model_vnc": (ctypes.c_int32, [_P]),
     "fake_nrt_model_neff_id": (ctypes.c_char_p, [_P]),
 }
+
+
+@dataclass(frozen=True)
+class TimingModel:
+    """How long the fake's transfers and executions take (``FakeNrt.set_timing``); off unless set.
+
+    A transfer lasts ``latency_us`` + bytes / bandwidth, one at a time per direction (the host link
+    is full duplex, so an upload and a download overlap); a device-side copy or fill lasts bytes /
+    ``device_gbps``; an execution holds its NeuronCore for ``execute_ms`` (per NEFF id in
+    ``execute_ms_per_neff``, else ``execute_ms``; None: the execute rule's own time, e.g. the XLA:CPU
+    run). Bandwidths are in GB/s (1e9 bytes/s); ``math.inf`` makes a phase free. The defaults are
+    Trn1's (docs/fake-neuron.md gives the sources): PCIe Gen4 x16 and the chip's HBM.
+    """
+
+    h2d_gbps: float = 31.5
+    d2h_gbps: float = 31.5
+    latency_us: float = 10.0
+    device_gbps: float = 820.0
+    execute_ms: float | None = None
+    execute_ms_per_neff: Mapping[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("h2d_gbps", "d2h_gbps", "device_gbps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+                raise ValueError(f"TimingModel.{name} must be a number > 0 (GB/s; math.inf = free), got {value!r}")
+        if isinstance(self.latency_us, bool) or not isinstance(self.latency_us, int | float) \
+                or not 0 <= self.latency_us < math.inf:
+            raise ValueError(f"TimingModel.latency_us must be a finite number >= 0, got {self.latency_us!r}")
+        times = {"execute_ms": self.execute_ms} if self.execute_ms is not None else {}
+        times.update({f"execute_ms_per_neff[{k!r}]": v for k, v in self.execute_ms_per_neff.items()})
+        for name, value in times.items():
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
+                raise ValueError(f"TimingModel.{name} must be a finite number of ms >= 0, got {value!r}")
+
+    @classmethod
+    def trn1(cls, **changes: object) -> TimingModel:
+        """Trn1 (Trainium): PCIe Gen4 x16 (31.5 GB/s per direction), 820 GB/s HBM per chip."""
+        return cls(**changes)  # type: ignore[arg-type]
+
+    @classmethod
+    def trn2(cls, **changes: object) -> TimingModel:
+        """Trn2 (Trainium2): PCIe Gen5 x16 (63 GB/s per direction, assumed), 2.9 TB/s HBM per chip."""
+        base: dict[str, object] = {"h2d_gbps": 63.0, "d2h_gbps": 63.0, "device_gbps": 2900.0}
+        base.update(changes)
+        return cls(**base)  # type: ignore[arg-type]
+
+    def transfer_ms(self, nbytes: int, h2d: bool = True) -> float:
+        """The modelled time of one host <-> device transfer of ``nbytes``."""
+        gbps = self.h2d_gbps if h2d else self.d2h_gbps
+        return self.latency_us / 1e3 + nbytes / (gbps * 1e9) * 1e3
+
+
+def _bps(gbps: float) -> float:
+    return 0.0 if math.isinf(gbps) else gbps * 1e9  # the fake reads <= 0 as infinite
 
 
 def _bytes_at(address: int, size: int) -> memoryview:
@@ -216,8 +275,32 @@ class FakeNrt:
         """Device bytes per core before nrt_tensor_allocate returns NRT_RESOURCE; 0 = unlimited."""
         self.lib.fake_nrt_set_device_capacity(bytes_per_core)
 
+    def set_timing(self, timing: TimingModel | None) -> None:
+        """Turns the timing model on with ``timing``'s figures, or off (None); see :class:`TimingModel`."""
+        if timing is None:
+            self.lib.fake_nrt_set_timing(0, 0.0, 0.0, 0.0, 0.0)
+            self.lib.fake_nrt_set_execute_time(None, -1.0)
+            return
+        if not isinstance(timing, TimingModel):
+            raise TypeError(f"set_timing: expected a TimingModel or None, got {type(timing).__name__}")
+        self.lib.fake_nrt_set_timing(1, _bps(timing.h2d_gbps), _bps(timing.d2h_gbps), timing.latency_us / 1e6,
+                                     _bps(timing.device_gbps))
+        self.lib.fake_nrt_set_execute_time(None, -1.0 if timing.execute_ms is None else timing.execute_ms / 1e3)
+        for neff_id, ms in timing.execute_ms_per_neff.items():
+            self.set_execute_time(neff_id, ms)
+
+    def set_execute_time(self, neff_id: str | None, ms: float | None) -> None:
+        """How long executions of ``neff_id`` (None: every NEFF without its own entry) last with the
+        timing model on; ``ms=None`` drops the entry (the execute rule's own time)."""
+        if ms is not None and not 0 <= ms < math.inf:
+            raise ValueError(f"set_execute_time: ms must be a finite number >= 0 or None, got {ms!r}")
+        status = self.lib.fake_nrt_set_execute_time(None if neff_id is None else neff_id.encode(),
+                                                    -1.0 if ms is None else ms / 1e3)
+        if status != 0:
+            raise RuntimeError(f"set_execute_time: the fake holds at most 64 per-NEFF times; {neff_id!r} did not fit")
+
     def reset(self) -> None:
-        """Clears injections, counters, capacity, last error and the execute rule."""
+        """Clears injections, counters, capacity, last error, the execute rule and the timing model."""
         self.lib.fake_nrt_reset()
         self._callback = None
         self.callback_errors.clear()

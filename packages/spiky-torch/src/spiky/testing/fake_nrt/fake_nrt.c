@@ -83,7 +83,19 @@
  *    nrt_profile_stop(path) the file is written (truncated if it exists):
  *    "FAKE-NTFF\nneff_id <id>\nexecutions <n>\n". Stopping a path never started -> NRT_INVALID.
  *  - Tensor sets: adding a name twice rebinds it; the tensor must outlive the set.
- *  - Thread safety: one mutex around all state.
+ *  - Thread safety: one mutex around all state; the bytes of nrt_tensor_write / nrt_tensor_read
+ *    are copied outside it (the storage pinned), so a large transfer does not stall other calls.
+ *  - Timing model (off by default; fake_nrt_set_timing): with it on, a successful
+ *    nrt_tensor_write lasts latency + bytes / h2d bandwidth, nrt_tensor_read latency + bytes /
+ *    d2h bandwidth, each direction being one link that carries one transfer at a time (PCIe is
+ *    full duplex: a write and a read overlap). nrt_tensor_copy / nrt_tensor_memset cost bytes /
+ *    device bandwidth (HBM), charged per thread once they add up to 100 us (sleeps are not
+ *    precise below that). An execution holds its NeuronCore (one at a time per core) and lasts
+ *    the NEFF's set time (fake_nrt_set_execute_time; from the start of the callback, so a callback
+ *    slower than that takes its own time), or without one the callback's own time. Durations
+ *    are deadlines on CLOCK_MONOTONIC, so the host memcpy of a transfer is part of its modelled
+ *    time (a memcpy slower than the model makes the transfer take the memcpy's time). All
+ *    sleeping happens outside the state mutex.
  *
  * ---------------------------------------------------------------------------------------------
  * Control API (control.py binds it)
@@ -95,7 +107,15 @@
  *   void        fake_nrt_fail_next_load(int status);        the next load -> status; 0 off
  *   void        fake_nrt_fail_next_execute(int status);
  *   void        fake_nrt_set_device_capacity(size_t bytes_per_core);   0 = unlimited
- *   void        fake_nrt_reset(void);     injections, counters, capacity, last error, callback
+ *   void        fake_nrt_set_timing(int on, double h2d_bytes_per_s, double d2h_bytes_per_s,
+ *                                   double latency_s, double device_bytes_per_s);
+ *                                         bandwidths <= 0 = infinite; on = 0 turns it off
+ *   int         fake_nrt_set_execute_time(const char* neff_id, double seconds);
+ *                                         neff_id NULL: the default for every NEFF; seconds < 0
+ *                                         removes the entry (callback time); -1 if the table of
+ *                                         64 NEFF entries is full
+ *   void        fake_nrt_reset(void);     injections, counters, capacity, last error, callback,
+ *                                         timing model
  *   uint64_t    fake_nrt_teardown(void);  reset + free live objects + "never initialised";
  *                                         returns the number of live objects it freed
  *   uint64_t    fake_nrt_live_tensors / _live_models / _live_tensor_sets / _live_tensor_infos,
@@ -127,6 +147,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <time.h>
 #include <unistd.h>
 
 #define EXPORT __attribute__((visibility("default")))
@@ -298,6 +319,25 @@ static uint64_t g_double_unloads = 0;
 static uint64_t g_violations = 0;
 static profile_session_t g_profiles[MAX_PROFILES];
 
+/* Timing model (fake_nrt_set_timing / fake_nrt_set_execute_time), guarded by g_mu. */
+#define MAX_EXEC_TIMES 64
+typedef struct exec_time {
+  char neff_id[NRT_TENSOR_NAME_MAX];
+  double seconds;
+} exec_time_t;
+static int g_timing_on = 0;
+static double g_h2d_bps = 0.0, g_d2h_bps = 0.0, g_dev_bps = 0.0; /* <= 0: infinite */
+static double g_latency_s = 0.0;
+static double g_exec_default_s = -1.0; /* < 0: the callback's own time */
+static exec_time_t g_exec_times[MAX_EXEC_TIMES];
+static int g_exec_time_count = 0;
+/* The links (one transfer at a time per direction) and the cores (one execution at a time);
+   taken before g_mu, never while holding it. */
+static pthread_mutex_t g_h2d_link = PTHREAD_MUTEX_INITIALIZER;
+static pthread_mutex_t g_d2h_link = PTHREAD_MUTEX_INITIALIZER;
+static pthread_mutex_t g_core_busy[MAX_CORES];
+static _Thread_local double t_device_debt_s = 0.0; /* device copy time not slept yet */
+
 static char g_last_error[1024] = "";
 static _Thread_local char t_last_error[1024];
 
@@ -321,6 +361,86 @@ static uint64_t g_calls[SYM_COUNT];
 
 static void lock(void) { pthread_mutex_lock(&g_mu); }
 static void unlock(void) { pthread_mutex_unlock(&g_mu); }
+
+__attribute__((constructor)) static void init_core_mutexes(void) {
+  for (int i = 0; i < MAX_CORES; i++) pthread_mutex_init(&g_core_busy[i], NULL);
+}
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* Sleeps until `deadline` (seconds on CLOCK_MONOTONIC); returns at once if it has passed. */
+static void sleep_until(double deadline) {
+  struct timespec ts;
+  ts.tv_sec = (time_t)deadline;
+  ts.tv_nsec = (long)((deadline - (double)ts.tv_sec) * 1e9);
+  if (ts.tv_nsec >= 1000000000L) {
+    ts.tv_sec += 1;
+    ts.tv_nsec -= 1000000000L;
+  }
+  while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR) {
+  }
+}
+
+/* The modelled duration of a host <-> device transfer of `size` bytes; 0 with the model off. */
+static double transfer_seconds(int h2d, size_t size) {
+  lock();
+  double t = 0.0;
+  if (g_timing_on && size > 0) {
+    double bps = h2d ? g_h2d_bps : g_d2h_bps;
+    t = g_latency_s + (bps > 0 ? (double)size / bps : 0.0);
+  }
+  unlock();
+  return t;
+}
+
+/* A timed transfer: holds its link from start to deadline (the caller does the copy between
+   transfer_begin and transfer_end). */
+typedef struct timed {
+  pthread_mutex_t* link;
+  double deadline;
+} timed_t;
+
+static timed_t transfer_begin(int h2d, size_t size) {
+  timed_t t = {NULL, 0.0};
+  double seconds = transfer_seconds(h2d, size);
+  if (seconds > 0) {
+    t.link = h2d ? &g_h2d_link : &g_d2h_link;
+    pthread_mutex_lock(t.link);
+    t.deadline = now_s() + seconds;
+  }
+  return t;
+}
+
+static void transfer_end(timed_t t, NRT_STATUS st) {
+  if (t.link == NULL) return;
+  if (st == NRT_SUCCESS) sleep_until(t.deadline);
+  pthread_mutex_unlock(t.link);
+}
+
+/* Device-side copies and fills at the device bandwidth, slept once they reach 100 us. */
+static void charge_device(size_t size) {
+  lock();
+  double t = g_timing_on && g_dev_bps > 0 ? (double)size / g_dev_bps : 0.0;
+  unlock();
+  t_device_debt_s += t;
+  if (t_device_debt_s >= 100e-6) {
+    sleep_until(now_s() + t_device_debt_s);
+    t_device_debt_s = 0.0;
+  }
+}
+
+/* The execution time of a NEFF (g_mu held): its entry, else the default; < 0 = callback time. */
+static double exec_seconds_locked(const char* neff_id) {
+  if (!g_timing_on) return -1.0;
+  for (int i = 0; i < g_exec_time_count; i++) {
+    if (strcmp(g_exec_times[i].neff_id, neff_id) == 0) return g_exec_times[i].seconds;
+  }
+  return g_exec_default_s;
+}
 
 __attribute__((format(printf, 1, 2))) static void set_error(const char* fmt, ...) {
   va_list ap;
@@ -1125,6 +1245,7 @@ static NRT_STATUS check_range(const char* call, const nrt_tensor_t* t, size_t of
 #ifndef FAKE_NRT_OMIT_nrt_tensor_write
 EXPORT NRT_STATUS nrt_tensor_write(nrt_tensor_t* tensor, const void* buf, size_t offset,
                                    size_t size) {
+  timed_t timed = transfer_begin(1, size);
   lock();
   g_calls[SYM_nrt_tensor_write]++;
   NRT_STATUS st = check_state("nrt_tensor_write");
@@ -1132,11 +1253,21 @@ EXPORT NRT_STATUS nrt_tensor_write(nrt_tensor_t* tensor, const void* buf, size_t
   if (st == NRT_SUCCESS && buf == NULL && size > 0) {
     st = FAIL(NRT_INVALID, "nrt_tensor_write: buffer is NULL");
   }
+  storage_t* pinned = NULL;
   if (st == NRT_SUCCESS && size > 0) {
-    memcpy(tensor->st->data + tensor->offset + offset, buf, size);
+    pinned = tensor->st; /* copied outside the lock (a large copy must not stall other calls) */
+    pinned->refs++;
     g_bytes_written += size;
   }
+  unsigned char* dst = pinned != NULL ? pinned->data + tensor->offset + offset : NULL;
   unlock();
+  if (pinned != NULL) {
+    memcpy(dst, buf, size);
+    lock();
+    storage_unref(pinned);
+    unlock();
+  }
+  transfer_end(timed, st);
   return st;
 }
 #endif
@@ -1144,6 +1275,7 @@ EXPORT NRT_STATUS nrt_tensor_write(nrt_tensor_t* tensor, const void* buf, size_t
 #ifndef FAKE_NRT_OMIT_nrt_tensor_read
 EXPORT NRT_STATUS nrt_tensor_read(const nrt_tensor_t* tensor, void* buf, size_t offset,
                                   size_t size) {
+  timed_t timed = transfer_begin(0, size);
   lock();
   g_calls[SYM_nrt_tensor_read]++;
   NRT_STATUS st = check_state("nrt_tensor_read");
@@ -1151,11 +1283,21 @@ EXPORT NRT_STATUS nrt_tensor_read(const nrt_tensor_t* tensor, void* buf, size_t 
   if (st == NRT_SUCCESS && buf == NULL && size > 0) {
     st = FAIL(NRT_INVALID, "nrt_tensor_read: buffer is NULL");
   }
+  storage_t* pinned = NULL;
   if (st == NRT_SUCCESS && size > 0) {
-    memcpy(buf, tensor->st->data + tensor->offset + offset, size);
+    pinned = tensor->st; /* copied outside the lock, as in nrt_tensor_write */
+    pinned->refs++;
     g_bytes_read += size;
   }
+  const unsigned char* src = pinned != NULL ? pinned->data + tensor->offset + offset : NULL;
   unlock();
+  if (pinned != NULL) {
+    memcpy(buf, src, size);
+    lock();
+    storage_unref(pinned);
+    unlock();
+  }
+  transfer_end(timed, st);
   return st;
 }
 #endif
@@ -1177,6 +1319,7 @@ EXPORT NRT_STATUS nrt_tensor_copy(const nrt_tensor_t* src, size_t src_offset, nr
             size);
   }
   unlock();
+  if (st == NRT_SUCCESS) charge_device(size);
   return st;
 }
 #endif
@@ -1196,6 +1339,7 @@ EXPORT NRT_STATUS nrt_tensor_memset(nrt_tensor_t* tensor, uint64_t offset, int v
     memset(tensor->st->data + tensor->offset + offset, value, size);
   }
   unlock();
+  if (st == NRT_SUCCESS) charge_device(size);
   return st;
 }
 #endif
@@ -1460,13 +1604,23 @@ EXPORT NRT_STATUS nrt_execute(nrt_model_t* model, const nrt_tensor_set_t* input_
   model->refs++;
   char neff_id[NRT_TENSOR_NAME_MAX];
   copy_name(neff_id, model->id);
+  const int timed = g_timing_on;
+  const double exec_s = exec_seconds_locked(neff_id);
+  pthread_mutex_t* core = &g_core_busy[(g_first_visible + model->vnc) % MAX_CORES];
   unlock();
 
+  /* With the timing model a core runs one execution at a time; an execution nested in a
+     callback runs inside its caller's (it holds the core already). */
+  const int hold_core = timed && t_executing == NULL;
+  if (hold_core) pthread_mutex_lock(core);
+  const double started = now_s();
   const nrt_model_t* outer = t_executing; /* a callback may execute another model */
   t_executing = model;
   st = cb(user, neff_id, n_in, names, (const void* const*)bufs, sizes, n - n_in, names + n_in,
           bufs + n_in, sizes + n_in);
   t_executing = outer;
+  if (timed && exec_s >= 0) sleep_until(started + exec_s);
+  if (hold_core) pthread_mutex_unlock(core);
 
   lock();
   for (int j = 0; j < n; j++) storage_unref(pinned[j]);
@@ -1615,7 +1769,48 @@ EXPORT void fake_nrt_set_device_capacity(size_t bytes_per_core) {
   unlock();
 }
 
+EXPORT void fake_nrt_set_timing(int on, double h2d_bytes_per_s, double d2h_bytes_per_s,
+                                double latency_s, double device_bytes_per_s) {
+  lock();
+  g_timing_on = on != 0;
+  g_h2d_bps = h2d_bytes_per_s;
+  g_d2h_bps = d2h_bytes_per_s;
+  g_latency_s = latency_s > 0 ? latency_s : 0.0;
+  g_dev_bps = device_bytes_per_s;
+  unlock();
+}
+
+EXPORT int fake_nrt_set_execute_time(const char* neff_id, double seconds) {
+  int result = 0;
+  lock();
+  if (neff_id == NULL) {
+    g_exec_default_s = seconds < 0 ? -1.0 : seconds;
+  } else {
+    int found = -1;
+    for (int i = 0; i < g_exec_time_count; i++) {
+      if (strcmp(g_exec_times[i].neff_id, neff_id) == 0) found = i;
+    }
+    if (seconds < 0) {
+      if (found >= 0) g_exec_times[found] = g_exec_times[--g_exec_time_count];
+    } else if (found >= 0) {
+      g_exec_times[found].seconds = seconds;
+    } else if (g_exec_time_count < MAX_EXEC_TIMES) {
+      copy_name(g_exec_times[g_exec_time_count].neff_id, neff_id);
+      g_exec_times[g_exec_time_count++].seconds = seconds;
+    } else {
+      result = -1;
+    }
+  }
+  unlock();
+  return result;
+}
+
 static void reset_locked(void) {
+  g_timing_on = 0;
+  g_h2d_bps = g_d2h_bps = g_dev_bps = 0.0;
+  g_latency_s = 0.0;
+  g_exec_default_s = -1.0;
+  g_exec_time_count = 0;
   g_callback = NULL;
   g_callback_user = NULL;
   g_fail_alloc_countdown = 0;
