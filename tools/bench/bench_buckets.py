@@ -8,8 +8,12 @@ and total wall time of the stream including compiles, each from an empty compile
 - default ladder: powers of two (the default ``bucket_strategy="pow2"``)
 - exact sizes: ``bucket_strategy="linear", linear_step=1`` (every length its own compile)
 - finer ladder: ``bucket_strategy="linear", linear_step=32``
+- geometric ladders: ``bucket_strategy="geometric"`` with ``bucket_ratio`` 1.15 (from 1), and 1.25
+  from ``min_bucket=64``
+- learned: ``bucket_strategy="adaptive", bucket_ratio=1.15`` (mean pad ratio kept within 1.15)
 
     .venv/bin/python tools/bench/bench_buckets.py [--requests 200] [--max-len 512] [--dim 64]
+        [--only adaptive,geometric]   # strategies whose name contains one of these words
 """
 
 from __future__ import annotations
@@ -47,6 +51,9 @@ STRATEGIES: dict[str, dict[str, Any]] = {
     "default ladder (pow2)": {},
     "exact sizes": {"bucket_strategy": "linear", "linear_step": 1},
     "finer ladder (linear, step 32)": {"bucket_strategy": "linear", "linear_step": 32},
+    "geometric, ratio 1.15": {"bucket_strategy": "geometric", "bucket_ratio": 1.15},
+    "geometric, ratio 1.25, min 64": {"bucket_strategy": "geometric", "bucket_ratio": 1.25, "min_bucket": 64},
+    "adaptive, ratio 1.15": {"bucket_strategy": "adaptive", "bucket_ratio": 1.15},
 }
 
 
@@ -84,12 +91,16 @@ def main() -> None:
     parser.add_argument("--max-len", type=int, default=512)
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only", default="", help="comma-separated words; run strategies whose name has one")
     args = parser.parse_args()
+    words = [w for w in args.only.split(",") if w]
     rng = random.Random(args.seed)
     lengths = [rng.randint(1, args.max_len) for _ in range(args.requests)]
     print(f"{args.requests} requests, lengths 1..{args.max_len} ({len(set(lengths))} distinct), d={args.dim}")
     print(f"{'strategy':34} {'compiles':>8} {'calls':>6} {'pad ratio':>9} {'total s':>8} {'max |err|':>10}")
     for name, options in STRATEGIES.items():
+        if words and not any(w in name for w in words):
+            continue
         r = run(name, options, lengths, args.dim)
         print(f"{r['strategy']:34} {r['compiles']:8d} {r['calls']:6d} {r['pad_ratio']:9.3f} {r['seconds']:8.2f} "
               f"{r['max_abs_err']:10.2e}")

@@ -9,17 +9,37 @@ it knows nothing of graphs or devices.
 4
 >>> BucketPolicy(strategy="pow2", min_bucket=8).choose("s0", 20, compiled=set())
 32
+>>> BucketPolicy(strategy="geometric", bucket_ratio=1.5, min_bucket=4).ladder()[:6]
+[4, 6, 9, 14, 21, 32]
+
+Strategies (the ladder used for a symbol without explicit buckets):
+
+- ``pow2``: powers of two from ``min_bucket`` (few compiles; padding up to 2x, ~1.33x on average
+  for uniformly spread sizes);
+- ``linear``: multiples of ``linear_step`` (padding bounded by the step; many compiles for a wide
+  range);
+- ``geometric``: each bucket ``bucket_ratio`` times the previous (rounded up, at least one larger),
+  from ``min_bucket``: padding of any size at most ``bucket_ratio``; ~log(max/min)/log(ratio)
+  buckets, so the small sizes alone take many when ``min_bucket`` is small;
+- ``adaptive``: learned from the sizes seen. A size reuses the smallest compiled bucket that holds
+  it while the running mean pad ratio (over the sizes this policy was asked about, bucket elements
+  / real elements) stays within ``bucket_ratio``; otherwise it compiles a new bucket just above it
+  (the size times (1 + ratio) / 2, rounded up to a multiple of 8). Compiles go where the traffic
+  is; the buckets depend on the order sizes arrive in (each is cached on disk like any other).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from spiky.errors import SpikyOptionError, SpikyShapeError
 
-STRATEGIES = ("pow2", "linear")
+STRATEGIES = ("pow2", "linear", "geometric", "adaptive")
+ADAPTIVE_ALIGN = 8
+"""Adaptive buckets are multiples of this (sizes repeat across runs, so the disk cache hits)."""
 
 
 @dataclass(frozen=True)
@@ -27,10 +47,12 @@ class BucketPolicy:
     """How sizes of each dynamic symbol map to buckets.
 
     ``explicit`` lists the buckets per symbol (``"*"`` applies to every symbol without
-    its own list); without a list a symbol uses the ladder of ``strategy``:
-    powers of two from ``min_bucket``, or multiples of ``linear_step``, up to
-    ``max_bucket_size``. With ``jit`` a size beyond every listed bucket compiles an
-    exact-fit ladder bucket on demand; without it such a size is an error.
+    its own list); without a list a symbol uses the ladder of ``strategy`` (module doc):
+    powers of two from ``min_bucket``, multiples of ``linear_step``, a geometric ladder of
+    ``bucket_ratio``, or adaptive buckets, up to ``max_bucket_size``. With ``jit`` a size beyond
+    every listed bucket compiles an exact-fit ladder bucket on demand; without it such a size is
+    an error. An ``adaptive`` policy keeps per-symbol running sums (``seen``); the others are
+    stateless.
     """
 
     explicit: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
@@ -39,6 +61,9 @@ class BucketPolicy:
     max_bucket_size: int = 65536
     linear_step: int = 64
     jit: bool = True
+    bucket_ratio: float = 1.15
+    seen: dict[str, list[int]] = field(default_factory=dict, compare=False, repr=False)
+    """``adaptive``: per symbol [bucket elements, real elements] of the sizes chosen so far."""
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -49,6 +74,11 @@ class BucketPolicy:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise SpikyOptionError(f"{name} must be a positive int, got {value!r}")
+        ratio = self.bucket_ratio
+        if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 1 < ratio <= 4:
+            raise SpikyOptionError(
+                f"bucket_ratio must be a number in (1, 4] (e.g. 1.15: buckets 15% apart), got {ratio!r}"
+            )
         if self.min_bucket > self.max_bucket_size:
             raise SpikyOptionError(
                 f"min_bucket {self.min_bucket} is larger than max_bucket_size {self.max_bucket_size}"
@@ -72,6 +102,7 @@ class BucketPolicy:
             max_bucket_size=options.get("max_bucket_size", defaults.max_bucket_size),
             linear_step=options.get("linear_step", defaults.linear_step),
             jit=options.get("jit", defaults.jit),
+            bucket_ratio=options.get("bucket_ratio", defaults.bucket_ratio),
         )
 
     def listed(self, symbol: str) -> tuple[int, ...] | None:
@@ -90,11 +121,29 @@ class BucketPolicy:
             while bucket < size:
                 bucket *= 2
             return min(bucket, self.max_bucket_size)
+        if self.strategy == "geometric":
+            bucket = self.min_bucket
+            while bucket < size:
+                bucket = self._next_geometric(bucket)
+            return min(bucket, self.max_bucket_size)
+        if self.strategy == "adaptive":
+            # Headroom for sizes a little larger than this one, on a grid of ADAPTIVE_ALIGN.
+            wanted = math.ceil(size * (1 + self.bucket_ratio) / 2)
+            bucket = -(-wanted // ADAPTIVE_ALIGN) * ADAPTIVE_ALIGN
+            return min(max(bucket, self.min_bucket, size), self.max_bucket_size)
         steps = -(-size // self.linear_step)
         return min(max(steps * self.linear_step, self.min_bucket), self.max_bucket_size)
 
+    def _next_geometric(self, bucket: int) -> int:
+        # Rounded to 9 digits first: 100 * 1.15 is 114.99999999999999 in binary floating point.
+        return max(bucket + 1, math.ceil(round(bucket * self.bucket_ratio, 9)))
+
     def ladder(self) -> list[int]:
-        """Every bucket of the ladder (what ``precompile=True`` compiles)."""
+        """Every bucket of the ladder (what ``precompile=True`` compiles). ``adaptive`` has no
+        ladder before it sees sizes: it precompiles the ``geometric`` ladder of its ratio."""
+        if self.strategy == "adaptive":
+            return BucketPolicy(strategy="geometric", min_bucket=self.min_bucket,
+                                max_bucket_size=self.max_bucket_size, bucket_ratio=self.bucket_ratio).ladder()
         out: list[int] = []
         size = 1
         while True:
@@ -124,8 +173,21 @@ class BucketPolicy:
                     f"{listed[-1]} and jit=False; add a bucket >= {size} or enable jit"
                 )
             return candidates[0] if candidates else self.ladder_bucket(size)
+        if self.strategy == "adaptive":
+            return self._adaptive(symbol, size, candidates)
         ladder = self.ladder_bucket(size)
         return min([ladder, *candidates])
+
+    def _adaptive(self, symbol: str, size: int, candidates: Sequence[int]) -> int:
+        padded, real = self.seen.setdefault(symbol, [0, 0])
+        if candidates and (padded + candidates[0]) <= self.bucket_ratio * (real + size):
+            bucket = candidates[0]  # the running mean stays within the ratio: reuse
+        else:
+            bucket = self.ladder_bucket(size)
+            if candidates:
+                bucket = min(bucket, candidates[0])
+        self.seen[symbol] = [padded + bucket, real + size]
+        return bucket
 
 
 def _bucket_list(sizes: Any, where: str) -> tuple[int, ...]:

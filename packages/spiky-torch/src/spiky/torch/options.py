@@ -73,6 +73,11 @@ def _positive_int(value: Any) -> str | None:
     return None if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else "an int >= 1"
 
 
+def _ratio(value: Any) -> str | None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and 1 < value <= 4
+    return None if ok else "a number in (1, 4], e.g. 1.15"
+
+
 def _one_of(*choices: str) -> Callable[[Any], str | None]:
     def check(value: Any) -> str | None:
         return None if value in choices else "one of " + ", ".join(repr(c) for c in choices)
@@ -87,8 +92,11 @@ DYNAMIC_OPTIONS = (
                "beyond the largest bucket raise SpikyShapeError", _bool),
     OptionSpec("precompile", False, "compile every bucket of the ladder (or the listed buckets) on the first call; "
                "on neuron the neuronx-cc runs go in parallel (one per core), with progress", _bool),
-    OptionSpec("bucket_strategy", "pow2", "default ladder without explicit buckets: 'pow2' or 'linear'",
-               _one_of("pow2", "linear")),
+    OptionSpec("bucket_strategy", "pow2", "default ladder without explicit buckets: 'pow2', 'linear', 'geometric' "
+               "(buckets bucket_ratio apart) or 'adaptive' (learned from the sizes seen: mean pad ratio within "
+               "bucket_ratio)", _one_of("pow2", "linear", "geometric", "adaptive")),
+    OptionSpec("bucket_ratio", 1.15, "'geometric': ratio of consecutive buckets; 'adaptive': the mean pad ratio "
+               "it keeps to", _ratio),
     OptionSpec("min_bucket", 1, "smallest bucket of the default ladder", _positive_int),
     OptionSpec("max_bucket_size", 65536, "largest bucket of the default ladder; larger sizes raise", _positive_int),
     OptionSpec("linear_step", 64, "step of the 'linear' ladder", _positive_int),
