@@ -26,7 +26,7 @@ EXPECTED: dict[str, str] = {
     "t5": "ok",
     "bart": "ok",
     "hf_vit": "ok",
-    "wav2vec2": "fallback",
+    "wav2vec2": "ok",
     "whisper_encoder": "ok",
     "tv_resnet18": "ok",
     "tv_mobilenet_v3_small": "ok",

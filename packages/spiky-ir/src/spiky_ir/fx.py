@@ -766,6 +766,44 @@ def _var(ctx: LoweringContext, node: fx.Node) -> Value:
     return ctx.reduce("var", x, axes, keepdim, correction=correction)
 
 
+@lowers(aten.linalg_vector_norm.default)
+def _linalg_vector_norm(ctx: LoweringContext, node: fx.Node) -> Value:
+    """``linalg_vector_norm(x, ord=2, dim=None, keepdim=False, *, dtype=None)`` from abs, powers and a
+    sum (max/min for ord=±inf, a count of non-zeros for ord=0). Every reduction is an ordinary one, so
+    padded positions are masked by its padding rule (0 for sum, -inf/+inf for max/min) before they count.
+    Half and bfloat16 accumulate in float32, as torch's kernel does."""
+    x = ctx.value(node, 0)
+    cast: Any = node.kwargs.get("dtype")
+    if cast is not None:
+        x = ctx.astype(x, ir_dtype(cast))
+    if not x.type.dtype.is_floating:
+        raise LoweringError(f"{source_of(node)}: linalg_vector_norm of a {x.type.dtype.name} tensor; torch needs a "
+                            "floating-point input (pass dtype=torch.float32)")
+    val = node.meta.get("val")
+    out_dtype = ir_dtype(val.dtype) if isinstance(val, torch.Tensor) else x.type.dtype
+    raw = ctx.kwarg(node, 1, "ord", 2)
+    if not isinstance(raw, int | float) or isinstance(raw, bool):
+        raise LoweringError(f"{source_of(node)}: linalg_vector_norm ord={raw!r} is not a number")
+    order = float(raw)
+    axes = _dims_arg(ctx, node, 2, "dim", x.type.rank)
+    keepdim = bool(ctx.kwarg(node, 3, "keepdim", False))
+    work = DType.float32 if x.type.dtype in (DType.float16, DType.bfloat16) else x.type.dtype
+    x = ctx.astype(x, work)
+    if order == 0:  # the number of non-zero entries
+        nonzero = ctx.astype(ctx.binary("not_equal", x, 0.0), work)
+        return ctx.astype(ctx.reduce("sum", nonzero, axes, keepdim), out_dtype)
+    magnitude = ctx.op("abs", x)
+    if math.isinf(order):
+        return ctx.astype(ctx.reduce("max" if order > 0 else "min", magnitude, axes, keepdim), out_dtype)
+    if order == 1:
+        return ctx.astype(ctx.reduce("sum", magnitude, axes, keepdim), out_dtype)
+    if order == 2:
+        total = ctx.reduce("sum", ctx.op("multiply", x, x), axes, keepdim)
+        return ctx.astype(ctx.op("sqrt", total), out_dtype)
+    total = ctx.reduce("sum", ctx.binary("power", magnitude, order), axes, keepdim)
+    return ctx.astype(ctx.binary("power", total, 1.0 / order), out_dtype)
+
+
 @lowers(aten.argmax.default, aten.argmin.default)
 def _argmax(ctx: LoweringContext, node: fx.Node) -> Value:
     x = ctx.value(node, 0)
