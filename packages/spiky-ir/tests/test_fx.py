@@ -42,12 +42,14 @@ class Arg:
     """One input: a shape and a value domain; ``dtype=None`` takes the case dtype."""
 
     shape: tuple[int, ...]
-    domain: str = "any"  # any | pos | int:<high> | bool
+    domain: str = "any"  # any | pos | int:<high> | bool | perm
     dtype: torch.dtype | None = None
 
     def make(self, dtype: torch.dtype, gen: torch.Generator) -> torch.Tensor:
         if self.domain.startswith("int:"):
             return torch.randint(0, int(self.domain[4:]), self.shape, generator=gen, dtype=self.dtype or torch.int64)
+        if self.domain == "perm":  # a permutation of 0 .. n-1
+            return torch.randperm(self.shape[0], generator=gen)
         if self.domain == "bool":
             return torch.rand(self.shape, generator=gen) < 0.5
         dt = self.dtype or dtype
@@ -275,6 +277,19 @@ EXPLICIT: list[Case] = [
          (F32,)),
     Case("embedding_backward", lambda w, i: torch.autograd.grad((F.embedding(i, w) ** 2).sum(), w)[0],
          (_a(6, 3), _a(2, 4, domain="int:6")), (F32,)),
+    # histograms and the grouped matmul of mixture-of-experts layers
+    Case("histc", lambda a: torch.histc(a, bins=7, min=-1.5, max=2.0), (_a(5, 40),), (F32,)),
+    Case("histc_bin_edges", lambda a: torch.histc(torch.round(a * 10) / 10, bins=7, min=0.1, max=2.9),  # on 0.1 steps
+         (_a(1000),), (F32,)),
+    Case("histc_data_range", lambda a: torch.histc(a, bins=5), (_a(3, 11),), (F32,)),
+    Case("histc_one_value", lambda a: torch.histc(a * 0 + 2, bins=4), (_a(6),), (F32,)),
+    Case("histc_expert_ids", lambda e: torch.histc(e.float(), bins=4, min=0, max=3), (_a(12, domain="int:6"),),
+         (F32,)),
+    Case("grouped_mm", lambda x, w, e: torch._grouped_mm(
+        x, w, offs=torch.cumsum(torch.histc(e.float(), bins=3, min=0, max=2), 0, dtype=torch.int32)),
+        (_a(10, 8), _a(3, 8, 4), _a(10, domain="int:3")), (F32,), {F32: (1e-5, 1e-5)}),
+    Case("empty_like_scatter", lambda p: torch.empty_like(p).index_put((p,), torch.arange(p.numel())),
+         (_a(6, domain="perm"),), (F32,)),
 ]
 
 CASES = {f"{c.name}": c for c in [*_generated(), *EXPLICIT]}
@@ -391,6 +406,12 @@ def test_boolean_mask_index_is_refused_with_advice() -> None:
     gm = make_fx(lambda a, m: a.index_put((m,), torch.zeros(())),
                  decomposition_table=core_aten_decompositions())(torch.randn(4), torch.rand(4) > 0.5)
     with pytest.raises(LoweringError, match=r"boolean-mask indexing.*use torch.where"):
+        lower_fx(gm)
+
+
+def test_grouped_mm_other_than_experts_is_refused_by_name() -> None:
+    gm = make_fx(lambda a, b: torch._grouped_mm(a, b))(torch.randn(2, 4, 8), torch.randn(2, 8, 4))
+    with pytest.raises(LoweringError, match=r"_grouped_mm.*only the mixture-of-experts form.*\(rows, in\) input"):
         lower_fx(gm)
 
 

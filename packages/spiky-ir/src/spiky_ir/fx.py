@@ -831,6 +831,45 @@ def _max_dim(ctx: LoweringContext, node: fx.Node) -> tuple[Value, Value]:
     return values, ctx.op(f"arg{kind}", x, attrs={"axis": dim, "keepdims": keepdim})
 
 
+@lowers(aten.histc.default)
+def _histc(ctx: LoweringContext, node: fx.Node) -> Value:
+    """Counts of the values in ``bins`` equal bins over [min, max] (values outside are not
+    counted; max falls in the last bin). Each value's bin is ``(x - min) * bins / (max - min)``
+    rounded down, computed in the input's dtype in that order, as torch's CPU kernel does; the
+    counts are a one-hot sum, so the padding pass masks padded elements like any sum."""
+    x = ctx.value(node, 0)
+    bins = int(ctx.kwarg(node, 1, "bins", 100))
+    lo, hi = ctx.kwarg(node, 2, "min", 0), ctx.kwarg(node, 3, "max", 0)
+    if not x.type.dtype.is_floating:
+        raise LoweringError(f"{source_of(node)}: histc of a {x.type.dtype} tensor; torch.histc takes floating "
+                            "tensors (convert the input with .float())")
+    if bins <= 0:
+        raise LoweringError(f"{source_of(node)}: histc bins must be positive, got {bins}")
+    if not isinstance(lo, int | float) or not isinstance(hi, int | float):
+        raise LoweringError(f"{source_of(node)}: histc min and max must be numbers, got {lo!r}, {hi!r}")
+    if lo > hi:
+        raise LoweringError(f"{source_of(node)}: histc min {lo} is above max {hi}; pass min <= max")
+    dtype = x.type.dtype
+    flat = ctx.reshape(x, (_numel(x),))
+    if lo == hi:  # torch takes the data's own range (widened by 1 each way if it is one value)
+        lo_v = ctx.reduce("min", flat, (0,), False)
+        hi_v = ctx.reduce("max", flat, (0,), False)
+        single = ctx.op("equal", lo_v, hi_v)
+        lo_v = ctx.op("where", single, ctx.binary("subtract", lo_v, 1), lo_v)
+        hi_v = ctx.op("where", single, ctx.binary("add", hi_v, 1), hi_v)
+    else:
+        lo_v, hi_v = ctx.const(lo, dtype), ctx.const(hi, dtype)
+    inside = ctx.op("logical_and", ctx.op("greater_equal", flat, lo_v), ctx.op("less_equal", flat, hi_v))
+    scaled = ctx.op("divide", ctx.binary("multiply", ctx.op("subtract", flat, lo_v), bins),
+                    ctx.op("subtract", hi_v, lo_v))
+    pos = ctx.binary("minimum", ctx.astype(ctx.op("floor", scaled), DType.int64), bins - 1)
+    pos = ctx.op("where", inside, pos, ctx.const(bins, DType.int64))  # outside: no bin
+    n = flat.type.shape[0]
+    ids = ctx.op("iota", attrs={"shape": (n, bins), "axis": 1, "dtype": DType.int64})
+    hits = ctx.op("equal", ctx.broadcast(ctx.reshape(pos, (n, 1)), (n, bins)), ids)
+    return ctx.reduce("sum", ctx.astype(hits, dtype), (0,), False)
+
+
 # -- linalg (mm, bmm, matmul, dot lower one to one onto matmul: see spiky_ir/ops/linalg.py) --
 
 
@@ -843,6 +882,39 @@ def _addmm(ctx: LoweringContext, node: fx.Node) -> Value:
     if beta == 0:  # torch ignores the bias (even NaNs in it) when beta is 0
         return product  # type: ignore[no-any-return]
     return ctx.binary("add", _scaled(ctx, bias, beta), product)
+
+
+#: transformers' float32 stand-in for ``torch._grouped_mm`` under torch.compile (mixture-of-experts
+#: models: Mixtral, Qwen2-MoE, ...): the same (input, weight, offs) contract, zeros past offs[-1].
+_HF_GROUPED_MM = "transformers.grouped_mm_fallback.default"
+
+
+@lowers(aten._grouped_mm.default, _HF_GROUPED_MM)
+def _grouped_mm(ctx: LoweringContext, node: fx.Node) -> Value:
+    """Grouped matmul of a mixture of experts: rows ``offs[g-1]:offs[g]`` of the (rows, in) input
+    times expert g's (in, out) weight; rows past ``offs[-1]`` give zeros. Lowered densely: each
+    expert's matmul sees only its own rows (the others selected to zero), and the experts' results
+    are summed, so every row gets exactly its expert's product."""
+    x, w = ctx.value(node, 0), ctx.value(node, 1)
+    offs = ctx.kwarg(node, 2, "offs", None)
+    if str(node.target) != _HF_GROUPED_MM and ctx.kwarg(node, 3, "bias", None) is not None:
+        raise LoweringError(f"{source_of(node)}: _grouped_mm with a bias is not supported; add the bias after it")
+    if x.type.rank != 2 or w.type.rank != 3 or not isinstance(offs, Value):
+        raise LoweringError(
+            f"{source_of(node)}: only the mixture-of-experts form of grouped_mm lowers: a (rows, in) input, "
+            f"(experts, in, out) weights and offs; got input {x.type}, weights {w.type}, offs {offs!r}")
+    experts, rows = w.type.shape[0], x.type.shape[0]
+    # The expert of each row: how many groups end at or before it (experts for rows past the last).
+    row = ctx.op("iota", attrs={"shape": (rows, experts), "axis": 0, "dtype": DType.int64})
+    ends = ctx.broadcast(ctx.reshape(ctx.astype(offs, DType.int64), (1, experts)), (rows, experts))
+    group = ctx.reduce("sum", ctx.astype(ctx.op("less_equal", ends, row), DType.int64), (1,), False)
+    expert = ctx.op("iota", attrs={"shape": (experts, rows), "axis": 0, "dtype": DType.int64})
+    mine = ctx.op("equal", expert, ctx.broadcast(ctx.reshape(group, (1, rows)), (experts, rows)))
+    shape3 = (experts, rows, x.type.shape[1])
+    own = ctx.op("where", ctx.broadcast(ctx.reshape(mine, (experts, rows, 1)), shape3),
+                 ctx.broadcast(ctx.reshape(x, (1, *x.type.shape)), shape3), ctx.const(0, x.type.dtype))
+    out = ctx.reduce("sum", ctx.op("matmul", own, w), (0,), False)
+    return ctx.astype(out, _fake_type(node).dtype)
 
 
 # -- shape and layout --
@@ -1152,7 +1224,7 @@ def _full(ctx: LoweringContext, node: fx.Node) -> Value:
 
 
 @lowers(aten.empty.memory_format, aten.empty_strided.default, aten.zeros.default, aten.zeros_like.default,
-        aten.new_zeros.default, aten.new_empty.default, aten.empty_like.default)
+        aten.new_zeros.default, aten.new_empty.default, aten.empty_like.default, aten.empty_permuted.default)
 def _zeros(ctx: LoweringContext, node: fx.Node) -> Value:
     # Uninitialised memory may hold anything; zeros keeps results deterministic.
     t = _fake_type(node)
