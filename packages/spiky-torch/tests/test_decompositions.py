@@ -26,7 +26,8 @@ from torch._decomp import core_aten_decompositions
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map
 
-from spiky.torch.decompositions import EXCLUDED, REPLACED, spiky_decompositions
+from spiky.torch.decompositions import EXCLUDED, LOWERED, REPLACED, spiky_decompositions
+from spiky_ir.fx import LOWERINGS
 
 Op = torch._ops.OpOverload
 CIA = torch._C.DispatchKey.CompositeImplicitAutograd
@@ -349,6 +350,14 @@ def test_excluded_entries_are_not_in_the_table() -> None:
         else:
             assert name not in _NAMES
     assert set(REPLACED) <= set(EXCLUDED)
+
+
+def test_lowered_entries_are_not_in_the_table_and_lower() -> None:
+    core = {str(op): op for op in core_aten_decompositions()}
+    for name, reason in LOWERED.items():
+        assert name in core, f"{name} is no longer in core_aten_decompositions(): drop it from LOWERED"
+        assert reason and name not in _NAMES and name not in EXCLUDED
+        assert core[name] in LOWERINGS or name in LOWERINGS, f"{name} has no spiky-ir lowering"
 
 
 def test_the_excluded_flash_attention_decomposition_is_wrong() -> None:

@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from torch._decomp import core_aten_decompositions, decomposition_table
 
+from spiky_ir.fx import LOWERINGS
+
 #: Entries of ``core_aten_decompositions()`` we do not use, each with why (:data:`REPLACED`
 #: gives some of them a correct decomposition of our own).
 EXCLUDED: Mapping[str, str] = {
@@ -103,6 +105,19 @@ def _im2col(
     return decomposition(input, _pair(kernel_size), _pair(dilation), _pair(padding), _pair(stride))  # type: ignore[no-any-return]
 
 
+#: Entries of ``core_aten_decompositions()`` we drop because spiky-ir lowers the op itself, onto an IR
+#: op of its own: the graph keeps the real op (and aot_autograd its derivative formula) instead of
+#: the composition torch would substitute. ``spiky_decompositions`` checks each still has a lowering.
+LOWERED: Mapping[str, str] = {
+    "aten.roll.default": "IR op roll (the decomposition gathers through an index_select of arange-built indices)",
+    "aten.argsort.default": "IR op sort (the decomposition is sort too, through the composite kernel)",
+    "aten.argsort.stable": "IR op sort (the decomposition is sort too, through the composite kernel)",
+    "aten.logsumexp.default": "IR op logsumexp (the decomposition is max + exp + sum + log + where for infinities)",
+    "aten.tril.default": "IR op tril (the decomposition builds the mask from two aranges and a compare)",
+    "aten.triu.default": "IR op triu (the decomposition builds the mask from two aranges and a compare)",
+}
+
+
 #: Our own decompositions, in place of excluded ones (tested like the others).
 REPLACED: Mapping[str, Callable[..., Any]] = {
     "aten._scaled_dot_product_flash_attention_for_cpu.default": _sdpa_flash_for_cpu,
@@ -111,19 +126,26 @@ REPLACED: Mapping[str, Callable[..., Any]] = {
 
 
 def spiky_decompositions() -> dict[torch._ops.OperatorBase, Callable[..., Any]]:
-    """The reviewed table: ``core_aten_decompositions()`` less :data:`EXCLUDED`, plus :data:`REPLACED`.
+    """The reviewed table: ``core_aten_decompositions()`` less :data:`EXCLUDED` and :data:`LOWERED`,
+    plus :data:`REPLACED`.
 
     Built on each call, as torch builds its own: the table includes the composite kernels of
     custom ops registered since the last call.
     """
     table = dict(core_aten_decompositions())
     names = {str(op): op for op in table}
-    missing = sorted(set(EXCLUDED) - set(names))
-    if missing:  # a torch upgrade renamed or dropped one: review the list again
-        raise RuntimeError(
-            f"spiky.torch.decompositions.EXCLUDED names ops that core_aten_decompositions() no "
-            f"longer has: {missing}; review the list against this torch ({torch.__version__})"
-        )
+    for listed, entries in (("EXCLUDED", EXCLUDED), ("LOWERED", LOWERED)):
+        missing = sorted(set(entries) - set(names))
+        if missing:  # a torch upgrade renamed or dropped one: review the list again
+            raise RuntimeError(
+                f"spiky.torch.decompositions.{listed} names ops that core_aten_decompositions() no "
+                f"longer has: {missing}; review the list against this torch ({torch.__version__})"
+            )
+    unlowered = sorted(name for name in LOWERED if names[name] not in LOWERINGS and name not in LOWERINGS)
+    if unlowered:
+        raise RuntimeError(f"spiky.torch.decompositions.LOWERED names ops spiky-ir does not lower: {unlowered}")
+    for name in LOWERED:
+        del table[names[name]]
     for name in EXCLUDED:
         op = names[name]
         del table[op]
