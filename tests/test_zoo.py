@@ -3,7 +3,8 @@
 Each fast case runs eager and nkipy (host target; Inductor only in tools/bench/bench_zoo.py)
 and must end with exactly the status tools/zoo/expected.py records: never ``WRONG``; a case
 that starts passing must be flipped there, so progress is recorded; a case that newly fails
-fails here.
+fails here. The fast cases run on the neuron target too, through the fake Neuron stack
+(``run_case(target="neuron")``), expected to end with the same status.
 """
 
 from __future__ import annotations
@@ -52,13 +53,26 @@ def test_expected_table_covers_every_case() -> None:
 
 @pytest.mark.parametrize("name", FAST)
 def test_fast_case_has_its_expected_status(name: str) -> None:
-    result = run_case(BY_NAME[name], inductor=False, timed_calls=1)
-    assert result.status != "WRONG", f"{name} gives wrong results: max error {result.max_err} ({result.error})"
+    _check_status(name, "host")
+
+
+# All four fast cases on neuron (one NEFF each; the fake compiles a zoo model in a few seconds): token ids
+# through the int64 boundary (llama's causal decoder, bert's encoder with token types, roberta's position ids
+# computed by an int64 cumsum over the ids) and torchvision's convolutions (resnet18).
+@pytest.mark.parametrize("name", FAST)
+def test_fast_case_on_neuron_has_its_expected_status(name: str) -> None:
+    _check_status(name, "neuron")
+
+
+def _check_status(name: str, target: str) -> None:
+    result = run_case(BY_NAME[name], inductor=False, timed_calls=1, target=target)
+    assert result.status != "WRONG", (
+        f"{name} on {target} gives wrong results: max error {result.max_err} ({result.error})")
     want = EXPECTED[name]
     if result.status != want:
         better = STATUSES.index(result.status) < STATUSES.index(want)
         hint = "it improved: flip it in tools/zoo/expected.py" if better else "a regression"
-        pytest.fail(f"{name}: status {result.status}, tools/zoo/expected.py says {want} ({hint}); "
+        pytest.fail(f"{name} on {target}: status {result.status}, tools/zoo/expected.py says {want} ({hint}); "
                     f"max error {result.max_err}, error: {result.error}")
 
 
