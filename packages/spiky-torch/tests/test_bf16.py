@@ -126,6 +126,28 @@ def test_dynamic_graph_is_padded_and_matches_eager(name: str, dtype: torch.dtype
     assert stats[-1].calls == 3 and stats[-1].padded_elements > stats[-1].real_elements
 
 
+PADDING_OPTIONS: dict[str, dict[str, Any]] = {
+    "padded_on_host": {"pad_on_device": False},
+    "padded_outputs": {"output_layout": "padded"},
+    "pipelined_kept": {"pipelined": True, "keep_outputs_on_device": True},
+}
+
+
+@pytest.mark.parametrize("case", sorted(PADDING_OPTIONS))
+def test_dynamic_bfloat16_with_each_padding_path(case: str) -> None:
+    """bf16 through the host-side padding (numpy zeros of ml_dtypes.bfloat16), outputs left
+    bucket-sized (cropped here to spiky.real_shape) and the pipelined executor."""
+    fn = GRAPHS["softmax"]
+    compiled = torch.compile(fn, backend="nkipy", dynamic=True, options=PADDING_OPTIONS[case])
+    for rows in (5, 7):
+        x, w = _inputs(torch.bfloat16, rows)
+        got = compiled(x, w)
+        if case == "padded_outputs":
+            assert got.shape[0] == 8
+            got = got[tuple(slice(0, n) for n in spiky.real_shape(got))]
+        _check(got.cpu(), fn(x, w), torch.bfloat16)
+
+
 @pytest.mark.skipif(not nkipy_device.is_available(), reason="nkipy device extension unavailable")
 @pytest.mark.parametrize("keep", [False, True], ids=["copied", "kept"])
 @pytest.mark.parametrize("dtype", LOW, ids=str)
