@@ -300,6 +300,7 @@ void Executor::submit(const std::shared_ptr<Call>& call) {
   if (!copy_) {
     copy_ = std::make_unique<Worker>("copy", &timeline_);
     exec_ = std::make_unique<Worker>("execute", &timeline_);
+    down_ = std::make_unique<Worker>("download", &timeline_);
   }
   copy_->post([this, call] { upload_task(call); });
 }
@@ -351,7 +352,7 @@ void Executor::execute_task(const std::shared_ptr<Call>& call) {
       unpad(*call);
       if (call->options_.to_host) {
         std::lock_guard<std::mutex> lock(mutex_);
-        copy_->post([this, call] { download_task(call); });
+        down_->post([this, call] { download_task(call); });
         return;
       }
     }
@@ -389,11 +390,13 @@ void Executor::synchronize() {
 void Executor::shutdown() {
   std::unique_ptr<Worker> copy;
   std::unique_ptr<Worker> exec;
+  std::unique_ptr<Worker> down;
   {
     std::unique_lock<std::mutex> lock(mutex_);
     cv_.wait(lock, [this] { return inflight_ == 0; });
     copy = std::move(copy_);
     exec = std::move(exec_);
+    down = std::move(down_);
   }
   // Joined outside the lock: a worker finishing its last task may still take it.
 }

@@ -9,11 +9,12 @@
 //   download D2H of the outputs into host memory (only when the call wants host outputs)
 //
 // Synchronous mode (run_sync) runs the four stages on the calling thread. Pipelined mode
-// (submit) is one stream per device, stream-ordered: the copy worker runs uploads and
-// downloads, the execute worker runs execute + unpad, in submission order. At most
-// `staging_depth` (2: double buffering) calls hold uploaded inputs at once, so the upload of
-// call N+1 overlaps the execution of call N; a call whose outputs stay on device never
-// occupies the copy worker after its upload. submit() blocks while `max_inflight` calls are
+// (submit) is one stream per device, stream-ordered, on three workers: "copy" runs uploads
+// (H2D + pad), "execute" runs execute + unpad, "download" runs downloads (D2H), each in
+// submission order. At most `staging_depth` (2: double buffering) calls hold uploaded inputs
+// at once, so the upload of call N+1 overlaps the execution of call N, and the download of
+// call N-1 overlaps both (the host link is full duplex: PCIe carries H2D and D2H at once). A
+// call whose outputs stay on device never reaches the download worker. submit() blocks while `max_inflight` calls are
 // unfinished (back-pressure). Both modes do the same work with the same code and record the
 // same stats. Holds no Python; callers release the GIL around run_sync/submit/synchronize.
 #pragma once
@@ -83,6 +84,7 @@ class Executor {
   int slots_used_ = 0;
   std::unique_ptr<Worker> copy_;
   std::unique_ptr<Worker> exec_;
+  std::unique_ptr<Worker> down_;
 };
 
 }  // namespace spiky::runtime

@@ -1,7 +1,7 @@
 // Timeline: an opt-in recorder of runtime phases, exported as Chrome/Perfetto trace JSON
 // (load it in chrome://tracing or ui.perfetto.dev).
 //
-// One track per thread: the pipeline's "copy" and "execute" workers name themselves; a
+// One track per thread: the pipeline's "copy", "execute" and "download" workers name themselves; a
 // caller thread running a synchronous call gets "caller N". Events are complete ("X")
 // events named H2D, pad, execute, unpad, D2H, plus a "call" span around each synchronous
 // call, with args {call, model, bucket}; H2D and D2H events also carry {bytes}: what that

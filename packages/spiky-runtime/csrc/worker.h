@@ -1,5 +1,5 @@
 // Worker: one named thread running tasks in FIFO order -- a stream of the pipeline
-// (the device's "copy" and "execute" threads).
+// (the device's "copy", "execute" and "download" threads).
 //
 // Tasks catch their own errors (a stage stores them in its call); anything escaping a task is
 // dropped so the stream stays alive. Destruction drains the queue and joins, except on the

@@ -171,7 +171,8 @@ TEST(timeline_records_pipeline_tracks) {
   }
   dev->synchronize();
   const std::string json = dev->timeline().stop();
-  for (const char* needle : {"\"copy\"", "\"execute\"", "\"H2D\"", "\"pad\"", "\"D2H\"",
+  for (const char* needle : {"\"copy\"", "\"execute\"", "\"download\"", "\"H2D\"", "\"pad\"",
+                             "\"D2H\"", "\"bytes\": 120",
                              "\"name\": \"execute\", \"cat\""}) {
     CHECK(json.find(needle) != std::string::npos);
   }
