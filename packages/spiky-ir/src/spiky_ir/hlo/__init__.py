@@ -16,6 +16,10 @@ Layout: ``wire.py`` (proto3 codec), ``schema.py`` (the HloModuleProto subset), `
 host target's ``xla`` executor and the tests' check of emitted HLO).
 """
 
+import functools
+import hashlib
+from pathlib import Path
+
 from spiky_ir.hlo.emit import HloArtifact, emit_hlo
 from spiky_ir.hlo.rules import HLO_RULES, RULES, HloContext, HloRule, hlo_rule, missing_rules
 from spiky_ir.hlo.schema import HloModule
@@ -23,6 +27,18 @@ from spiky_ir.hlo.text import module_text
 from spiky_ir.hlo.wire import WireError
 
 __all__ = [
-    "HLO_RULES", "RULES", "HloArtifact", "HloContext", "HloModule", "HloRule", "WireError", "emit_hlo", "hlo_rule",
-    "missing_rules", "module_text",
+    "HLO_RULES", "RULES", "HloArtifact", "HloContext", "HloModule", "HloRule", "WireError", "emit_hlo",
+    "emitter_digest", "hlo_rule", "missing_rules", "module_text",
 ]
+
+
+@functools.cache
+def emitter_digest() -> str:
+    """A digest of the code that turns IR into HLO (this package and every op's rules in
+    :mod:`spiky_ir.ops`): part of compile-cache keys, so that an entry built by an older HLO emitter
+    (same IR text, other HLO) is not served after the emitter changed."""
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for path in sorted([*root.joinpath("hlo").glob("*.py"), *root.joinpath("ops").glob("*.py")]):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]

@@ -55,6 +55,7 @@ from spiky.torch.targets import runtime_device
 from spiky_ir import Graph, IRError, kernel_source, optimize, print_graph
 from spiky_ir import __version__ as ir_version
 from spiky_ir.fx import OutputSlot, lower_fx_graph
+from spiky_ir.hlo import emitter_digest
 from spiky_ir.symbolic import Dim
 
 log = logging.getLogger("spiky.compile")
@@ -169,7 +170,7 @@ def cache_key(
         compiler_args=config.additional_compiler_args if compiler is not None else "",
         options=options.cache_key_items(),
         buckets=tuple(sorted((k, tuple(v)) for k, v in (buckets or {}).items())),
-        spiky_version=spiky_version,
+        spiky_version=f"{spiky_version}+hlo.{emitter_digest()}",  # a changed HLO emitter makes new entries
     )
 
 
