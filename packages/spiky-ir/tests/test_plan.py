@@ -91,3 +91,45 @@ def test_zero_dim_elementwise_gives_arrays() -> None:
     g.set_outputs([g.add_op("add", [a, b])])
     out = compile_plan(g)([np.array(1.5, np.float16), np.array(2, np.int32)])[0]
     assert type(out) is np.ndarray and out.dtype == np.float16 and out.shape == () and float(out) == 3.5
+
+
+# -- prepared kernels (plan rules): bit for bit with the reference, for every type mix ------------
+
+F16, BF16, I32, I64, BOOL = DType.float16, DType.bfloat16, DType.int32, DType.int64, DType.bool
+AXES = {"axes": (1,), "keepdims": False}
+CONV = {"stride": (1,), "pad_lo": (1,), "pad_hi": (0,), "dilation": (1,), "groups": 1}
+PREPARED = [  # (op, operand types, attrs)
+    ("matmul", [((3, 4), F32), ((4, 5), F32)], {}),
+    ("matmul", [((2, 3, 4), F16), ((4,), F16)], {}),
+    ("matmul", [((3, 4), I32), ((4, 2), I64)], {}),
+    ("dot", [((4,), F32), ((4,), F32)], {}),
+    ("sum", [((3, 4), F32)], AXES),
+    ("sum", [((3, 4), BOOL)], AXES),
+    ("sum", [((3, 4), F16)], {"axes": (0, 1), "keepdims": True}),
+    ("max", [((3, 4), I32)], AXES),
+    ("mean", [((3, 4), BF16)], AXES),
+    ("var", [((3, 4), F32)], {**AXES, "correction": 1.0}),
+    ("any", [((3, 4), F32)], AXES),
+    ("logsumexp", [((3, 4), F16)], AXES),
+    ("softmax", [((3, 4), F32)], {"axis": 1}),
+    ("softmax", [((3, 4), BF16)], {"axis": 0}),
+    ("conv1d", [((2, 3, 5), F32), ((4, 3, 2), F32)], CONV),
+    ("conv1d", [((2, 3, 5), F16), ((4, 3, 2), F16)], CONV),
+    ("conv_transpose1d", [((2, 4, 5), F32), ((4, 3, 2), F32)], CONV),
+]
+
+
+@pytest.mark.parametrize(("op", "operands", "attrs"), PREPARED, ids=lambda v: v if isinstance(v, str) else "")
+def test_prepared_kernels_match_the_reference(op: str, operands: list[tuple[tuple[int, ...], DType]],
+                                              attrs: dict[str, object]) -> None:
+    from spiky_ir.plan import PLAN_RULES
+
+    assert op in PLAN_RULES
+    g = Graph()
+    xs = [g.add_input(f"x{i}", TensorType(shape, dtype)) for i, (shape, dtype) in enumerate(operands)]
+    g.set_outputs([g.add_op(op, xs, attrs)])  # type: ignore[arg-type]
+    rng = np.random.default_rng(0)
+    arrays = [(rng.standard_normal(shape) * 3).astype(dtype.to_numpy()) for shape, dtype in operands]
+    got, want = compile_plan(g)(arrays)[0], execute(g, arrays)[0]
+    assert got.dtype == want.dtype and got.shape == want.shape
+    assert got.tobytes() == want.tobytes()

@@ -39,6 +39,9 @@ class DType(enum.Enum):
 
     def to_numpy(self) -> np.dtype[Any]:
         """The numpy dtype holding this type (bfloat16 needs the ``ml_dtypes`` package)."""
+        cached = _TO_NUMPY.get(self)
+        if cached is not None:
+            return cached
         if self is DType.bfloat16:
             try:
                 import ml_dtypes  # type: ignore[import-not-found,unused-ignore]
@@ -48,13 +51,30 @@ class DType(enum.Enum):
                     "'pip install ml_dtypes' or use float32/float16"
                 ) from exc
             bf16: np.dtype[Any] = np.dtype(ml_dtypes.bfloat16)
+            _TO_NUMPY[self] = bf16
             return bf16
-        return np.dtype(_NUMPY_NAME[self])
+        _TO_NUMPY[self] = np.dtype(_NUMPY_NAME[self])
+        return _TO_NUMPY[self]
 
     @staticmethod
     def from_numpy(dtype: Any) -> DType:
-        """The IR type of a numpy dtype (or anything ``np.dtype`` accepts)."""
+        """The IR type of a numpy dtype (or anything ``np.dtype`` accepts).
+
+        Memoised per numpy dtype: references call it per op and call, and ``np.dtype.name`` is slow.
+        """
+        try:
+            return _FROM_NUMPY[dtype]
+        except (KeyError, TypeError):  # not seen yet, or unhashable
+            pass
         dt = np.dtype(dtype)
+        if dt in _FROM_NUMPY:
+            return _FROM_NUMPY[dt]
+        found = DType._from_numpy_name(dt)
+        _FROM_NUMPY[dt] = found
+        return found
+
+    @staticmethod
+    def _from_numpy_name(dt: np.dtype[Any]) -> DType:
         if dt.name == "bfloat16":
             return DType.bfloat16
         for ir_type, name in _NUMPY_NAME.items():
@@ -84,6 +104,9 @@ _NUMPY_NAME = {
     DType.int64: "int64", DType.uint8: "uint8", DType.float16: "float16",
     DType.float32: "float32", DType.float64: "float64",
 }
+_TO_NUMPY: dict[DType, np.dtype[Any]] = {}
+_FROM_NUMPY: dict[Any, DType] = {}
+"""Memos of :meth:`DType.to_numpy` and :meth:`DType.from_numpy` (keys: numpy dtypes)."""
 
 # Category lattice used by promotion: bool < integers < floats (as in NumPy and torch).
 _SIGNED = [DType.int8, DType.int16, DType.int32, DType.int64]

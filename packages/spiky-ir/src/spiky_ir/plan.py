@@ -9,6 +9,9 @@ million times: ~50 µs for one ``exp``. :func:`compile_plan` does that work once
   op's own reference implementation as the kernel, so results are those of ``execute``;
 - elementwise ops get a kernel specialised to their static operand types (the casts to
   the compute type and back are decided once, not per call);
+- other ops with a plan rule (:func:`plan_rule`, next to the op's reference: matmul,
+  reductions, softmax, convolutions) get a kernel prepared from the node's static types and
+  attributes; the rest run their reference as it is;
 - nodes without operands (constants, iota, full, dim_value) are computed once;
 - one ``np.errstate`` covers the whole call.
 
@@ -42,6 +45,38 @@ from spiky_ir.types import Attr
 Array = np.ndarray[Any, np.dtype[Any]]
 Kernel = Callable[[Sequence[Array], Mapping[str, Attr]], Sequence[Array]]
 Step = tuple[Kernel, Mapping[str, Attr], tuple[int, ...], tuple[int, ...]]
+PlanRule = Callable[[Node], "Kernel | None"]
+"""A node (static types, attributes) -> its kernel with the type promotion, casts and attribute
+parsing of the reference done once; None to use the reference for this node."""
+
+PLAN_RULES: dict[str, PlanRule] = {}
+
+
+def plan_rule(*ops: str) -> Callable[[PlanRule], PlanRule]:
+    """Register the plan's prepared kernel for ``ops`` (next to the op's reference, in its module).
+
+    The kernel must compute what the reference computes (the op's tests run both); the plan runs
+    every kernel inside one ``np.errstate(all="ignore")``, so kernels open none of their own.
+    """
+
+    def register(rule: PlanRule) -> PlanRule:
+        for op in ops:
+            PLAN_RULES[op] = rule
+        return rule
+
+    return register
+
+
+def as_type(np_dtype: np.dtype[Any]) -> Callable[[Any], Array]:
+    """A result converter to ``np_dtype``: numpy scalars (0-d results) become arrays; arrays of
+    the right type pass through untouched."""
+
+    def convert(r: Any) -> Array:
+        if type(r) is not np.ndarray or r.dtype != np_dtype:
+            return np.asarray(r).astype(np_dtype, copy=False)
+        return r
+
+    return convert
 
 
 def _elementwise_kernel(node: Node) -> Kernel:
@@ -99,7 +134,9 @@ class Plan:
         fixed: set[int] = set(range(len(graph.inputs)))  # inputs and precomputed values: outputs copy them
         for node in graph.nodes:
             opdef = get_op(node.op)
-            kernel: Kernel = _elementwise_kernel(node) if opdef.elementwise else opdef.reference
+            prepared = PLAN_RULES[node.op](node) if node.op in PLAN_RULES else None
+            kernel: Kernel = (_elementwise_kernel(node) if opdef.elementwise
+                              else prepared if prepared is not None else opdef.reference)
             ins = tuple(slot(v) for v in node.inputs)
             outs = tuple(slot(v) for v in node.outputs)
             self._env.extend([None] * len(outs))

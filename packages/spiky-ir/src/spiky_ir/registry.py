@@ -326,7 +326,10 @@ def dtype_of(x: Array) -> DType:
 
 
 def cast(x: Array, dtype: DType) -> Array:
-    return np.asarray(x).astype(dtype.to_numpy(), copy=False)
+    target = dtype.to_numpy()
+    if type(x) is np.ndarray and x.dtype == target:
+        return x
+    return np.asarray(x).astype(target, copy=False)
 
 
 def scalar_array(value: Attr, dtype: DType) -> Array:

@@ -17,6 +17,7 @@ from spiky_ir.hlo.rules import BOOL, HloContext, hlo_rule, nonzero, widen
 from spiky_ir.ir import Node, Value
 from spiky_ir.kernel_source import KernelEmitter, input_types, kernel_rule
 from spiky_ir.padding import Layout, PadContext, UnpaddableError, broadcast_layout, has_padded, pad_rule, padded_syms
+from spiky_ir.plan import Kernel, as_type, plan_rule
 from spiky_ir.registry import Array, broadcast_shapes, cast, define_op, dtype_of
 from spiky_ir.symbolic import Dim
 from spiky_ir.types import Attr, TensorType
@@ -53,6 +54,16 @@ define_op("matmul", "linalg", 2, {}, _matmul_type, _matmul_reference,
           "NumPy matmul: batched over leading dims, 1-D operands promoted; half types accumulate in f32",
           aten=("aten.mm.default", "aten.bmm.default", "aten.matmul.default", "aten.dot.default"))
 define_op("dot", "linalg", 2, {}, _dot_type, _matmul_reference, "inner product of two vectors")
+
+
+@plan_rule("matmul", "dot")
+def _matmul_plan(node: Node) -> Kernel:
+    """The reference with its casts decided from the node's types: a bare ``np.matmul`` when none is needed."""
+    out = node.output.type.dtype
+    compute, result = widen(out).to_numpy(), as_type(out.to_numpy())
+    if all(v.type.dtype is widen(out) for v in node.inputs):
+        return lambda xs, _attrs: [result(np.matmul(xs[0], xs[1]))]
+    return lambda xs, _attrs: [result(np.matmul(xs[0].astype(compute, copy=False), xs[1].astype(compute, copy=False)))]
 
 
 @hlo_rule("matmul", "dot")

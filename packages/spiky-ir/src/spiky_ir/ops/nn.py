@@ -20,6 +20,7 @@ from spiky_ir.hlo.rules import BOOL, F32, I64, HloContext, hlo_rule, reduce_to, 
 from spiky_ir.ir import Node, Value
 from spiky_ir.kernel_source import KernelEmitter, kernel_helper, kernel_rule
 from spiky_ir.padding import Layout, PadContext, highest, lowest, pad_rule
+from spiky_ir.plan import Kernel, as_type, plan_rule
 from spiky_ir.registry import Array, attr_bool, attr_int, cast, check_axis, define_op, dtype_of, to_float
 from spiky_ir.types import Attr, TensorType
 
@@ -48,6 +49,20 @@ def _softmax_reference(xs: Sequence[Array], attrs: Mapping[str, Attr]) -> list[A
 
 
 define_op("softmax", "nn", 1, {"axis": "int"}, _softmax_type, _softmax_reference, "stable softmax along ``axis``")
+
+
+@plan_rule("softmax")
+def _softmax_plan(node: Node) -> Kernel:
+    out = node.output.type.dtype
+    compute, axis, result = widen(out).to_numpy(), attr_int(node.attrs, "axis"), as_type(out.to_numpy())
+    max_, sum_, exp = np.maximum.reduce, np.add.reduce, np.exp
+
+    def kernel(xs: Sequence[Array], _attrs: Mapping[str, Attr]) -> list[Array]:
+        x = xs[0].astype(compute, copy=False)
+        e = exp(x - max_(x, axis=axis, keepdims=True))
+        return [result(e / sum_(e, axis=axis, keepdims=True))]
+
+    return kernel
 
 
 @hlo_rule("softmax")

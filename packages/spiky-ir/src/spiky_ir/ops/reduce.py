@@ -32,6 +32,7 @@ from spiky_ir.padding import (
     reduce_axes,
     reduced_layout,
 )
+from spiky_ir.plan import Kernel, as_type, plan_rule
 from spiky_ir.registry import (
     Array,
     DTypeRule,
@@ -92,8 +93,20 @@ def reduction(name: str, fn: Callable[..., Array], result: DTypeRule, *, hlo: Hl
             r = fn(x, axis=attr_ints(attrs, "axes"), keepdims=attr_bool(attrs, "keepdims"), **kwargs)
         return [cast(r, out)]
 
+    def prepared(node: Node) -> Kernel:
+        out = node.output.type.dtype
+        compute = _compute(out)
+        to_compute = None if compute is DType.bool or node.inputs[0].type.dtype is compute else compute.to_numpy()
+        kwargs = {"axis": attr_ints(node.attrs, "axes"), "keepdims": attr_bool(node.attrs, "keepdims"),
+                  **{k: node.attrs[k] for k in extra}}
+        result = as_type(out.to_numpy())
+        if to_compute is None:
+            return lambda xs, _attrs: [result(fn(xs[0], **kwargs))]
+        return lambda xs, _attrs: [result(fn(xs[0].astype(to_compute), **kwargs))]
+
     opdef = define_op(name, "reduce", 1, {"axes": "ints", "keepdims": "bool", **extra}, shape_rule, reference, doc,
                       aten=aten)
+    plan_rule(name)(prepared)
     hlo_rule(name)(hlo)
     pad_rule(name)(pad)
     if kernel is None:
