@@ -75,6 +75,11 @@ def _a(*shape: int, domain: str = "any", dtype: torch.dtype | None = None) -> Ar
     return Arg(tuple(shape), domain, dtype)
 
 
+def _minus_inf_rows(x: torch.Tensor) -> torch.Tensor:
+    """x with its first three rows -inf (max-pool windows over them and the padding hold only -inf)."""
+    return torch.cat([x[..., :3, :] * 0 - math.inf, x[..., 3:, :]], -2)
+
+
 UNARY = {
     "abs": torch.abs, "neg": torch.neg, "exp": torch.exp, "expm1": torch.expm1, "exp2": torch.exp2, "tanh": torch.tanh,
     "sigmoid": torch.sigmoid, "sin": torch.sin, "cos": torch.cos, "erf": torch.erf, "ceil": torch.ceil,
@@ -250,10 +255,14 @@ EXPLICIT: list[Case] = [
     Case("max_pool2d", lambda x: F.max_pool2d(x, 2), (_a(2, 3, 6, 6),)),
     Case("max_pool2d_indices", lambda x: F.max_pool2d(x, 3, 2, 1, return_indices=True), (_a(1, 2, 7, 7),)),
     Case("max_pool2d_ceil", lambda x: F.max_pool2d(x, 2, ceil_mode=True), (_a(1, 2, 5, 5),)),
+    # windows whose inside values are all -inf: torch's index is the first inside tap, never padding
+    Case("max_pool2d_minus_inf_windows", lambda x: F.max_pool2d(_minus_inf_rows(x), 3, 2, 1, return_indices=True),
+         (_a(1, 2, 7, 6),)),
     Case("avg_pool2d", lambda x: F.avg_pool2d(x, 2), (_a(2, 3, 6, 6),), tol=_REL_TOL),
     Case("avg_pool2d_pad", lambda x: F.avg_pool2d(x, 3, 2, 1), (_a(1, 2, 7, 7),), tol=_REL_TOL),
     Case("avg_pool2d_pad_exclude", lambda x: F.avg_pool2d(x, 3, 2, 1, count_include_pad=False), (_a(1, 2, 7, 7),),
          tol=_REL_TOL),
+    Case("avg_pool2d_pad_unused_high", lambda x: F.avg_pool2d(x, 3, 2, 1), (_a(1, 2, 4, 4),), tol=_REL_TOL),
     Case("adaptive_avg_pool2d", lambda x: F.adaptive_avg_pool2d(x, 2), (_a(2, 3, 4, 6),), tol=_REL_TOL),
     Case("sdpa", lambda q, k, v: F.scaled_dot_product_attention(q, k, v), (_a(2, 2, 5, 8), _a(2, 2, 5, 8),
          _a(2, 2, 5, 8)), tol=_REL_TOL),
@@ -274,6 +283,9 @@ EXPLICIT: list[Case] = [
     Case("layer_norm_backward", lambda x: torch.autograd.grad((F.layer_norm(x, (6,)) ** 2).sum(), x)[0],
          (_a(3, 6),), (F32,), {F32: (1e-4, 1e-5)}),
     Case("max_pool2d_backward", lambda x: torch.autograd.grad(F.max_pool2d(x, 2).sum(), x)[0], (_a(1, 2, 4, 4),),
+         (F32,)),
+    Case("max_pool2d_backward_minus_inf_windows",
+         lambda x: torch.autograd.grad(F.max_pool2d(_minus_inf_rows(x), 3, 2, 1).sum(), x)[0], (_a(1, 2, 7, 6),),
          (F32,)),
     Case("embedding_backward", lambda w, i: torch.autograd.grad((F.embedding(i, w) ** 2).sum(), w)[0],
          (_a(6, 3), _a(2, 4, domain="int:6")), (F32,)),

@@ -1831,12 +1831,13 @@ def _max_pool2d(ctx: LoweringContext, node: fx.Node) -> tuple[Value, Value]:
     dilation = dilation * 2 if len(dilation) == 1 else dilation
     out_t = _fake_type(node, node.meta["val"][0])
     out_hw = [_static_int(ctx, d) for d in out_t.shape[-2:]]
-    width = _static_int(ctx, x.type.shape[-1])
+    height, width = (_static_int(ctx, d) for d in x.type.shape[-2:])
     lo, hi = _pool_padding(x, out_hw, kernel, stride, padding, dilation)
     lowest = -math.inf if x.type.dtype.is_floating else int(np.iinfo(x.type.dtype.to_numpy()).min)
     xp = ctx.op("pad", x, attrs={"lo": lo, "hi": hi, "value": lowest}) if any(lo + hi) else x
     best: Value | None = None
     best_idx: Value | None = None
+    seen_inside: Value | None = None  # per output position: some tap so far was inside the input
     oh = ctx.op("iota", attrs={"shape": tuple(out_hw), "axis": 0, "dtype": DType.int64})
     ow = ctx.op("iota", attrs={"shape": tuple(out_hw), "axis": 1, "dtype": DType.int64})
     for kh, kw, tap in _windows(ctx, xp, out_hw, kernel, stride, dilation):
@@ -1844,15 +1845,31 @@ def _max_pool2d(ctx: LoweringContext, node: fx.Node) -> tuple[Value, Value]:
         row = ctx.binary("add", ctx.binary("multiply", oh, stride[0]), kh * dilation[0] - padding[0])
         col = ctx.binary("add", ctx.binary("multiply", ow, stride[1]), kw * dilation[1] - padding[1])
         flat = ctx.op("add", ctx.binary("multiply", row, width), col)
-        if best is None or best_idx is None:
-            best, best_idx = tap, ctx.broadcast(flat, tap.type.shape)
+        inside = _inside(ctx, row, height, col, width)
+        if best is None or best_idx is None or seen_inside is None:
+            best, best_idx, seen_inside = tap, ctx.broadcast(flat, tap.type.shape), inside
             continue
-        # torch takes a later tap when it is greater or NaN (first maximum wins ties).
-        take = ctx.op("logical_or", ctx.op("greater", tap, best), ctx.op("isnan", tap))
+        # torch takes a later tap when it is greater or NaN (first maximum wins ties). Its index
+        # starts at the window's first tap inside the input, so a window whose inside values all
+        # equal the padding value (-inf, or the integer minimum) points there, never into padding.
+        first_inside = ctx.op("logical_and", inside, ctx.op("logical_not", seen_inside))
+        take = ctx.op("logical_or", ctx.op("logical_or", ctx.op("greater", tap, best), ctx.op("isnan", tap)),
+                      first_inside)
         best = ctx.op("where", take, tap, best)
         best_idx = ctx.op("where", take, flat, best_idx)
+        seen_inside = ctx.op("logical_or", seen_inside, inside)
     assert best is not None and best_idx is not None
     return best, best_idx
+
+
+def _inside(ctx: LoweringContext, row: Value, height: int, col: Value, width: int) -> Value:
+    """Whether (row, col) lies inside a height x width plane (not in a pool's padding)."""
+    checks = [ctx.binary("greater_equal", row, 0), ctx.binary("less", row, height),
+              ctx.binary("greater_equal", col, 0), ctx.binary("less", col, width)]
+    inside = checks[0]
+    for check in checks[1:]:
+        inside = ctx.op("logical_and", inside, check)
+    return inside
 
 
 @lowers(aten.max_pool2d_with_indices_backward.default)
@@ -1889,7 +1906,8 @@ def _avg_pool2d(ctx: LoweringContext, node: fx.Node) -> Value:
     ones = ctx.full(hw, 1.0, xf.type.dtype)
     if count_include_pad:
         ones = ctx.op("pad", ones, attrs={"lo": tuple(padding), "hi": tuple(padding), "value": 1.0})
-        extra_hi = tuple(h - p for h, p in zip(hi[-2:], padding, strict=True))
+        # Windows may stop short of the high padding (then hi < padding; the taps never read it).
+        extra_hi = tuple(max(h - p, 0) for h, p in zip(hi[-2:], padding, strict=True))
         ones = ctx.op("pad", ones, attrs={"lo": (0, 0), "hi": extra_hi, "value": 0.0})
     else:
         ones = ctx.op("pad", ones, attrs={"lo": lo[-2:], "hi": hi[-2:], "value": 0.0})
