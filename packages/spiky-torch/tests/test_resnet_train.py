@@ -142,9 +142,9 @@ class BasicBlock(nn.Module):
 
 class NarrowResNet(nn.Module):
     """torchvision's resnet layout (7x7/2 stem, BN, ReLU, max-pool 3/2/1, two blocks per stage, the
-    first of a stage downsampling, global average pool, fc) with 8-16-32 channels."""
+    first of a stage downsampling, global average pool, fc), two stages of 8 and 16 channels."""
 
-    def __init__(self, widths: tuple[int, ...] = (8, 16, 32), classes: int = 10) -> None:
+    def __init__(self, widths: tuple[int, ...] = (8, 16), classes: int = 10) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(3, widths[0], 7, 2, 3, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
