@@ -269,8 +269,8 @@ def test_pipelined_calls_run_on_the_executor_threads_with_identical_results(targ
     for a, b, x in zip(got, expected, inputs, strict=True):
         torch.testing.assert_close(a, b, **EXACT)
         torch.testing.assert_close(a, model(x), **TOL)
-    # the executor's copy and execute threads ran it, not the calling thread
-    assert ("execute", "execute") in spans and {thread for _, thread in spans} <= {"copy", "execute"}
+    # the executor's copy, execute and download threads ran it, not the calling thread
+    assert ("execute", "execute") in spans and {thread for _, thread in spans} <= {"copy", "execute", "download"}
     with torch.no_grad():
         sync_spans = _trace(target, lambda: sync(inputs[0]))
     assert all(thread.startswith("caller") for _, thread in sync_spans)
