@@ -97,6 +97,22 @@ def test_trace_summary_counts_overlap(tmp_path: Path) -> None:
     assert summary.overlap_ratio == pytest.approx(0.05 / 0.35)
 
 
+def test_trace_summary_sums_transfer_bytes(tmp_path: Path) -> None:
+    # H2D/D2H events carry args.bytes (what the transfer moved); other phases have none.
+    path = tmp_path / "bytes.json"
+    events = [{"name": "H2D", "ph": "X", "pid": 1, "tid": 1, "ts": 0, "dur": 500, "args": {"bytes": 1_000_000}},
+              {"name": "H2D", "ph": "X", "pid": 1, "tid": 1, "ts": 600, "dur": 500, "args": {"bytes": 3_000_000}},
+              {"name": "execute", "ph": "X", "pid": 1, "tid": 2, "ts": 0, "dur": 900, "args": {"call": 1}}]
+    path.write_text(json.dumps({"traceEvents": events}))
+    summary = summarize_trace(path)
+    assert {p.name: p.total_bytes for p in summary.phases} == {"H2D": 4_000_000, "execute": 0}
+    lines = summary.format().splitlines()
+    h2d = next(line for line in lines if line.startswith("H2D"))
+    assert h2d.split()[-2:] == ["4000000", "4.00"]  # 4 MB in 1 ms: 4 GB/s
+    execute = next(line for line in lines if line.startswith("execute"))
+    assert len(execute.split()) == 4  # no bytes column for a phase that moved none
+
+
 def test_trace_view_of_a_real_profile(tmp_path: Path) -> None:
     compiled = torch.compile(lambda a: a * 2 + 1, backend="nkipy")
     compiled(torch.ones(8))
