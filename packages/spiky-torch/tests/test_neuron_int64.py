@@ -42,9 +42,9 @@ class Embed(nn.Module):
         return hidden, self.head(hidden).argmax(-1)
 
 
-def _index_select(x: torch.Tensor) -> torch.Tensor:
-    order = x.argsort(dim=-1)  # int64 indices made inside the graph, then used by gather and index_select
-    return torch.gather(x, 1, order) + x.index_select(1, order[0])
+def _index_select(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    order = x.argsort(dim=-1)  # int64 indices made inside the graph (gather), and given by the caller (rows)
+    return torch.gather(x, 1, order) + x.index_select(0, rows) + x.index_select(1, order[0])
 
 
 def _cumsum(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,7 +55,7 @@ def _cumsum(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 Case = tuple[str, Callable[[], Callable[..., object]], Callable[[], tuple[torch.Tensor, ...]]]
 CASES: list[Case] = [
     ("embedding_argmax", Embed, lambda: (torch.randint(0, 50, (3, 7)),)),
-    ("gather_index_select", lambda: _index_select, lambda: (torch.randn(4, 9),)),
+    ("gather_index_select", lambda: _index_select, lambda: (torch.randn(4, 9), torch.tensor([3, 0, 3, 1]))),
     ("cumsum_int64", lambda: _cumsum, lambda: (torch.randint(-1000, 1000, (5, 11)),)),
 ]
 
