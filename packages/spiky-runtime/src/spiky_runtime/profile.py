@@ -1,8 +1,8 @@
 """``profile(path)``: record the runtime's timeline into a Chrome/Perfetto trace file.
 
 Open the file in https://ui.perfetto.dev or chrome://tracing: one track per thread (the
-pipeline's ``copy`` and ``execute`` workers, and each thread that ran synchronous calls)
-with H2D, pad, execute, unpad and D2H events.
+pipeline's ``copy``, ``execute`` and ``download`` workers, and each thread that ran synchronous
+calls) with H2D, pad, execute, unpad and D2H events; H2D and D2H carry the bytes they moved.
 """
 
 from __future__ import annotations
