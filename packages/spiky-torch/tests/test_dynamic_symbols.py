@@ -70,3 +70,53 @@ def test_a_float_computed_from_sizes_in_a_backward_matches_eager() -> None:
         expected.sum().backward()
         assert mine.grad is not None and theirs.grad is not None
         torch.testing.assert_close(mine.grad, theirs.grad, rtol=1e-5, atol=1e-5)
+
+
+def _view_by_int(x: torch.Tensor, n: int) -> torch.Tensor:  # the -1 becomes numel // n
+    return x.view(n, -1).softmax(dim=1) * n
+
+
+def test_a_view_by_an_int_argument_matches_eager() -> None:
+    compiled = torch.compile(_view_by_int, backend="nkipy", dynamic=True)
+    torch.manual_seed(0)
+    for numel, n in ((12, 3), (12, 4), (20, 5), (30, 3)):
+        x = torch.randn(numel)
+        torch.testing.assert_close(compiled(x, n), _view_by_int(x, n), rtol=1e-5, atol=1e-5)
+
+
+class StridedConvNet(torch.nn.Module):
+    """ResNet-like: a stride-2 stem with max pooling, a residual block that halves the size (3x3 stride-2 path and 1x1
+    stride-2 shortcut: output sizes (s - 1) // 2 + 1), batch norm, global pooling, a classifier."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                                  nn.MaxPool2d(3, stride=2, padding=1))
+        self.path = nn.Sequential(nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                                  nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16))
+        self.shortcut = nn.Sequential(nn.Conv2d(8, 16, 1, stride=2), nn.BatchNorm2d(16))
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        return self.head(torch.relu(self.path(x) + self.shortcut(x)))
+
+
+def test_strided_convolutions_over_dynamic_image_sizes_match_eager() -> None:
+    torch.manual_seed(0)
+    model = StridedConvNet().eval()
+    compiled = torch.compile(model, backend="nkipy", dynamic=True)
+    with torch.no_grad():
+        for batch, height, width in ((2, 32, 32), (3, 37, 45), (2, 19, 26)):
+            x = torch.randn(batch, 3, height, width)
+            torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_training_a_strided_convolution_over_dynamic_sizes_is_a_clear_error() -> None:
+    model = StridedConvNet().train()
+    compiled = torch.compile(model, backend="nkipy", dynamic=True)
+    x = torch.randn(2, 3, 21, 21)
+    with pytest.raises(Exception, match=r"convolution_backward.*stride-2 convolution over symbolic size"
+                                        r".*compile with static shapes"):
+        compiled(x).sum().backward()

@@ -36,7 +36,7 @@ from spiky_ir.dtypes import DType
 from spiky_ir.errors import LoweringError, SpikyError
 from spiky_ir.ir import Graph, Value
 from spiky_ir.registry import OpDef, all_ops, get_op
-from spiky_ir.symbolic import Dim, canonical, dim_add, dim_mul, dim_sub, dims_product
+from spiky_ir.symbolic import Dim, canonical, dim_add, dim_floor, dim_mul, dim_sub, dims_product
 from spiky_ir.types import Attr, DenseArray, TensorType
 from spiky_ir.verify import verify
 
@@ -258,10 +258,33 @@ def _sym_dim(value: Any) -> Dim:
         plain = expr.replace(FloorDiv, lambda a, b: sympy.floor(a / b))
         return canonical(str(sympy.expand(sympy.simplify(plain))))
     except (SpikyError, TypeError, ValueError):
+        pass
+    try:  # floor divisions ((s0 - 1)//2 + 1 after a strided window, s0//s1 in a view by an int)
+        return _floor_dim(expr)
+    except (SpikyError, TypeError, ValueError):
         raise LoweringError(
-            f"symbolic size {expr} is not an integer polynomial of the input sizes; spiky-ir "
-            "dims support +, - and *; mark fewer dims dynamic or compile with static shapes"
+            f"symbolic size {expr} is not built from the input sizes with +, -, * and //; "
+            "mark fewer dims dynamic or compile with static shapes"
         ) from None
+
+
+def _floor_dim(expr: Any) -> Dim:
+    """A sympy size expression over +, *, integer powers and FloorDiv as a dim (floor divisions become
+    derived symbols, :func:`spiky_ir.symbolic.dim_floor`)."""
+    if getattr(expr, "is_Integer", False):
+        return int(expr)
+    if getattr(expr, "is_Symbol", False):
+        return canonical(str(expr))
+    name = type(expr).__name__
+    if name == "Add":
+        return functools.reduce(dim_add, (_floor_dim(a) for a in expr.args))
+    if name == "Mul":
+        return functools.reduce(dim_mul, (_floor_dim(a) for a in expr.args))
+    if name in ("Pow", "PowByNatural") and getattr(expr.args[1], "is_Integer", False) and int(expr.args[1]) >= 0:
+        return dims_product([_floor_dim(expr.args[0])] * int(expr.args[1]))
+    if name in ("FloorDiv", "CleanDiv"):
+        return dim_floor(_floor_dim(expr.args[0]), _floor_dim(expr.args[1]))
+    raise ValueError(f"{name} in a size")
 
 
 def _sym_scalar(ctx: LoweringContext, expr: Any) -> Value:
@@ -1790,7 +1813,7 @@ def _pool_params(ctx: LoweringContext, node: fx.Node) -> tuple[tuple[int, ...], 
     return kernel, stride, padding
 
 
-def _windows(ctx: LoweringContext, xp: Value, out_hw: Sequence[int], kernel: Sequence[int],
+def _windows(ctx: LoweringContext, xp: Value, out_hw: Sequence[Dim], kernel: Sequence[int],
              stride: Sequence[int], dilation: Sequence[int]) -> list[tuple[int, int, Value]]:
     """Every kernel tap of a 2-D window over the (padded) last two dims, as strided slices."""
     taps = []
@@ -1803,21 +1826,25 @@ def _windows(ctx: LoweringContext, xp: Value, out_hw: Sequence[int], kernel: Seq
             for i, k in ((0, kh), (1, kw)):
                 axis = rank - 2 + i
                 starts[axis] = k * dilation[i]
-                stops[axis] = starts[axis] + (out_hw[i] - 1) * stride[i] + 1
+                stops[axis] = dim_add(dim_mul(dim_sub(out_hw[i], 1), stride[i]), starts[axis] + 1)
                 steps[axis] = stride[i]
             tap = ctx.op("slice", xp, attrs={"start": tuple(starts), "stop": tuple(stops), "step": tuple(steps)})
             taps.append((kh, kw, tap))
     return taps
 
 
-def _pool_padding(x: Value, out_hw: Sequence[int], kernel: Sequence[int], stride: Sequence[int],
+def _pool_padding(x: Value, out_hw: Sequence[Dim], kernel: Sequence[int], stride: Sequence[int],
                   padding: Sequence[int], dilation: Sequence[int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
     rank = x.type.rank
     lo, hi = [0] * rank, [0] * rank
     for i in range(2):
-        size = x.type.shape[rank - 2 + i]
-        assert isinstance(size, int)
-        need = (out_hw[i] - 1) * stride[i] + (kernel[i] - 1) * dilation[i] + 1
+        size, out = x.type.shape[rank - 2 + i], out_hw[i]
+        if not isinstance(size, int) or not isinstance(out, int):
+            # Symbolic size: the windows end at most stride - 1 past the padding (ceil_mode), so pad
+            # that much; the taps' strided slices stop at the last window and never read beyond it.
+            lo[rank - 2 + i], hi[rank - 2 + i] = padding[i], padding[i] + stride[i] - 1
+            continue
+        need = (out - 1) * stride[i] + (kernel[i] - 1) * dilation[i] + 1
         lo[rank - 2 + i] = padding[i]
         hi[rank - 2 + i] = max(need - size - padding[i], 0)
     return tuple(lo), tuple(hi)
@@ -1830,8 +1857,8 @@ def _max_pool2d(ctx: LoweringContext, node: fx.Node) -> tuple[Value, Value]:
     dilation = tuple(int(d) for d in ctx.kwarg(node, 4, "dilation", [1]))
     dilation = dilation * 2 if len(dilation) == 1 else dilation
     out_t = _fake_type(node, node.meta["val"][0])
-    out_hw = [_static_int(ctx, d) for d in out_t.shape[-2:]]
-    height, width = (_static_int(ctx, d) for d in x.type.shape[-2:])
+    out_hw = list(out_t.shape[-2:])  # symbolic under dynamic image sizes: (s + 2p - span) // stride + 1
+    height, width = x.type.shape[-2:]
     lo, hi = _pool_padding(x, out_hw, kernel, stride, padding, dilation)
     lowest = -math.inf if x.type.dtype.is_floating else int(np.iinfo(x.type.dtype.to_numpy()).min)
     xp = ctx.op("pad", x, attrs={"lo": lo, "hi": hi, "value": lowest}) if any(lo + hi) else x
@@ -1862,7 +1889,7 @@ def _max_pool2d(ctx: LoweringContext, node: fx.Node) -> tuple[Value, Value]:
     return best, best_idx
 
 
-def _inside(ctx: LoweringContext, row: Value, height: int, col: Value, width: int) -> Value:
+def _inside(ctx: LoweringContext, row: Value, height: Dim, col: Value, width: Dim) -> Value:
     """Whether (row, col) lies inside a height x width plane (not in a pool's padding)."""
     checks = [ctx.binary("greater_equal", row, 0), ctx.binary("less", row, height),
               ctx.binary("greater_equal", col, 0), ctx.binary("less", col, width)]

@@ -190,11 +190,91 @@ def dim_floordiv(a: Dim, b: int) -> Dim:
     return from_poly({m: c // b for m, c in p.items()})
 
 
+# --- floor division: derived symbols --------------------------------------------------------------
+
+_DERIVED: dict[str, tuple[Dim, Dim]] = {}
+"""Derived symbol → (numerator, divisor): ``fd_<hash>`` stands for ``numerator // divisor``."""
+_DERIVED_PREFIX = "fd_"
+
+
+def _derived_name(numerator: Dim, divisor: Dim) -> str:
+    import hashlib
+
+    key = f"{numerator}//{divisor}"
+    name = _DERIVED_PREFIX + hashlib.sha256(key.encode()).hexdigest()[:10]
+    _DERIVED.setdefault(name, (numerator, divisor))
+    return name
+
+
+def is_derived(symbol: str) -> bool:
+    """Whether ``symbol`` is a floor division of other dims (:func:`dim_floor`), not a size of its own."""
+    return symbol in _DERIVED
+
+
+def derived_definition(symbol: str) -> tuple[Dim, Dim]:
+    """``(numerator, divisor)`` of a derived symbol."""
+    return _DERIVED[symbol]
+
+
+def base_symbols(dim: Dim) -> set[str]:
+    """The symbols ``dim`` depends on, derived symbols replaced by the symbols they divide."""
+    out: set[str] = set()
+    for sym in dim_symbols(dim):
+        if sym in _DERIVED:
+            numerator, divisor = _DERIVED[sym]
+            out |= base_symbols(numerator) | base_symbols(divisor)
+        else:
+            out.add(sym)
+    return out
+
+
+def dim_floor(a: Dim, b: Dim) -> Dim:
+    """``a // b`` (floor), exact when possible; otherwise a polynomial over a *derived symbol* that
+    stands for the quotient and evaluates once the symbols of ``a`` and ``b`` are bound
+    (:func:`dim_eval`). Canonical: with a static ``b`` the multiples of ``b`` in ``a`` come out of
+    the quotient (``(2*s0+s1+5)//2`` is ``s0+2+(s1+1)//2``), so equal quotients get one symbol."""
+    if isinstance(a, int) and isinstance(b, int):
+        return a // b
+    if isinstance(b, int):
+        if b <= 0:
+            raise ShapeError(f"floor division of {a!r} by {b}; the divisor must be positive")
+        poly = to_poly(a)
+        inner = [mono[0] for mono in poly if len(mono) == 1 and mono[0] in _DERIVED]
+        if len(inner) == 1 and set(poly) <= {(inner[0],), ()} and poly[(inner[0],)] == 1:
+            numerator, divisor = _DERIVED[inner[0]]
+            if isinstance(divisor, int):  # (x//m + c)//b == (x + c*m)//(m*b): one symbol per quotient
+                return dim_floor(dim_add(numerator, poly.get((), 0) * divisor), divisor * b)
+        whole: Poly = {}
+        rest: Poly = {}
+        for mono, coef in to_poly(a).items():
+            q, r = divmod(coef, b)
+            if q:
+                whole[mono] = q
+            if r:
+                rest[mono] = r
+        if not any(mono for mono in rest):  # only a constant 0 <= r < b is left: it floors to 0
+            return from_poly(whole)
+        return from_poly(_poly_add(whole, {(_derived_name(from_poly(rest), b),): 1}))
+    if to_poly(b) and _poly_mul(to_poly(b), {(): 1}) == to_poly(a):
+        return 1
+    return _derived_name(canonical(a), canonical(b))
+
+
 def dims_product(dims: Iterable[Dim]) -> Dim:
     out: Dim = 1
     for d in dims:
         out = dim_mul(out, d)
     return out
+
+
+def _bind_derived(symbol: str, bindings: Mapping[str, int]) -> int | None:
+    numerator, divisor = _DERIVED[symbol]
+    n, d = dim_eval(numerator, bindings), dim_eval(divisor, bindings)
+    if isinstance(n, int) and isinstance(d, int):
+        if d <= 0:
+            raise ShapeError(f"floor division {numerator} // {divisor} has divisor {d} under {dict(bindings)}")
+        return n // d
+    return None
 
 
 def dim_symbols(dim: Dim) -> set[str]:
@@ -210,11 +290,14 @@ def dim_eval(dim: Dim, bindings: Mapping[str, int]) -> Dim:
         rest: list[str] = []
         coef = coefficient
         for s in mono:
-            if s in bindings:
-                coef *= bindings[s]
+            value = bindings.get(s)
+            if value is None and s in _DERIVED:
+                value = _bind_derived(s, bindings)
+            if value is not None:
+                coef *= value
             else:
                 rest.append(s)
-        key = tuple(rest)
+        key = tuple(sorted(rest))
         out[key] = out.get(key, 0) + coef
     return from_poly(out)
 
@@ -250,6 +333,16 @@ def dim_rename(dim: Dim, mapping: Mapping[str, str]) -> Dim:
         return dim
     out: Poly = {}
     for mono, coef in to_poly(dim).items():
-        key = tuple(sorted(mapping.get(s, s) for s in mono))
+        key = tuple(sorted(_rename_symbol(s, mapping) for s in mono))
         out[key] = out.get(key, 0) + coef
     return from_poly(out)
+
+
+def _rename_symbol(symbol: str, mapping: Mapping[str, str]) -> str:
+    if symbol in _DERIVED and symbol not in mapping:  # a quotient of renamed symbols: rename inside
+        numerator, divisor = _DERIVED[symbol]
+        renamed = dim_floor(dim_rename(numerator, mapping), dim_rename(divisor, mapping))
+        if isinstance(renamed, str) and renamed in _DERIVED:
+            return renamed
+        raise ShapeError(f"renaming {symbol} ({numerator} // {divisor}) by {dict(mapping)} does not give a quotient")
+    return mapping.get(symbol, symbol)

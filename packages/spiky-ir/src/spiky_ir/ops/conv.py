@@ -30,7 +30,7 @@ from spiky_ir.padding import (
     single_padded,
 )
 from spiky_ir.registry import Array, attr_int, attr_ints, cast, define_op, dtype_of, static_dim
-from spiky_ir.symbolic import Dim, dim_add, dim_floordiv, dim_mul
+from spiky_ir.symbolic import Dim, dim_add, dim_floor, dim_mul
 from spiky_ir.types import Attr, TensorType
 
 
@@ -119,7 +119,7 @@ def _define(nd: int) -> None:
                     raise ShapeError(f"{name}: kernel span {span} exceeds padded input {padded} in {x}")
                 spatial.append((padded - span) // stride[i] + 1)
             else:
-                spatial.append(dim_floordiv(dim_add(padded, stride[i] - span), stride[i]))
+                spatial.append(dim_floor(dim_add(padded, stride[i] - span), stride[i]))
         return [TensorType((x.shape[0], w.shape[0], *spatial), promote(x.dtype, w.dtype))]
 
     def reference(xs: Sequence[Array], attrs: Mapping[str, Attr]) -> list[Array]:

@@ -50,7 +50,7 @@ from spiky_ir.registry import (
     scalar_array,
     static_dim,
 )
-from spiky_ir.symbolic import Dim, dim_add, dim_eval, dim_floordiv, dim_mul, dim_sub, dims_product
+from spiky_ir.symbolic import Dim, dim_add, dim_eval, dim_floor, dim_mul, dim_sub, dim_symbols, dims_product, is_derived
 from spiky_ir.types import Attr, TensorType
 
 PadResult = tuple[Sequence[Value], Sequence[Layout]]
@@ -117,7 +117,10 @@ def _reshape_type(types: Sequence[TensorType], attrs: Mapping[str, Attr]) -> lis
     if any(isinstance(d, int) and d < 0 for d in shape):
         raise ShapeError(f"reshape target {shape} has a negative dim; resolve -1 before building IR")
     src = types[0]
-    if dims_product(src.shape) != dims_product(shape):
+    before, after = dims_product(src.shape), dims_product(shape)
+    # With a floor division in a size (s0 // s1) the counts can be equal for the sizes torch guarded on
+    # without being equal polynomials: they are compared once the graph is specialised.
+    if before != after and not any(is_derived(s) for d in (before, after) for s in dim_symbols(d)):
         raise ShapeError(f"cannot reshape {src} to {shape}: element counts differ")
     return [TensorType(shape, src.dtype)]
 
@@ -395,7 +398,7 @@ def _slice_type(types: Sequence[TensorType], attrs: Mapping[str, Attr]) -> list[
         elif st == 1:
             out.append(dim_sub(hi, lo))
         else:
-            out.append(dim_floordiv(dim_add(dim_sub(hi, lo), st - 1), st))
+            out.append(dim_floor(dim_add(dim_sub(hi, lo), st - 1), st))
     return [TensorType(tuple(out), t.dtype)]
 
 

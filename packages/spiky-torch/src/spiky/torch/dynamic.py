@@ -60,7 +60,7 @@ from spiky_ir.errors import ShapeError
 from spiky_ir.fx import sym_dim
 from spiky_ir.padding import PaddedGraph, pad_graph, unpad
 from spiky_ir.specialize import bindings_for, rename_symbols
-from spiky_ir.symbolic import Dim, dim_eval, dim_rename, dim_symbols, solve_binding
+from spiky_ir.symbolic import Dim, base_symbols, dim_eval, dim_rename, dim_symbols, is_derived, solve_binding
 
 log = logging.getLogger("spiky.buckets")
 
@@ -175,7 +175,8 @@ def _symbol_order(graph: Graph) -> list[str]:
     order: list[str] = []
     for value in graph.inputs:
         for dim in value.type.shape:
-            for sym in ([dim] if isinstance(dim, str) and dim.isidentifier() else sorted(dim_symbols(dim))):
+            plain = dim if isinstance(dim, str) and dim.isidentifier() and not is_derived(dim) else None
+            for sym in ([plain] if plain is not None else sorted(base_symbols(dim))):
                 if sym not in order:
                     order.append(sym)
     return order
@@ -272,13 +273,20 @@ class DynamicGraph:
         for value in self.graph.inputs:
             dims: dict[int, str] = {}
             for axis, dim in enumerate(value.type.shape):
-                if isinstance(dim, str) and dim.isidentifier():
+                if isinstance(dim, str) and dim.isidentifier() and not is_derived(dim):
                     dims[axis] = dim
                 elif isinstance(dim, str):
                     not_plain |= dim_symbols(dim)
             self.input_dims.append(dims)
         plain = {s for dims in self.input_dims for s in dims.values()}
-        candidates = (plain - not_plain) & set(self.symbols)
+        # A size a floor division is taken of (a strided window's input, a view by an int) is exact: the
+        # quotient of a bucket is not the quotient of the real size.
+        divided: set[str] = set()
+        for value in [*self.graph.inputs, *(out for node in self.graph.nodes for out in node.outputs)]:
+            for dim in value.type.shape:
+                if isinstance(dim, str):
+                    divided |= {b for sym in dim_symbols(dim) if is_derived(sym) for b in base_symbols(sym)}
+        candidates = (plain - not_plain - divided) & set(self.symbols)
         self.plan: PaddedGraph = pad_graph(self.graph, candidates)
         self.bucket_graph = _int32_lengths(self.plan.graph, len(self.plan.length_symbols))
         """What every bucket specialises: the padded graph, its real lengths taken as int32."""
@@ -287,6 +295,8 @@ class DynamicGraph:
             if sym in self.value_symbols:
                 exact[sym] = ("it is an int argument of the graph (a SymInt input), not the size of a tensor "
                               "input: each value compiles its own bucket")
+            elif sym in divided and sym not in exact:
+                exact[sym] = "a size is floor-divided by it or from it (a strided window, a view by an int)"
             elif sym not in self.plan.padded and sym not in exact:
                 exact[sym] = "it appears in an input only inside a size expression, which the runtime cannot pad"
         self.name = pipeline.kernel_name_of(print_graph(self.graph))
