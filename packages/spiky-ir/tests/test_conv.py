@@ -83,6 +83,13 @@ CONVS: dict[str, Conv] = {
         "stride": (2, 1, 2), "dilation": (1, 2, 1), "groups": 2, "padding": (1, 0, 1)}),
     "conv1d_groups": Conv(1, (2, 6, 11), (9, 2, 3), {"stride": 2, "padding": 2, "dilation": 2, "groups": 3}),
     "conv2d_unbatched": Conv(2, (3, 7, 6), (4, 3, 3, 3), {"padding": 1}, bias=False),
+    # The HLO rule's forms (conv_as_dot): XLA's convolution on a large map, im2col + dot on a small
+    # one, a fused multiply-add for depthwise (here with a channel multiplier), a batched dot for groups.
+    "conv2d_large_map": Conv(2, (2, 3, 15, 13), (5, 3, 3, 2), {"stride": (1, 1), "padding": (1, 0)}),
+    "conv2d_small_map_stride_dilation": Conv(2, (2, 4, 9, 8), (6, 4, 3, 3),
+                                             {"stride": 2, "padding": 2, "dilation": 2}),
+    "conv2d_depthwise_multiplier": Conv(2, (2, 4, 9, 7), (8, 1, 3, 3), {"padding": 1, "groups": 4}),
+    "conv2d_grouped_1x1_stride": Conv(2, (2, 6, 8, 8), (9, 2, 1, 1), {"stride": 2, "groups": 3}),
     "conv_transpose1d": Conv(1, (2, 4, 7), (4, 3, 3), {"stride": 2, "padding": 1, "output_padding": 1},
                              transposed=True),
     "conv_transpose1d_crop_beyond_reach": Conv(1, (2, 3, 9), (3, 2, 2), {"padding": 2}, transposed=True),
@@ -136,6 +143,22 @@ def test_convolution_forward_matches_eager(name: str, dtype: Any) -> None:
 
 
 # which gradients: every input, or the weight (and bias) alone (output_mask [False, True, True])
+HLO_FORMS = {"conv2d_large_map": "convolution", "conv2d_small_map_stride_dilation": "dot",
+             "conv2d_depthwise_multiplier": "multiply", "conv2d_grouped_1x1_stride": "dot"}
+
+
+@pytest.mark.parametrize("name", sorted(HLO_FORMS))
+def test_hlo_rule_picks_the_fast_form(name: str) -> None:
+    """Which HLO a plain convolution becomes (the numerics of each form are checked above)."""
+    conv = CONVS[name]
+    inputs = conv.inputs(F32, 0)[:2]
+    graph = lower_fx(make_fx(lambda x, w: conv.fn()(x, w, **conv.kw))(*inputs))
+    text = emit_hlo(graph).text
+    form = HLO_FORMS[name]
+    assert f" {form}(" in text
+    assert (" convolution(" in text) == (form == "convolution")
+
+
 GRADS = {"all": (0, 1, 2), "weight_and_bias": (1, 2), "input": (0,)}
 
 

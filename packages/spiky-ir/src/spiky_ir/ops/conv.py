@@ -8,6 +8,8 @@ Every op with all of its rules side by side: shape/dtype rule and numpy referenc
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -15,6 +17,7 @@ import numpy as np
 from spiky_ir.dtypes import promote
 from spiky_ir.errors import ShapeError
 from spiky_ir.hlo import schema as s
+from spiky_ir.hlo.builder import ComputationBuilder as HloBuilder
 from spiky_ir.hlo.builder import HloValue
 from spiky_ir.hlo.rules import HloContext, hlo_rule, widen
 from spiky_ir.ir import Node, Value
@@ -29,6 +32,7 @@ from spiky_ir.padding import (
     padded_syms,
     single_padded,
 )
+from spiky_ir.plan import Kernel, as_type, plan_rule
 from spiky_ir.registry import Array, attr_int, attr_ints, cast, define_op, dtype_of, static_dim
 from spiky_ir.symbolic import Dim, dim_add, dim_floor, dim_mul
 from spiky_ir.types import Attr, TensorType
@@ -165,11 +169,100 @@ def _define_transpose(nd: int) -> None:
               f"input, IO{_spatial_letters(nd)} weight; pad_lo/pad_hi crop the full result (negative: extend)")
 
 
+def _conv_plan(node: Node) -> Kernel:
+    """The reference with its casts and attributes decided from the node."""
+    out = node.output.type.dtype
+    compute, result = widen(out).to_numpy(), as_type(out.to_numpy())
+    fn = conv_transpose if node.op.startswith("conv_transpose") else conv
+    stride, dilation = attr_ints(node.attrs, "stride"), attr_ints(node.attrs, "dilation")
+    lo, hi, groups = attr_ints(node.attrs, "pad_lo"), attr_ints(node.attrs, "pad_hi"), attr_int(node.attrs, "groups")
+
+    def kernel(xs: Sequence[Array], _attrs: Mapping[str, Attr]) -> list[Array]:
+        x, w = (a.astype(compute, copy=False) for a in xs)
+        return [result(fn(x, w, stride, lo, hi, dilation, groups))]
+
+    return kernel
+
+
 for _nd in (1, 2, 3):
+    plan_rule(f"conv{_nd}d", f"conv_transpose{_nd}d")(_conv_plan)
     _define(_nd)
     _define_transpose(_nd)
 CONVS = tuple(f"conv{nd}d" for nd in (1, 2, 3))
+CONV_AS_DOT_POSITIONS = 256
+"""Plain convolutions with at most this many output positions (batch x spatial) are emitted as a ``dot``."""
+
+
+def conv_as_dot(x: Sequence[int], w: Sequence[int], out: Sequence[int], groups: int) -> bool:
+    """Whether the HLO rule emits a plain convolution as window slices and a ``dot`` (or, depthwise, a fused
+    multiply-add) rather than one ``convolution``: where XLA:CPU's convolution is slow (measured per shape by
+    tools/bench/bench_conv.py, docs/PERFORMANCE.md): grouped and depthwise convolutions, 1x1 kernels, and small
+    maps (at most :data:`CONV_AS_DOT_POSITIONS` output positions). On large maps its convolution is faster than
+    im2col, whose patch matrix is the kernel size times the input."""
+    return groups > 1 or math.prod(w[2:]) == 1 or out[0] * math.prod(out[2:]) <= CONV_AS_DOT_POSITIONS
 TRANSPOSED = tuple(f"conv_transpose{nd}d" for nd in (1, 2, 3))
+
+
+def _window_slices(b: HloBuilder, x: HloValue, out_sp: Sequence[int], kernel: Sequence[int], stride: Sequence[int],
+                   lo: Sequence[int], hi: Sequence[int], dilation: Sequence[int]) -> list[HloValue]:
+    """The strided views of the zero-padded ``x`` (two leading non-spatial dims) that each kernel position reads:
+    one ``(x0, x1, *out_sp)`` slice per position, in the weight's row-major kernel order."""
+    nd = len(kernel)
+    if any(lo) or any(hi):
+        zero = b.constant(0, x.dtype)
+        config = s.PaddingConfig(dimensions=[s.PaddingConfigDimension(edge_padding_low=0, edge_padding_high=0)] * 2 + [
+            s.PaddingConfigDimension(edge_padding_low=lo[i], edge_padding_high=hi[i]) for i in range(nd)])
+        padded = tuple(x.dims[2 + i] + lo[i] + hi[i] for i in range(nd))
+        x = b.op("pad", [x, zero], x.dtype, (*x.dims[:2], *padded), padding_config=config)
+    slices = []
+    for position in itertools.product(*(range(k) for k in kernel)):
+        start = [0, 0, *(p * d for p, d in zip(position, dilation, strict=True))]
+        limit = [x.dims[0], x.dims[1], *(st + (o - 1) * sd + 1 for st, o, sd in zip(start[2:], out_sp, stride,
+                                                                                      strict=True))]
+        slices.append(b.slice(x, start, limit, [1, 1, *stride]))
+    return slices
+
+
+def _conv_as_dot(b: HloBuilder, x: HloValue, w: HloValue, dims: Sequence[int], stride: Sequence[int],
+                 lo: Sequence[int], hi: Sequence[int], dilation: Sequence[int], groups: int) -> HloValue:
+    """A plain grouped convolution as XLA:CPU runs fast: window slices and a ``dot`` (im2col), or a fused
+    multiply-add over kernel positions when each group has one input channel (depthwise).
+
+    XLA:CPU's own ``convolution`` is 2-30x slower than torch on small CNN shapes (a 3x3 conv
+    over a 2x2 map with 512 channels took 140 ms instead of 5); its matrix multiply is not.
+    """
+    n, c = x.dims[:2]
+    o, c_g = w.dims[:2]
+    kernel, out_sp = w.dims[2:], tuple(dims[2:])
+    kk, p = math.prod(kernel), math.prod(out_sp)
+    o_g = o // groups
+    if c_g == 1:  # depthwise: out[n, c, m] = sum over positions of x-window[n, c] * w[c, m, position]
+        w3 = b.reshape(w, (c, o_g, kk))
+        shape = (n, c, o_g, *out_sp)
+        acc: HloValue | None = None
+        for k, window in enumerate(_window_slices(b, x, out_sp, kernel, stride, lo, hi, dilation)):
+            wk = b.reshape(b.slice(w3, [0, 0, k], [c, o_g, k + 1], [1, 1, 1]), (c, o_g))
+            term = b.elementwise("multiply", [
+                b.broadcast_in_dim(window, shape, [0, 1, *range(3, 3 + len(out_sp))]),
+                b.broadcast_in_dim(wk, shape, [1, 2])])
+            acc = term if acc is None else b.elementwise("add", [acc, term])
+        assert acc is not None
+        return b.reshape(acc, dims)
+    # im2col with channels leading: [C, N, *sp] windows -> [G, Cg * KK, N * P] patches, one (batched) dot
+    xt = b.transpose(x, [1, 0, *range(2, x.rank)])
+    windows = [b.reshape(v, (groups, c_g, 1, n * p))
+               for v in _window_slices(b, xt, out_sp, kernel, stride, lo, hi, dilation)]
+    patches = windows[0] if kk == 1 else b.op("concatenate", windows, x.dtype, (groups, c_g, kk, n * p),
+                                               dimensions=[2])
+    patches = b.reshape(patches, (groups, c_g * kk, n * p))
+    w3 = b.reshape(w, (groups, o_g, c_g * kk))
+    if groups == 1:
+        y = b.dot(b.reshape(w3, (o_g, c_g * kk)), b.reshape(patches, (c_g * kk, n * p)),
+                  lhs_contracting=[1], rhs_contracting=[0])
+    else:
+        y = b.dot(w3, patches, lhs_contracting=[2], rhs_contracting=[1], lhs_batch=[0], rhs_batch=[0])
+    y = b.transpose(b.reshape(y, (o, n, p)), [1, 0, 2])
+    return b.reshape(y, dims)
 
 
 @hlo_rule(*CONVS, *TRANSPOSED)
@@ -186,6 +279,8 @@ def _conv_hlo(ctx: HloContext, node: Node, xs: Sequence[HloValue]) -> list[HloVa
     stride, dilation = ctx.ints("stride"), ctx.ints("dilation")
     lo, hi = ctx.ints("pad_lo"), ctx.ints("pad_hi")
     window_stride, base = stride, (1,) * nd
+    if node.op in CONVS and conv_as_dot(x.dims, w.dims, dims, ctx.int_attr("groups")):
+        return [b.convert(_conv_as_dot(b, x, w, dims, stride, lo, hi, dilation, ctx.int_attr("groups")), out)]
     if node.op in TRANSPOSED:
         groups, kernel = ctx.int_attr("groups"), w.dims[2:]
         c_in, c_out_g = w.dims[0], w.dims[1]
