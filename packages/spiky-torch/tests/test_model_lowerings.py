@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 import spiky.torch
+from spiky.errors import SpikyShapeError
 from spiky_ir import fx
 
 F = nn.functional
@@ -103,6 +104,43 @@ def test_float_attribute_under_dynamic_shapes(lowered: Lowered) -> None:
             x = torch.randn(2, length, 8)
             torch.testing.assert_close(compiled(x), model(x), **TOL)
     assert lowered.counts
+
+
+# --- repeat by a symbolic count (BLOOM's ALiBi biases under dynamic=True) ----------------------------
+
+# name -> (function of (x, table), x's shape): ``repeat`` counts taken from x's (dynamic) dims.
+REPEATS: dict[str, tuple[Callable[[torch.Tensor, torch.Tensor], torch.Tensor], tuple[int, ...]]] = {
+    "unit_dim": (lambda x, t: t[None].repeat(x.shape[0], 1, 1) + x.sum(), (3, 5)),  # BLOOM: (1, h, l) per batch
+    "whole_dims": (lambda x, t: t.repeat(x.shape[0], 2) * 2, (3, 5)),  # (h, l) -> (b*h, 2*l)
+    "new_and_dynamic_dims": (lambda x, t: x.repeat(2, x.shape[0], 1), (3, 4)),
+}
+
+
+@pytest.mark.parametrize("name", list(REPEATS))
+def test_repeat_by_symbolic_count(name: str, lowered: Lowered) -> None:
+    lowered.watch("aten.repeat.default")
+    fn, shape = REPEATS[name]
+    compiled = torch.compile(fn, backend="nkipy", dynamic=True)
+    table = torch.randn(4, 5)
+    for batch in (shape[0], shape[0] + 4):
+        x = torch.randn(batch, *shape[1:])
+        torch.testing.assert_close(compiled(x, table), fn(x, table), **TOL)
+    assert lowered.counts
+
+
+def _offset_by(x: torch.Tensor, offset: int) -> torch.Tensor:
+    return x * 2 + offset  # an int argument that may be 0 (as transformers' logits_to_keep=0 is)
+
+
+def test_int_argument_zero_under_dynamic_shapes() -> None:
+    """Under dynamic=True a Python int argument is a SymInt input of the graph; 0 is a valid value of it, a
+    negative value is refused by name (the graph binds it as a size)."""
+    compiled = torch.compile(_offset_by, backend="nkipy", dynamic=True)
+    for length, offset in ((5, 0), (9, 0), (9, 3)):
+        x = torch.randn(2, length, 4)
+        torch.testing.assert_close(compiled(x, offset), _offset_by(x, offset), **TOL)
+    with pytest.raises(SpikyShapeError, match=r"int argument s\d+ is -2; .* must be >= 0"):
+        compiled(torch.randn(2, 9, 4), -2)
 
 
 # --- ConvNeXt's restride ----------------------------------------------------------------------------

@@ -1194,9 +1194,16 @@ def _flip(ctx: LoweringContext, node: fx.Node) -> Value:
 @lowers(aten.repeat.default)
 def _repeat(ctx: LoweringContext, node: fx.Node) -> Value:
     x = ctx.value(node, 0)
-    reps = tuple(int(r) for r in ctx.arg(node, 1, "repeats"))
+    reps: list[Dim] = [r if isinstance(r, str) else int(r) for r in ctx.arg(node, 1, "repeats")]
     x = ctx.reshape(x, (1,) * (len(reps) - x.type.rank) + x.type.shape)
-    return ctx.op("tile", x, attrs={"reps": reps})
+    if all(isinstance(r, int) for r in reps):
+        return ctx.op("tile", x, attrs={"reps": tuple(int(r) for r in reps)})
+    # A symbolic count (``alibi.repeat(batch, 1, 1)`` under dynamic shapes): tile as
+    # (..., d, ...) → broadcast (..., r, d, ...) → merge (..., r*d, ...).
+    shape = x.type.shape
+    x = ctx.reshape(x, [d for dim in shape for d in (1, dim)])
+    x = ctx.broadcast(x, [d for r, dim in zip(reps, shape, strict=True) for d in (r, dim)])
+    return ctx.reshape(x, [dim_mul(r, dim) for r, dim in zip(reps, shape, strict=True)])
 
 
 @lowers(aten.constant_pad_nd.default)

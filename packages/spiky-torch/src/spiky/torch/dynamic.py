@@ -368,7 +368,12 @@ class DynamicGraph:
             if given and sym in given:
                 key.append(given[sym])
             elif sym not in self.plan.padded:
-                if size < 1:
+                # An int argument may be 0 (transformers' logits_to_keep=0: keep every position); a tensor's
+                # dynamic dim may not.
+                if sym in self.value_symbols and size < 0:
+                    raise SpikyShapeError(f"int argument {sym} is {size}; the graph binds it as a size, so it must be "
+                                          ">= 0 (mark the function's int arguments static, or pass a tensor)")
+                if sym not in self.value_symbols and size < 1:
                     raise SpikyShapeError(f"dynamic dim {sym} has size {size}; sizes must be >= 1")
                 key.append(size)
             else:
