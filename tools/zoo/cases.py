@@ -82,6 +82,19 @@ def _tiny_decoder_config(kind: str) -> Any:
     if kind == "opt":
         return tf.OPTConfig(hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4,
                             max_position_embeddings=64, word_embed_proj_dim=32, **common)
+    if kind == "falcon":
+        return tf.FalconConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, **common)
+    if kind == "bloom":
+        return tf.BloomConfig(hidden_size=32, n_layer=2, n_head=4, **common)
+    if kind == "gpt_bigcode":
+        return tf.GPTBigCodeConfig(n_embd=32, n_layer=2, n_head=4, n_positions=64, **common)
+    if kind == "mixtral":
+        return tf.MixtralConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2,
+                                max_position_embeddings=64, **common)
+    if kind == "phi3":
+        return tf.Phi3Config(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                             num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0, **common)
     raise ValueError(f"no tiny decoder config named {kind!r}")
 
 
@@ -118,6 +131,15 @@ def _encoder(kind: str) -> Callable[[], tuple[torch.nn.Module, Any]]:
         elif kind == "electra":
             cfg = tf.ElectraConfig(embedding_size=16, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                                    intermediate_size=64, **small)
+        elif kind == "deberta_v2":  # a DeBERTa-v3-style config: relative attention, shared keys, buckets
+            cfg = tf.DebertaV2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                                     relative_attention=True, pos_att_type=["p2c", "c2p"], position_buckets=16,
+                                     max_relative_positions=-1, norm_rel_ebd="layer_norm", share_att_key=True,
+                                     position_biased_input=False, type_vocab_size=0, **small)
+        elif kind == "mobilebert":
+            cfg = tf.MobileBertConfig(hidden_size=32, embedding_size=16, intra_bottleneck_size=16,
+                                      true_hidden_size=16, num_hidden_layers=2, num_attention_heads=4,
+                                      intermediate_size=64, num_feedforward_networks=2, **small)
         else:
             raise ValueError(f"no tiny encoder config named {kind!r}")
         return tf.AutoModel.from_config(cfg).eval(), (_ids(),)
@@ -170,6 +192,39 @@ def _whisper_encoder() -> tuple[torch.nn.Module, Any]:
     return model, (torch.randn(2, 16, 60),)  # (batch, mel bins, 2 x max_source_positions frames)
 
 
+def _t5_generate() -> tuple[torch.nn.Module, Any]:
+    model, inputs = _t5()
+    return model, (inputs["input_ids"],)
+
+
+def _hf_swin() -> tuple[torch.nn.Module, Any]:
+    tf = libs.transformers()
+    _seed()
+    cfg = tf.SwinConfig(image_size=32, patch_size=2, embed_dim=16, depths=[2, 2], num_heads=[2, 4], window_size=4)
+    return tf.SwinModel(cfg).eval(), (torch.randn(2, 3, 32, 32),)
+
+
+def _clip() -> tuple[torch.nn.Module, Any]:
+    tf = libs.transformers()
+    _seed()
+    cfg = tf.CLIPConfig(
+        text_config={"vocab_size": VOCAB, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                     "num_attention_heads": 4, "max_position_embeddings": 16},
+        vision_config={"image_size": 32, "patch_size": 8, "hidden_size": 32, "intermediate_size": 64,
+                       "num_hidden_layers": 2, "num_attention_heads": 4},
+        projection_dim=16,
+    )
+    return tf.CLIPModel(cfg).eval(), {"input_ids": _ids(), "pixel_values": torch.randn(2, 3, 32, 32)}
+
+
+def _segformer() -> tuple[torch.nn.Module, Any]:
+    tf = libs.transformers()
+    _seed()
+    cfg = tf.SegformerConfig(depths=[1, 1, 1, 1], hidden_sizes=[8, 16, 32, 32], num_attention_heads=[1, 1, 2, 2],
+                             decoder_hidden_size=32, num_labels=4)
+    return tf.SegformerForSemanticSegmentation(cfg).eval(), (torch.randn(2, 3, 64, 64),)
+
+
 def _tv(name: str, size: int = 64, **kwargs: Any) -> Callable[[], tuple[torch.nn.Module, Any]]:
     def build() -> tuple[torch.nn.Module, Any]:
         tv = libs.torchvision()
@@ -188,6 +243,13 @@ def _tv_vit() -> tuple[torch.nn.Module, Any]:
     return model.eval(), (torch.randn(2, 3, 32, 32),)
 
 
+def _tv_densenet() -> tuple[torch.nn.Module, Any]:
+    tv = libs.torchvision()
+    _seed()
+    model = tv.models.DenseNet(growth_rate=8, block_config=(2, 2, 2, 2), num_init_features=16, num_classes=10)
+    return model.eval(), (torch.randn(2, 3, 32, 32),)
+
+
 def _timm(name: str, size: int = 64, **kwargs: Any) -> Callable[[], tuple[torch.nn.Module, Any]]:
     def build() -> tuple[torch.nn.Module, Any]:
         tm = libs.timm()
@@ -196,6 +258,13 @@ def _timm(name: str, size: int = 64, **kwargs: Any) -> Callable[[], tuple[torch.
         return model.eval(), (torch.randn(2, 3, size, size),)
 
     return build
+
+
+def _timm_mixer() -> tuple[torch.nn.Module, Any]:
+    tm = libs.timm()
+    _seed()
+    model = tm.models.mlp_mixer.MlpMixer(num_classes=10, img_size=32, patch_size=8, num_blocks=2, embed_dim=32)
+    return model.eval(), (torch.randn(2, 3, 32, 32),)
 
 
 #: Dropout off for training cases: eager and compiled draw different random masks.
@@ -257,11 +326,37 @@ CASES: list[Case] = [
     Case("timm_convnext_atto", "timm", "infer", _timm("convnext_atto", size=32)),
     Case("timm_regnetx_002", "timm", "infer", _timm("regnetx_002")),
     Case("timm_vit_tiny", "timm", "infer", _timm("vit_tiny_patch16_224", size=32, img_size=32, depth=2)),
+    Case("timm_levit_128s", "timm", "infer", _timm("levit_128s", img_size=64),
+         note="attention biases gathered by index, hard-swish, BatchNorm1d on tokens"),
+    Case("timm_mixer", "timm", "infer", _timm_mixer,
+         note="MLP-Mixer: token-mixing MLPs over the transposed sequence"),
+    Case("timm_ghostnet_050", "timm", "infer", _timm("ghostnet_050")),
+    Case("timm_poolformerv2_s12", "timm", "infer", _timm("poolformerv2_s12", size=32),
+         note="average pooling without padding in the count, GroupNorm"),
+    # more transformers architectures (tried after the list above was tuned)
+    Case("falcon", "transformers", "infer", _decoder("falcon")),
+    Case("bloom", "transformers", "infer", _decoder("bloom"), note="ALiBi biases"),
+    Case("gpt_bigcode", "transformers", "infer", _decoder("gpt_bigcode"), note="multi-query attention"),
+    Case("mixtral", "transformers", "infer", _decoder("mixtral"), note="mixture of experts: top-2 of 4 routing"),
+    Case("phi3", "transformers", "infer", _decoder("phi3")),
+    Case("deberta_v2", "transformers", "infer", _encoder("deberta_v2"),
+         note="relative attention (p2c, c2p) with log buckets"),
+    Case("mobilebert", "transformers", "infer", _encoder("mobilebert")),
+    Case("hf_swin", "transformers", "infer", _hf_swin, note="shifted windows: roll, window masks, bias table"),
+    Case("clip", "transformers", "infer", _clip, note="text and vision towers, logits per image"),
+    Case("segformer", "transformers", "infer", _segformer, note="bilinear upsampling in the decode head"),
+    # more torchvision nets
+    Case("tv_densenet", "torchvision", "infer", _tv_densenet,
+         note="DenseNet(growth 8, blocks 2-2-2-2): concatenated features"),
+    Case("tv_squeezenet1_1", "torchvision", "infer", _tv("squeezenet1_1"), note="max pooling with ceil_mode"),
+    Case("tv_shufflenet_v2_x0_5", "torchvision", "infer", _tv("shufflenet_v2_x0_5"), note="channel shuffle"),
     # dynamic sequence length
     Case("llama_dynamic", "transformers", "dynamic", _decoder("llama"), dynamic="dynamic=True"),
     Case("gpt2_mark_dynamic", "transformers", "dynamic", _decoder("gpt2"), dynamic="mark_dynamic"),
     Case("bert_dynamic", "transformers", "dynamic", _encoder("bert"), dynamic="dynamic=True"),
     Case("roberta_mark_dynamic", "transformers", "dynamic", _encoder("roberta"), dynamic="mark_dynamic"),
+    Case("bloom_dynamic", "transformers", "dynamic", _decoder("bloom"), dynamic="dynamic=True"),
+    Case("deberta_v2_mark_dynamic", "transformers", "dynamic", _encoder("deberta_v2"), dynamic="mark_dynamic"),
     # training
     Case("llama_train", "transformers", "train", _decoder_train("llama"), note="SDPA attention (the default)"),
     Case("gpt2_train", "transformers", "train", _decoder_train("gpt2"), note="dropout 0 (random masks differ)"),
@@ -269,6 +364,8 @@ CASES: list[Case] = [
     # generation
     Case("llama_generate", "transformers", "generate", _decoder("llama"), extra={"max_new_tokens": 8}),
     Case("gpt2_generate", "transformers", "generate", _decoder("gpt2"), extra={"max_new_tokens": 8}),
+    Case("t5_generate", "transformers", "generate", _t5_generate, extra={"max_new_tokens": 8},
+         note="encoder-decoder, the default cache"),
     # reduced precision
     Case("llama_bf16", "transformers", "infer", _decoder("llama", torch.bfloat16), dtype=torch.bfloat16),
     Case("llama_fp16", "transformers", "infer", _decoder("llama", torch.float16), dtype=torch.float16),

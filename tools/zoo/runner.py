@@ -76,7 +76,7 @@ def _tensors(out: Any) -> list[torch.Tensor]:
     """The outputs compared: a tensor, or a library output object's main tensor."""
     if isinstance(out, torch.Tensor):
         return [out]
-    for key in ("logits", "last_hidden_state", "loss"):
+    for key in ("logits", "logits_per_image", "last_hidden_state", "loss"):
         value = getattr(out, key, None)
         if isinstance(value, torch.Tensor):
             return [value]
