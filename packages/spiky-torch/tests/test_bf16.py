@@ -213,7 +213,7 @@ def _tiny_llama() -> tuple[nn.Module, torch.Tensor]:
     import transformers
 
     torch.manual_seed(0)
-    config = transformers.LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    config = transformers.LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
                                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
     model: nn.Module = transformers.LlamaForCausalLM(config)
     model = model.to(torch.bfloat16).eval()
@@ -224,8 +224,8 @@ def _tiny_llama() -> tuple[nn.Module, torch.Tensor]:
 def _check_logits(got: torch.Tensor, expected: torch.Tensor) -> None:
     """Logits within bf16 tolerance; greedy tokens equal wherever eager's choice is clear.
 
-    Tolerance: 1.6e-2 of the largest logit (eager bf16 itself is 3e-3 off eager float32 here,
-    max |logit| 0.56). A random tiny model's top logits are often closer than that, so an
+    Tolerance: 1.6e-2 of the largest logit (eager bf16 itself is 2.5e-3 off eager float32 here,
+    max |logit| 0.57). A random tiny model's top logits are often closer than that, so an
     argmax may legitimately flip there. With every logit within ``tol``, a token can only
     change where eager's top-2 gap is at most ``2 * tol``: elsewhere the tokens must be equal
     (and at least half the positions must be such, so the check is not vacuous); everywhere,
