@@ -24,7 +24,8 @@ Outputs (:func:`output_placement`, then :func:`torch_outputs`):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import weakref
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -61,11 +62,18 @@ def on_nkipy_device(runtime: rt.Device, device: torch.device) -> bool:
     return runtime == rt.Device(nkipy_device.DRIVER, device.index or 0)
 
 
-def runtime_inputs(tensors: Sequence[Any], runtime: rt.Device) -> list[np.ndarray[Any, Any] | rt.DeviceTensor]:
-    """Call inputs for a bundle on ``runtime``: see the module doc."""
+def runtime_inputs(
+    tensors: Sequence[Any], runtime: rt.Device,
+    resident: Callable[[int, Any], rt.DeviceTensor | None] | None = None,
+) -> list[np.ndarray[Any, Any] | rt.DeviceTensor]:
+    """Call inputs for a bundle on ``runtime``: see the module doc. ``resident`` (see
+    :class:`ResidentWeights`) may give an input's device copy instead."""
     out: list[np.ndarray[Any, Any] | rt.DeviceTensor] = []
-    for value in tensors:
-        if is_device_tensor(value):
+    for index, value in enumerate(tensors):
+        kept = None if resident is None else resident(index, value)
+        if kept is not None:
+            out.append(kept)
+        elif is_device_tensor(value):
             if on_nkipy_device(runtime, value.device):
                 out.append(runtime_input(value))
             else:
@@ -111,3 +119,37 @@ def stays_on_device(where: Placement, runtime: rt.Device, keep: bool) -> bool:
     """Whether a call's outputs should stay in device memory (submitted with ``to_host=False``):
     ``keep_outputs_on_device`` with outputs bound for the ``"nkipy"`` device that ``runtime`` is."""
     return keep and any(d is not None and on_nkipy_device(runtime, d) for d in where)
+
+
+class ResidentWeights:
+    """Parameters of a compiled graph kept in device memory across calls (option ``resident_weights``).
+
+    Input ``i`` is reused while it is the same ``nn.Parameter`` object (held weakly) with the same
+    storage, offset, shape, strides, dtype and ``_version``; anything else (an in-place update bumps
+    the version, ``load_state_dict`` copies in place, a new parameter is another object) uploads it
+    again. The device copies are freed with this object (i.e. with the compiled graph)."""
+
+    def __init__(self, runtime: rt.Device, skip: Sequence[int] = ()) -> None:
+        self.runtime = runtime
+        self.skip = frozenset(skip)
+        self.slots: dict[int, tuple[weakref.ref[torch.Tensor], tuple[Any, ...], rt.DeviceTensor]] = {}
+
+    @staticmethod
+    def _key(tensor: torch.Tensor) -> tuple[Any, ...]:
+        return (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape),
+                tensor.stride(), tensor.dtype, tensor._version)
+
+    def inputs(self, tensors: Sequence[Any]) -> list[np.ndarray[Any, Any] | rt.DeviceTensor]:
+        """Call inputs like :func:`runtime_inputs`, with parameters as their resident DeviceTensors."""
+        return runtime_inputs(tensors, self.runtime, self._resident)
+
+    def _resident(self, index: int, value: Any) -> rt.DeviceTensor | None:
+        if not isinstance(value, torch.nn.Parameter) or index in self.skip or is_device_tensor(value):
+            self.slots.pop(index, None)
+            return None
+        key = self._key(value)
+        entry = self.slots.get(index)
+        if entry is None or entry[0]() is not value or entry[1] != key:
+            entry = (weakref.ref(value), key, self.runtime.to_device(to_array(value.detach().contiguous())))
+            self.slots[index] = entry
+        return entry[2]

@@ -17,6 +17,7 @@ from spiky.torch import pipeline
 from spiky.torch.arrays import array_reader, to_array
 from spiky.torch.device_call import (
     Placement,
+    ResidentWeights,
     input_device,
     output_placement,
     runtime_inputs,
@@ -51,9 +52,14 @@ class CompiledGraph:
         self.bundle = rt.Bundle({0: loaded.model}, name=loaded.kernel_name, pipelined=ctx.options["pipelined"])
         self.keep_outputs_on_device = bool(ctx.options["keep_outputs_on_device"])
         self._placements: dict[torch.device | None, Placement] = {}
+        # Neuron target: parameters stay in device memory across calls (not int64 ones, which the
+        # int64 boundary narrows on the host). The host target borrows inputs, nothing to keep.
+        int64 = {i for i, _ in loaded.int64.inputs} if loaded.int64 is not None else set()
+        self._resident = (ResidentWeights(ctx.device, sorted(int64))
+                          if ctx.target == "neuron" and ctx.options["resident_weights"] else None)
         # The plain path: CPU tensors in, CPU tensors out, one synchronous call.
         self._plain = (loaded.profiler is None and loaded.int64 is None and not ctx.options["pipelined"]
-                       and not ctx.keep_cpu_outputs_on_device)
+                       and not ctx.keep_cpu_outputs_on_device and self._resident is None)
         # numpy has no bfloat16: bfloat16 inputs and results cross as views of their bits
         # (spiky.torch.arrays). Decided once, so float32 calls keep numpy's own conversions.
         self._bf16_inputs = any(v.type.dtype is DType.bfloat16 for v in self.graph.inputs)
@@ -85,7 +91,8 @@ class CompiledGraph:
             where = self._placements[device] = output_placement(
                 self.lowered.output_devices, self.lowered.output_slots, len(self.graph.outputs), device,
                 self.ctx.keep_cpu_outputs_on_device)
-        inputs = runtime_inputs(args, self.ctx.device)
+        inputs = (runtime_inputs(args, self.ctx.device) if self._resident is None
+                  else self._resident.inputs(args))
         args.clear()
         to_host = not stays_on_device(where, self.ctx.device, self.keep_outputs_on_device)
         results = pipeline.execute(self.loaded, self.bundle, inputs, to_host=to_host)
