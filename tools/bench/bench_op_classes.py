@@ -7,7 +7,8 @@ does nothing, so the ratio nkipy / floor is what Spiky adds per call (the runtim
 executor's per-op work). Goal: each row <= 1.2x. Tiny graphs run on the numpy plan under
 host_executor="auto", so the rows measure the plan's per-call work for each op class.
 µs per call, best of --rounds rounds of --calls calls; the backends alternate round by round and
-rounds are short, so that load on a shared machine hits both alike and the best round is a quiet one. One thread, torch.no_grad, float32 unless stated.
+rounds are short, so that load on a shared machine hits both alike and the best round is a quiet
+one. One thread, torch.no_grad, float32 unless stated.
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ from typing import Any
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+import torch
+from torch import nn
 
-import spiky.torch  # noqa: E402
+import spiky.torch
 
 F = torch.nn.functional
 
@@ -91,10 +92,10 @@ def main() -> None:
                 fns = {"eager": model, "floor": floor_fn, "nkipy": nkipy_fn}
                 best = dict.fromkeys(fns, float("inf"))
                 for fn in fns.values():  # warm
-                    _loop(lambda fn=fn: fn(*inputs), min(calls, 200))
+                    _loop(lambda fn=fn, inputs=inputs: fn(*inputs), min(calls, 200))
                 for _ in range(args.rounds):
                     for key, fn in fns.items():
-                        best[key] = min(best[key], _loop(lambda fn=fn: fn(*inputs), calls))
+                        best[key] = min(best[key], _loop(lambda fn=fn, inputs=inputs: fn(*inputs), calls))
             ratio = best["nkipy"] / best["floor"]
             ratios.append(ratio)
             print(f"| {name} | {best['eager'] * 1e6:.1f} | {best['floor'] * 1e6:.1f} | {best['nkipy'] * 1e6:.1f} "
