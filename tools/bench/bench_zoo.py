@@ -107,6 +107,10 @@ def table(rows: list[dict[str, object]]) -> str:
         if case.dtype.is_floating_point and case.dtype.itemsize == 2:
             mode += f" {str(case.dtype).removeprefix('torch.')}"
         note = _short(str(row.get("error") or ""))
+        spread, err = row.get("eager_spread"), row.get("max_err")
+        if isinstance(spread, float) and isinstance(err, float) and err > TOLERANCE[case.dtype]:
+            verdict = "within" if row["status"] in ("ok", "fallback") else "beyond"
+            note = f"{verdict} eager's own spread ({spread:.1e}, oneDNN on vs off)" + (f"; {note}" if note else "")
         if row.get("graphs") is not None:
             note = f"{row['graphs']} graphs compiled" + (f"; {note}" if note else "")
         if row.get("inductor_error") and row["inductor_error"] != "RuntimeError: not run":

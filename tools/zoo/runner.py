@@ -8,6 +8,14 @@ Status of a case (worst first):
 - ``fallback``: correct only with ``options={"fallback": "eager"}``;
 - ``ok``: correct with default options.
 
+Training cases are graded against eager's own float32 spread too: eager runs the step twice, with
+torch's default CPU kernels and with oneDNN disabled (two valid float32 implementations of the same
+step). A ReLU network of any size has inputs within float32 rounding of zero, and the side of the
+kink such an input lands on decides whether its gradient passes, so two correct float32 steps can
+differ by far more than the tolerance (torchvision resnet18: 2.35e-2 on one BatchNorm bias between
+eager's own two kernel sets). An output passes when its error is within the tolerance or within
+twice eager's own spread on that output; the row reports the spread (``eager_spread``).
+
 Each backend gets a fresh copy of the same seeded model, a ``torch._dynamo.reset()`` and (for
 nkipy) ``spiky.torch.reset_nkipy_backend()``.
 
@@ -53,6 +61,7 @@ class Result:
     graphs: int | None = None  # nkipy graphs compiled (generate)
     error: str = ""
     inductor_error: str = ""
+    eager_spread: float | None = None  # train: worst relative difference between eager's two float32 kernel sets
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -210,6 +219,20 @@ def _within(case: Case, err: float) -> bool:
     return err == 0 if case.mode == "generate" else err <= TOLERANCE[case.dtype]
 
 
+def _within_spread(case: Case, got: list[torch.Tensor], want: list[torch.Tensor], spread: list[float]) -> bool:
+    """Training: each output within the tolerance or within twice eager's own spread on it."""
+    tol = TOLERANCE[case.dtype]
+    return all(rel_err(g, w) <= max(tol, 2.0 * s) for g, w, s in zip(got, want, spread, strict=True))
+
+
+def _eager_spread(case: Case, model: Any, inputs: Any, want: list[torch.Tensor]) -> list[float]:
+    """Per output: how far eager's step with oneDNN disabled is from its default step."""
+    torch._dynamo.reset()
+    with torch.backends.mkldnn.flags(enabled=False):
+        alt, _, _ = MODES[case.mode](case, model, inputs, "eager", None)
+    return [rel_err(a, w) for a, w in zip(alt, want, strict=True)]
+
+
 @contextlib.contextmanager
 def on_target(target: str) -> Iterator[None]:
     """The nkipy backend initialised for ``target`` for the block (see the module doc)."""
@@ -248,6 +271,8 @@ def run_case(case: Case, inductor: bool = True, timed_calls: int = TIMED_CALLS, 
     torch._dynamo.reset()
     want, res.eager_ms, _ = run(case, fresh(), inputs, "eager", None)
     res.eager_ms *= 1e3
+    spread = _eager_spread(case, fresh(), inputs, want) if case.mode == "train" else None
+    res.eager_spread = max(spread, default=0.0) if spread is not None else None
 
     torch._dynamo.reset()
     try:
@@ -280,7 +305,8 @@ def run_case(case: Case, inductor: bool = True, timed_calls: int = TIMED_CALLS, 
         except MismatchError as exc:
             res.status, res.error = "WRONG", str(exc)
             return res
-        res.status = status if _within(case, res.max_err) else "WRONG"
+        within = _within(case, res.max_err) or (spread is not None and _within_spread(case, got, want, spread))
+        res.status = status if within else "WRONG"
         res.error = first_error if status == "fallback" else ""
         return res
     res.error = first_error
