@@ -86,10 +86,25 @@ def test_training_steps_match_eager(neuron_target: Any) -> None:
         torch.testing.assert_close(b, a, **TOL)
 
 
+def test_deleting_the_module_frees_its_weights(neuron_target: Any) -> None:
+    """The copies go with the parameters: torch's caches keep the compiled graph alive after ``del``
+    and ``torch._dynamo.reset()``, not the module."""
+    torch._dynamo.reset()
+    gc.collect()
+    before = spiky.get_memory_stats()["used_bytes"]
+    model = _model()
+    fn = torch.compile(model, backend="nkipy")
+    with torch.no_grad():
+        fn(torch.randn(4, 64))
+    assert spiky.get_memory_stats()["used_bytes"] >= before + _weight_bytes(model)
+    del fn, model
+    torch._dynamo.reset()
+    gc.collect()
+    assert spiky.get_memory_stats()["used_bytes"] == before
+
+
 def test_updates_replace_the_device_copy(neuron_target: Any) -> None:
-    """A re-uploaded weight frees its old device copy: pool use stays flat across updates. (The copies
-    live as long as the compiled graph; torch's own caches keep that alive after ``del``, as they
-    keep the parameters themselves, see ``test_resident_copies_die_with_their_owner``.)"""
+    """A re-uploaded weight frees its old device copy: pool use stays flat across updates."""
     model = _model()
     fn = torch.compile(model, backend="nkipy")
     x = torch.randn(4, 64)

@@ -127,7 +127,8 @@ class ResidentWeights:
     Input ``i`` is reused while it is the same ``nn.Parameter`` object (held weakly) with the same
     storage, offset, shape, strides, dtype and ``_version``; anything else (an in-place update bumps
     the version, ``load_state_dict`` copies in place, a new parameter is another object) uploads it
-    again. The device copies are freed with this object (i.e. with the compiled graph)."""
+    again. A device copy is freed when its parameter dies (the module was deleted) or with this
+    object (the compiled graph), whichever comes first."""
 
     def __init__(self, runtime: rt.Device, skip: Sequence[int] = ()) -> None:
         self.runtime = runtime
@@ -150,6 +151,19 @@ class ResidentWeights:
         key = self._key(value)
         entry = self.slots.get(index)
         if entry is None or entry[0]() is not value or entry[1] != key:
-            entry = (weakref.ref(value), key, self.runtime.to_device(to_array(value.detach().contiguous())))
+            entry = (weakref.ref(value, self._dropper(index)), key,
+                     self.runtime.to_device(to_array(value.detach().contiguous())))
             self.slots[index] = entry
         return entry[2]
+
+    def _dropper(self, index: int) -> Callable[[weakref.ref[torch.Tensor]], None]:
+        """A parameter's death frees its device copy (the compiled graph may outlive the module:
+        torch's caches keep it), unless the slot already holds another parameter's copy."""
+        owner = weakref.ref(self)
+
+        def drop(ref: weakref.ref[torch.Tensor]) -> None:
+            me = owner()
+            if me is not None and (entry := me.slots.get(index)) is not None and entry[0] is ref:
+                del me.slots[index]
+
+        return drop
