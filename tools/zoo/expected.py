@@ -65,7 +65,7 @@ EXPECTED: dict[str, str] = {
     "deberta_v2_mark_dynamic": "ok",
     "llama_train": "ok",
     "gpt2_train": "ok",
-    "tv_resnet18_train": "ok",  # 2.3e-2 off eager, within eager's own oneDNN on/off spread (a ReLU kink; docs/MODELS.md)
+    "tv_resnet18_train": "ok",  # 2.3e-2 off eager, within eager's own oneDNN on/off spread (docs/MODELS.md)
     "llama_generate": "ok",
     "gpt2_generate": "ok",
     "t5_generate": "ok",

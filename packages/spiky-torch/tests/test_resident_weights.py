@@ -134,6 +134,56 @@ def test_resident_copies_die_with_their_owner(neuron_target: Any) -> None:
     assert spiky.get_memory_stats()["used_bytes"] == before
 
 
+class _WithBuffer(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(64, 64)
+        self.register_buffer("scale", torch.linspace(0.5, 1.5, 64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.lin(x)) * self.scale
+
+
+def test_buffers_stay_and_inputs_do_not(neuron_target: Any) -> None:
+    """Module buffers stay like parameters; an input passed again as the same tensor still crosses
+    each call (a caller may refill it through numpy, which its version does not see); an in-place
+    buffer update is uploaded again."""
+    torch.manual_seed(0)
+    model = _WithBuffer()
+    fn = torch.compile(model, backend="nkipy")
+    x = torch.randn(4, 64)
+    activations = x.numel() * 4
+    with torch.no_grad():
+        uploads = [_h2d(fn, x)[1] for _ in range(3)]
+        assert uploads[0] == activations + _weight_bytes(model) + model.scale.numel() * 4
+        assert uploads[1:] == [activations, activations]
+        x.numpy()[:] = 2.0  # refilled without a version bump: must cross again
+        torch.testing.assert_close(fn(x), model(x), **TOL)
+        model.scale.mul_(2.0)
+        out, h2d = _h2d(fn, x)
+        torch.testing.assert_close(out, model(x), **TOL)
+        assert h2d > activations
+
+
+@pytest.mark.parametrize("resident", [True, False])
+def test_dynamic_graphs_keep_their_weights(neuron_target: Any, resident: bool) -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.GELU(), torch.nn.Linear(64, 64))
+    fn = torch.compile(model, backend="nkipy", dynamic=True, options={"resident_weights": resident})
+    weights = _weight_bytes(model)
+    with torch.no_grad():
+        for rows in (5, 9, 16, 23, 9):
+            x = torch.randn(rows, 64)
+            out, h2d = _h2d(fn, x)
+            torch.testing.assert_close(out, model(x), **TOL)
+        if resident:
+            assert h2d < weights / 10, h2d
+        else:
+            assert h2d >= weights
+        model[0].weight.mul_(-1.0)  # an update between dynamic calls is seen
+        torch.testing.assert_close(fn(x), model(x), **TOL)
+
+
 def test_bad_option_value_is_refused() -> None:
     with pytest.raises(Exception, match="resident_weights"):
         fn = torch.compile(_model(), backend="nkipy", options={"resident_weights": "yes"})

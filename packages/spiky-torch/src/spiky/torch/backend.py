@@ -19,6 +19,7 @@ from torch import fx
 from torch._dynamo.backends.common import aot_autograd
 
 from spiky.torch.decompositions import spiky_decompositions
+from spiky.torch.device_call import note_module_buffers
 from spiky.torch.dynamic import compile_dynamic, is_dynamic, with_static_layouts
 from spiky.torch.executable import compile_graph
 from spiky.torch.fallback import compile_with_fallback, unlowered_ops
@@ -38,6 +39,7 @@ def nkipy_backend(
     """
     validated = validate_options(options)
     training = Context.create(validated)
+    note_module_buffers(gm)  # resident weights: module buffers count as weights, like parameters
 
     def compile_training(graph_module: fx.GraphModule, _inputs: Sequence[Any]) -> Any:
         return compile_one(graph_module, training)

@@ -121,14 +121,50 @@ def stays_on_device(where: Placement, runtime: rt.Device, keep: bool) -> bool:
     return keep and any(d is not None and on_nkipy_device(runtime, d) for d in where)
 
 
-class ResidentWeights:
-    """Parameters of a compiled graph kept in device memory across calls (option ``resident_weights``).
+_BUFFERS: dict[int, weakref.ref[torch.Tensor]] = {}
+"""Module buffers Dynamo lifted into compiled graphs (by id, held weakly): :func:`note_module_buffers`."""
 
-    Input ``i`` is reused while it is the same ``nn.Parameter`` object (held weakly) with the same
-    storage, offset, shape, strides, dtype and ``_version``; anything else (an in-place update bumps
-    the version, ``load_state_dict`` copies in place, a new parameter is another object) uploads it
-    again. A device copy is freed when its parameter dies (the module was deleted) or with this
-    object (the compiled graph), whichever comes first."""
+
+def note_module_buffers(gm: torch.fx.GraphModule) -> None:
+    """Remember the module buffers among a Dynamo graph's inputs (sources through ``_buffers``), so
+    :class:`ResidentWeights` keeps them like parameters. Other inputs are never kept: a caller may
+    refill the same tensor between calls in ways its version counter does not see."""
+    for node in gm.graph.find_nodes(op="placeholder"):
+        arg = node.meta.get("grapharg")
+        source = getattr(arg, "source", None)
+        if source is None or "._buffers[" not in source.name:
+            continue
+        example = arg.example
+        if isinstance(example, torch.Tensor) and not isinstance(example, torch.nn.Parameter):
+            _BUFFERS[id(example)] = weakref.ref(example, _forget_buffer(id(example)))
+
+
+def _forget_buffer(key: int) -> Callable[[weakref.ref[torch.Tensor]], None]:
+    def forget(ref: weakref.ref[torch.Tensor]) -> None:
+        if _BUFFERS.get(key) is ref:
+            del _BUFFERS[key]
+
+    return forget
+
+
+def is_weight(value: torch.Tensor) -> bool:
+    """An ``nn.Parameter`` or a module buffer seen by :func:`note_module_buffers`."""
+    if isinstance(value, torch.nn.Parameter):
+        return True
+    ref = _BUFFERS.get(id(value))
+    return ref is not None and ref() is value
+
+
+class ResidentWeights:
+    """Weights of a compiled graph kept in device memory across calls (option ``resident_weights``).
+
+    Weights are parameters and module buffers (:func:`is_weight`); other inputs cross each call.
+    Input ``i`` is reused while it is the same tensor object (held weakly) with the same storage,
+    offset, shape, strides, dtype and ``_version``; anything else (an in-place update bumps the
+    version, ``load_state_dict`` copies in place, a new parameter is another object) uploads it
+    again. A device copy is freed when its tensor dies (the module was deleted) or with this object
+    (the compiled graph), whichever comes first. Writes that bypass the version counter
+    (``p.data.mul_``, through ``p.numpy()``) are not seen: ``resident_weights=False`` for them."""
 
     def __init__(self, runtime: rt.Device, skip: Sequence[int] = ()) -> None:
         self.runtime = runtime
@@ -141,24 +177,24 @@ class ResidentWeights:
                 tensor.stride(), tensor.dtype, tensor._version)
 
     def inputs(self, tensors: Sequence[Any]) -> list[np.ndarray[Any, Any] | rt.DeviceTensor]:
-        """Call inputs like :func:`runtime_inputs`, with parameters as their resident DeviceTensors."""
+        """Call inputs like :func:`runtime_inputs`, with weights as their resident DeviceTensors."""
         return runtime_inputs(tensors, self.runtime, self._resident)
 
     def _resident(self, index: int, value: Any) -> rt.DeviceTensor | None:
-        if not isinstance(value, torch.nn.Parameter) or index in self.skip or is_device_tensor(value):
+        if index in self.skip or not isinstance(value, torch.Tensor) or is_device_tensor(value) \
+                or not is_weight(value):
             self.slots.pop(index, None)
             return None
         key = self._key(value)
         entry = self.slots.get(index)
         if entry is None or entry[0]() is not value or entry[1] != key:
-            entry = (weakref.ref(value, self._dropper(index)), key,
-                     self.runtime.to_device(to_array(value.detach().contiguous())))
-            self.slots[index] = entry
+            entry = self.slots[index] = (weakref.ref(value, self._dropper(index)), key,
+                                         self.runtime.to_device(to_array(value.detach().contiguous())))
         return entry[2]
 
     def _dropper(self, index: int) -> Callable[[weakref.ref[torch.Tensor]], None]:
-        """A parameter's death frees its device copy (the compiled graph may outlive the module:
-        torch's caches keep it), unless the slot already holds another parameter's copy."""
+        """A tensor's death frees its device copy (the compiled graph may outlive the module:
+        torch's caches keep it), unless the slot already holds another tensor's."""
         owner = weakref.ref(self)
 
         def drop(ref: weakref.ref[torch.Tensor]) -> None:

@@ -48,6 +48,7 @@ from spiky.torch.arrays import array_reader, to_array
 from spiky.torch.buckets import BucketPolicy
 from spiky.torch.device_call import (
     Placement,
+    ResidentWeights,
     input_device,
     output_placement,
     runtime_inputs,
@@ -335,6 +336,14 @@ class DynamicGraph:
             {} if self.options["input_layout"] != "padded" and self.options["output_layout"] != "padded"
             and self.options["pad_on_device"] and not ctx.keep_cpu_outputs_on_device
             and not self.value_symbols else None)
+        # Neuron target: weights stay in device memory across calls (device_call.ResidentWeights); not
+        # inputs with a symbolic size (padded per bucket) nor int64 ones (narrowed on the host).
+        self._resident: ResidentWeights | None = None
+        if ctx.target == "neuron" and self.options["resident_weights"]:
+            self._resident = ResidentWeights(ctx.device, [
+                i for i, v in enumerate(self.graph.inputs)
+                if v.type.dtype is DType.int64 or any(isinstance(d, str) for d in v.type.shape)])
+            self._routes = None  # the fast route hands numpy views straight to the runtime
         log.info("%s: dynamic graph over %s (padded %s, exact %s), lowered in %.1f ms", self.name,
                  list(self.symbols), sorted(self.plan.padded), sorted(exact),
                  (time.perf_counter() - start + lowered.seconds) * 1e3)
@@ -505,7 +514,8 @@ class DynamicGraph:
         bucket_sizes = dict(zip(self.symbols, key, strict=True))
         lengths = [np.array(sizes[s], np.int32) for s in self.plan.length_symbols]
         self._count(key, sizes)
-        inputs = runtime_inputs(tensors, self.ctx.device)
+        inputs = (runtime_inputs(tensors, self.ctx.device) if self._resident is None
+                  else self._resident.inputs(tensors))
         if given or not self.options["pad_on_device"]:
             # Padded on the host: pad_on_device=False, or a call mixing inputs that arrive padded
             # (input_layout="padded") with inputs at their own size. The runtime then sees bucket-sized
@@ -564,8 +574,10 @@ class DynamicGraph:
                                       f"the size {dim} it was traced as: {exc}") from None
 
     def _pad_on_host(self, value: np.ndarray[Any, Any] | rt.DeviceTensor, dims: Mapping[int, str],
-                     bucket: Mapping[str, int]) -> np.ndarray[Any, Any]:
+                     bucket: Mapping[str, int]) -> np.ndarray[Any, Any] | rt.DeviceTensor:
         """``value`` zero-padded to the bucket along its padded axes (what the runtime's padding writes)."""
+        if not dims:
+            return value  # no symbolic axis: nothing to pad (a device tensor stays on the device)
         array = value.numpy() if isinstance(value, rt.DeviceTensor) else value
         shape = tuple(bucket[dims[a]] if a in dims and dims[a] in self.plan.padded else n
                       for a, n in enumerate(array.shape))

@@ -146,10 +146,11 @@ EXECUTION_OPTIONS = (
     OptionSpec("keep_outputs_on_device", False, "outputs are returned as \"nkipy\" tensors in the device's pool "
                "memory (no copy through the host): for calls with \"nkipy\" inputs, and for inference calls "
                "with CPU inputs", _bool),
-    OptionSpec("resident_weights", True, "neuron target, static graphs: nn.Parameter inputs are uploaded once "
-               "and kept in the device pool, uploaded again only when the parameter or its storage, shape, "
-               "strides, dtype or version (an in-place update) changed; False uploads every input each call",
-               _bool),
+    OptionSpec("resident_weights", True, "neuron target: parameters and module buffers are uploaded "
+               "once and kept in the device pool, uploaded again when the tensor object, storage, shape, "
+               "strides, dtype or version (an in-place update) changed; False uploads every input each "
+               "call (needed if code writes weights without bumping their version: p.data.mul_, writes "
+               "through p.numpy())", _bool),
 )
 """Options of how calls run (the seed's pipelined / pad_on_device / keep_outputs_on_device)."""
 
