@@ -338,13 +338,18 @@ def test_bundle_pads_and_unpads_on_the_nrt_device(nrt: rt.Device, fake: Any, pip
     assert fake.execute_count() == 5
 
 
-def test_fill_values_other_than_zero_write_rows(nrt: rt.Device, fake: Any) -> None:
-    # (2, 2) padded along dim 1 to the (2, 3) bucket: the pad column is written row by row.
+def _rows_pad_bundle(nrt: rt.Device) -> rt.Bundle:
+    """(x: (2, k)) -> (row sums, x + 1) at the (2, 3) bucket, padding along k with -1.5."""
     data = neff.fake_neff_bytes([("x", F32, (2, 3))], [("output0", F32, (2,)), ("output1", F32, (2, 3))],
                                 "kernel_rows_pad")
     model = nrt.load_neff(data, "kernel_rows_pad", output_names=["output0", "output1"])
-    bundle = rt.Bundle({3: model}, input_dims=[{1: "k"}], output_dims=[None, {1: "k"}],
-                       fill_values=[-1.5], name="fill")
+    return rt.Bundle({3: model}, input_dims=[{1: "k"}], output_dims=[None, {1: "k"}],
+                     fill_values=[-1.5], name="fill")
+
+
+def test_fill_values_other_than_zero_write_rows(nrt: rt.Device, fake: Any) -> None:
+    # (2, 2) padded along dim 1 to the (2, 3) bucket: the pad column is written row by row.
+    bundle = _rows_pad_bundle(nrt)
     x = np.array([[1, 2], [3, 4]], np.float32)
     sums, plus = bundle.run([x])
     np.testing.assert_array_equal(sums, [1 + 2 - 1.5, 3 + 4 - 1.5])  # the pad column holds -1.5
@@ -402,11 +407,7 @@ def test_pipelined_100_distinct_inputs_equal_synchronous_under_the_timing_model(
 
 
 def test_transfer_totals_count_padding_rows_and_device_tensors(nrt: rt.Device, fake: Any) -> None:
-    data = neff.fake_neff_bytes([("x", F32, (2, 3))], [("output0", F32, (2,)), ("output1", F32, (2, 3))],
-                                "kernel_rows_pad")
-    model = nrt.load_neff(data, "kernel_rows_pad", output_names=["output0", "output1"])
-    bundle = rt.Bundle({3: model}, input_dims=[{1: "k"}], output_dims=[None, {1: "k"}],
-                       fill_values=[-1.5], name="fill")
+    bundle = _rows_pad_bundle(nrt)
     x = np.array([[1, 2], [3, 4]], np.float32)
     bundle.run([x])
     s = nrt.stats()

@@ -1,12 +1,13 @@
 """Each test starts with the backend uninitialised, Dynamo's caches empty and a private cache dir.
 
 ``host_executor``: a fixture that runs a test with each host executor (numpy, xla); ``neuron_target``: one
-that runs it on the neuron target through the fake Neuron stack.
+that runs it on the neuron target through the fake Neuron stack. :func:`_forward_backward_match`
+compares a compiled function with eager, output and input gradient (the ``forward_backward_match`` fixture).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,27 @@ import torch
 
 import spiky.torch
 from spiky.testing import FakeNeuron, fake_neuron
+
+
+def _forward_backward_match(compiled: Callable[[torch.Tensor], torch.Tensor],
+                                  fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+                                  grad_rtol: float = 1e-5) -> None:
+    """``compiled(x)`` equals ``fn(x)`` (1e-5), and so does the gradient of a random projection of it
+    with respect to ``x`` (``grad_rtol``, atol 1e-5)."""
+    mine, theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out, expected = compiled(mine), fn(theirs)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    weights = torch.randn_like(expected)
+    (out * weights).sum().backward()
+    (expected * weights).sum().backward()
+    assert mine.grad is not None and theirs.grad is not None
+    torch.testing.assert_close(mine.grad, theirs.grad, rtol=grad_rtol, atol=1e-5)
+
+
+@pytest.fixture
+def forward_backward_match() -> Callable[..., None]:
+    """:func:`_forward_backward_match`, for tests comparing a compiled function's gradients with eager."""
+    return _forward_backward_match
 
 
 @pytest.fixture(autouse=True)
