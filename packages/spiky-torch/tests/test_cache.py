@@ -95,7 +95,7 @@ OTHER_VALUES: dict[str, Any] = {
     "host_executor": "numpy", "fallback": "eager", "buckets": [8, 16], "jit": False, "precompile": True,
     "bucket_strategy": "linear", "min_bucket": 4, "max_bucket_size": 128, "linear_step": 8,
     "input_layout": "padded", "output_layout": "padded", "save_ntff": True, "save_ntff_dir": "/tmp/p",
-    "save_ntff_exe_idx": [0], "save_ntff_ranks": [0, 1],
+    "save_ntff_exe_idx": [0], "save_ntff_ranks": [0, 1], "bucket_ratio": 1.3, "resident_weights": False,
 }
 
 

@@ -2,9 +2,16 @@
 
 numpy has no bfloat16, and ``Tensor.numpy()`` / ``torch.from_numpy`` refuse it. The runtime takes
 bfloat16 as ``ml_dtypes.bfloat16`` arrays, so a bfloat16 tensor crosses as a view of its raw bits:
-``t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)`` one way and
+its ``view(torch.int16)`` as an array, ``.view(ml_dtypes.bfloat16)``, one way and
 ``torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)`` the other. Both share the memory
-(no copy). Every other dtype takes numpy's own path.
+(no copy). Every other dtype crosses as is.
+
+Tensors become arrays through DLPack (:func:`host_view`), not ``Tensor.numpy()``: ``numpy()``
+marks the tensor's storage as not resizable for good (torch 2.13), and FSDP2 frees the storage of
+its unsharded parameters with ``untyped_storage().resize_(0)`` after they went through a compiled
+call. The view costs what ``numpy()`` costs (~1 µs per tensor, ``tools/bench/bench_host_view.py``).
+The array must not outlive the call it is made for: the storage stays resizable, so its owner may
+free the memory under it.
 
 Per-call code that knows its dtypes ahead (a compiled graph's inputs and outputs) decides once
 whether it needs these (:func:`array_reader`), so a float32 call costs what ``t.numpy()`` /
@@ -35,13 +42,42 @@ def bfloat16() -> np.dtype[Any]:
     return _BF16
 
 
+class _Exporter:
+    """What ``np.from_dlpack`` asks of a CPU tensor, answered by torch's C exporter directly (torch's
+    ``Tensor.__dlpack__`` costs ~2.5 µs more in Python-level checks; :func:`host_view` does the one
+    that matters here, the negative bit)."""
+
+    __slots__ = ("tensor",)
+
+    def __init__(self, tensor: torch.Tensor) -> None:
+        self.tensor = tensor
+
+    def __dlpack__(self, *, stream: Any = None, max_version: Any = None, dl_device: Any = None,
+                   copy: Any = None) -> Any:
+        return _to_dlpack_versioned(self.tensor)
+
+    def __dlpack_device__(self) -> tuple[int, int]:
+        return (1, 0)  # kDLCPU, device 0
+
+
+_to_dlpack_versioned = torch._C._to_dlpack_versioned
+_from_dlpack = np.from_dlpack
+
+
+def host_view(tensor: torch.Tensor) -> np.ndarray[Any, Any]:
+    """A CPU ``tensor`` (any dtype numpy has; ``requires_grad`` too) as a writable numpy array over
+    the same memory, leaving its storage resizable (``Tensor.numpy()`` would not)."""
+    if tensor.is_neg():  # DLPack has no negative bit: the array would hold the unnegated values
+        raise RuntimeError("a tensor with the negative bit set cannot enter a compiled call; "
+                           "call .resolve_neg() on it first")
+    return _from_dlpack(_Exporter(tensor))
+
+
 def to_array(tensor: torch.Tensor) -> np.ndarray[Any, Any]:
     """A CPU ``tensor`` as a numpy array over the same memory (bfloat16 as ``ml_dtypes.bfloat16``)."""
-    if tensor.requires_grad:
-        tensor = tensor.detach()
     if tensor.dtype is torch.bfloat16:
-        return tensor.view(torch.int16).numpy().view(bfloat16())
-    return tensor.numpy()
+        return host_view(tensor.view(torch.int16)).view(bfloat16())
+    return host_view(tensor)
 
 
 def from_array(array: np.ndarray[Any, Any]) -> torch.Tensor:

@@ -44,7 +44,7 @@ from torch import fx
 import spiky_runtime as rt
 from spiky.errors import SpikyOptionError, SpikyShapeError
 from spiky.torch import pipeline
-from spiky.torch.arrays import array_reader, to_array
+from spiky.torch.arrays import array_reader, host_view, to_array
 from spiky.torch.buckets import BucketPolicy
 from spiky.torch.device_call import (
     Placement,
@@ -463,9 +463,8 @@ class DynamicGraph:
                 if self._bf16_inputs:
                     arrays = [to_array(args[i]) for i in self._tensor_indices]
                 else:
-                    arrays = [a.detach().numpy() if a.requires_grad else a.numpy()
-                              for a in (args[i] for i in self._tensor_indices)]
-            except (TypeError, AttributeError, RuntimeError, IndexError):
+                    arrays = [host_view(args[i]) for i in self._tensor_indices]
+            except (TypeError, AttributeError, RuntimeError, BufferError, IndexError):
                 pass  # "nkipy" tensors and anything unusual: the general path says what is wrong
             else:
                 route = self._routes.get(tuple(a.shape for a in arrays))

@@ -14,7 +14,7 @@ from torch import fx
 
 import spiky_runtime as rt
 from spiky.torch import pipeline
-from spiky.torch.arrays import array_reader, to_array
+from spiky.torch.arrays import array_reader, host_view, to_array
 from spiky.torch.device_call import (
     Placement,
     ResidentWeights,
@@ -71,11 +71,8 @@ class CompiledGraph:
         # numpy cannot view, non-tensors, the options above) takes the general path.
         if self._plain:
             try:
-                if self._bf16_inputs:
-                    arrays = [to_array(a) for a in args]
-                else:
-                    arrays = [a.detach().numpy() if a.requires_grad else a.numpy() for a in args]
-            except (TypeError, AttributeError, RuntimeError):
+                arrays = [to_array(a) for a in args] if self._bf16_inputs else [host_view(a) for a in args]
+            except (TypeError, AttributeError, RuntimeError, BufferError):
                 return self._call_general(args)
             args.clear()  # boxed convention: drop our references to the inputs early
             from_array = self._from_array
