@@ -192,9 +192,12 @@ def test_multi_process_environment_is_spiky_dists() -> None:
     from spiky_dist.neuron_env import DEFAULT_COMM_PORT, neuron_runtime_env
 
     section = _interfaces_section("Several processes on Neuron")
-    assert "`NEURON_RT_VISIBLE_CORES=<rank + core_offset>`" in section
+    assert "`NEURON_RT_VISIBLE_CORES=<local rank + core_offset>`" in section
     assert "`NEURON_RT_ROOT_COMM_ID=<MASTER_ADDR>:<port>`" in section
     assert f"the port defaults to {DEFAULT_COMM_PORT}" in section
     env = neuron_runtime_env(rank=1, world_size=2, core_offset=2, env={"MASTER_ADDR": "10.0.0.7"})
     assert env == {"NEURON_RT_VISIBLE_CORES": "3", "NEURON_RT_ROOT_COMM_ID": f"10.0.0.7:{DEFAULT_COMM_PORT}"}
     assert neuron_runtime_env(rank=0, world_size=1, env={}) == {"NEURON_RT_VISIBLE_CORES": "0"}
+    # the second machine of `torchrun --nnodes 2 --nproc-per-node 2`: global rank 3 is local rank 1
+    second = {"MASTER_ADDR": "10.0.0.7", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}
+    assert neuron_runtime_env(rank=3, world_size=4, env=second)["NEURON_RT_VISIBLE_CORES"] == "1"

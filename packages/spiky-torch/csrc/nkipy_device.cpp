@@ -417,9 +417,25 @@ std::vector<std::string> fallback_ops_warned() {
   return {g_warned.begin(), g_warned.end()};
 }
 
+// `param.data = t` between the CPU and the nkipy device (torch's Module.to, FSDP2 moving a CPU
+// model onto its mesh's device). torch's own check knows dense CPU/CUDA/... but leaves private
+// backends to say which types they can take the metadata of: plain dense CPU and nkipy tensors.
+bool nkipy_has_compatible_shallow_copy_type(const at::Tensor& self, const at::Tensor& from) {
+  const auto dense = [](const at::Tensor& t) {
+    const c10::DispatchKeySet keys = t.key_set();
+    return keys.has(c10::DispatchKey::Dense) &&
+           (keys.has_backend(c10::BackendComponent::CPUBit) ||
+            keys.has_backend(c10::BackendComponent::PrivateUse1Bit)) &&
+           !keys.has(c10::DispatchKey::Sparse) && !keys.has(c10::DispatchKey::SparseCsr);
+  };
+  if (self.key_set() == from.key_set()) return true;
+  return dense(self) && dense(from);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(aten, PrivateUse1, m) {
+  m.impl("_has_compatible_shallow_copy_type", nkipy_has_compatible_shallow_copy_type);
   m.impl("empty.memory_format", nkipy_empty);
   m.impl("empty_strided", nkipy_empty_strided);
   m.impl("_copy_from", nkipy_copy_from);

@@ -109,16 +109,75 @@ KERNELS: dict[str, Callable[..., Any]] = {
 reduce_scatter_tensor, all_to_all_single."""
 
 
+# ---------------------------------------------------------------- functional collectives
+# ``torch.distributed._functional_collectives`` (DTensor's redistribute, ``full_tensor()``, FSDP2's
+# state-dict code) call the ``_c10d_functional`` ops, which find the group's backend for the
+# tensor's device in C++ and fail for a device gloo lacks. Each kernel below runs the same op on
+# host copies (the CPU kernels, gloo), waits for it, and hands back device tensors: fresh ones for
+# the functional forms, the caller's own (written in place) for ``_`` and ``_out`` forms.
+
+FUNCTIONAL_OPS = (
+    "all_reduce", "all_reduce_", "all_reduce_coalesced", "all_reduce_coalesced_",
+    "all_gather_into_tensor", "all_gather_into_tensor_out", "all_gather_into_tensor_coalesced",
+    "reduce_scatter_tensor", "reduce_scatter_tensor_out", "reduce_scatter_tensor_coalesced",
+    "all_to_all_single", "broadcast", "broadcast_",
+)
+
+
+def _to_host(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return _host_one(value)
+    if isinstance(value, (list, tuple)) and value and isinstance(value[0], torch.Tensor):
+        return [_host_one(t) for t in value]
+    return value
+
+
+def _functional_kernel(name: str) -> Callable[..., Any]:
+    op = getattr(torch.ops._c10d_functional, name).default
+    wait = torch.ops._c10d_functional.wait_tensor.default
+    names = [arg.name for arg in op._schema.arguments]
+    written = [arg.name for arg in op._schema.arguments if arg.alias_info is not None and arg.alias_info.is_write]
+
+    def kernel(*args: Any, **kwargs: Any) -> Any:
+        bound = dict(zip(names, args, strict=False)) | kwargs
+        hosts = {key: _to_host(value) for key, value in bound.items()}
+        result = op(**hosts)
+        for out in result if isinstance(result, (list, tuple)) else [result]:
+            wait(out)
+        if written:  # the in-place / out= forms: write the host results into the caller's tensors
+            key = written[0]
+            targets, host_results = bound[key], hosts[key]
+            if isinstance(targets, torch.Tensor):
+                targets.copy_(host_results)
+            else:
+                _back(targets, host_results)
+            return targets
+        first = next(t for t in (bound[n] for n in names if n in bound) if isinstance(t, torch.Tensor)
+                     or (isinstance(t, (list, tuple)) and t and isinstance(t[0], torch.Tensor)))
+        device = (first if isinstance(first, torch.Tensor) else first[0]).device
+        if isinstance(result, (list, tuple)):
+            return [out.to(device) for out in result]
+        return result.to(device)
+
+    kernel.__name__ = f"staged_{name}"
+    return kernel
+
+
 def stage_eager_collectives(dispatch_key: str = "PrivateUse1") -> bool:
     """Register the staging kernels for ``dispatch_key`` (idempotent); True on first call."""
     with _lock:
         if dispatch_key in _libraries:
             return False
         library = torch.library.Library("c10d", "IMPL")  # type: ignore[no-untyped-call]
+        functional = torch.library.Library("_c10d_functional", "IMPL")  # type: ignore[no-untyped-call]
         with warnings.catch_warnings():
             # torch registers placeholder kernels for the key; replacing them is the point.
             warnings.filterwarnings("ignore", message=r"(?s).*Overriding a previously registered kernel")
             for name, kernel in KERNELS.items():
                 library.impl(name, kernel, dispatch_key, allow_override=True)  # type: ignore[no-untyped-call]
+            for name in FUNCTIONAL_OPS:
+                functional.impl(name, _functional_kernel(name), dispatch_key,  # type: ignore[no-untyped-call]
+                                allow_override=True)
         _libraries[dispatch_key] = library
+        _libraries[f"{dispatch_key}/functional"] = functional
         return True

@@ -79,7 +79,7 @@ def init_nkipy_backend(
 
     ``rank``/``world_size`` default to what spiky-dist finds (torch.distributed, then
     ``RANK``/``WORLD_SIZE``, then 0/1). For a Neuron run, ``NEURON_RT_VISIBLE_CORES``
-    (``rank + core_offset``) and ``NEURON_RT_ROOT_COMM_ID`` (``$MASTER_ADDR``) are set
+    (``LOCAL_RANK + core_offset``: the core on this machine) and ``NEURON_RT_ROOT_COMM_ID`` (``$MASTER_ADDR``) are set
     before the runtime starts, unless already set. ``host_executor`` runs host-target graphs
     on ``"numpy"`` (the reference), ``"xla"`` (XLA:CPU, needs ``spiky-torch[xla]``) or
     ``"auto"`` (XLA when installed); per function: ``options={"host_executor": ...}``.

@@ -17,6 +17,7 @@ without host round trips (:func:`runtime_input`, :func:`adopt_output`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -153,6 +154,47 @@ def _is_in_bad_fork() -> bool:
     return False
 
 
+def is_initialized() -> bool:
+    """True once the device is registered: each process owns the cores its runtime was given
+    (``NEURON_RT_VISIBLE_CORES``, one per rank), so there is no device left to pick. (Torch's
+    DeviceMesh would otherwise call ``set_device(LOCAL_RANK)``, an index this process lacks.)"""
+    return _ext is not None
+
+
+# Streams and events. Work on an nkipy device runs in one order: eager ops wait for what they
+# read, compiled calls queue on the runtime device in call order. So every "stream" is the
+# device's one stream, waits between streams hold already, and events complete when recorded
+# (the C++ guard implements them). This is what torch's device-agnostic code (FSDP2, DTensor,
+# DeviceMesh, the autograd engine) asks of an accelerator module.
+
+
+def current_stream(device: torch.device | str | int | None = None) -> torch.Stream:
+    index = _index(device)
+    return torch.accelerator.current_stream(current_device() if index is None else index)
+
+
+default_stream = current_stream
+
+
+def Stream(device: torch.device | str | int | None = None, priority: int = 0,  # noqa: N802 (torch's name)
+           **_kwargs: Any) -> torch.Stream:
+    """The device's stream (there is one; ``priority`` has no effect)."""
+    return current_stream(device)
+
+
+def Event(enable_timing: bool = False, blocking: bool = False, interprocess: bool = False,  # noqa: N802
+          ) -> torch.Event:
+    return torch.Event(device=DEVICE_TYPE, enable_timing=enable_timing, blocking=blocking,
+                       interprocess=interprocess)
+
+
+def stream(s: torch.Stream | None) -> contextlib.AbstractContextManager[None]:
+    """Runs the block on ``s``: the device's one stream, so nothing changes."""
+    if s is not None and s.device.type != DEVICE_TYPE:
+        raise ValueError(f"torch.nkipy.stream() takes an nkipy stream, got {s}")
+    return contextlib.nullcontext()
+
+
 def manual_seed_all(seed: int) -> None:
     """Random ops run on the CPU generator, which ``torch.manual_seed`` already seeds."""
 
@@ -160,7 +202,8 @@ def manual_seed_all(seed: int) -> None:
 def _module() -> ModuleType:
     module = ModuleType("torch.nkipy", "The nkipy device (spiky): PrivateUse1 over spiky-runtime.")
     for fn in (is_available, device_count, current_device, set_device, synchronize, memory_stats,
-               memory_allocated, memory_reserved, empty_cache, _is_in_bad_fork, manual_seed_all):
+               memory_allocated, memory_reserved, empty_cache, _is_in_bad_fork, manual_seed_all,
+               is_initialized, current_stream, default_stream, Stream, Event, stream):
         setattr(module, fn.__name__, fn)
     return module
 
