@@ -1254,7 +1254,8 @@ def _full(ctx: LoweringContext, node: fx.Node) -> Value:
 
 
 @lowers(aten.empty.memory_format, aten.empty_strided.default, aten.zeros.default, aten.zeros_like.default,
-        aten.new_zeros.default, aten.new_empty.default, aten.empty_like.default, aten.empty_permuted.default)
+        aten.new_zeros.default, aten.new_empty.default, aten.new_empty_strided.default, aten.empty_like.default,
+        aten.empty_permuted.default)
 def _zeros(ctx: LoweringContext, node: fx.Node) -> Value:
     # Uninitialised memory may hold anything; zeros keeps results deterministic.
     t = _fake_type(node)

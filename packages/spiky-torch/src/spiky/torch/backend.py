@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import fx
 from torch._dynamo.backends.common import aot_autograd
+from torch._library.fake_class_registry import FakeScriptObject
 
 from spiky.torch.decompositions import spiky_decompositions
 from spiky.torch.device_call import note_module_buffers
@@ -62,11 +63,74 @@ def compile_one(gm: fx.GraphModule, ctx: Context) -> Any:
     ``fallback="eager"`` is honoured on every path: a graph with unlowered ops is partitioned first,
     and each lowerable partition then goes the static or the dynamic way on its own.
     """
+    carried = carry_script_objects(gm)
+    if carried is not None:
+        return carried(compile_one(gm, ctx))
     if ctx.options["fallback"] == "eager" and unlowered_ops(gm):
         # Unlowered ops run eagerly between compiled partitions, on the CPU tensors they were traced with.
         part = replace(ctx, inference=False)
         return compile_with_fallback(gm, lambda sub: _compile_whole(sub, part))
     return _compile_whole(gm, ctx)
+
+
+def _is_script_object(value: Any) -> bool:
+    return isinstance(value, FakeScriptObject | torch.ScriptObject)
+
+
+class _CarriedObjects:
+    """A compiled graph whose script-object inputs (a DeviceMesh or ProcessGroup that DTensor's
+    tensor parallel passes through the forward to the backward) went around it: they are taken
+    out of the call's inputs and put back where the graph returned them."""
+
+    _boxed_call = True
+
+    def __init__(self, positions: Sequence[int], returned: Mapping[int, int]) -> None:
+        self.positions = tuple(positions)
+        self.returned = dict(returned)  # output index -> index into positions
+        self.inner: Any = None
+        self._boxed_call = True  # on the instance too: wrappers copy the instance's __dict__
+
+    def __call__(self, args: list[Any]) -> Any:
+        objects = [args[i] for i in self.positions]
+        skip = set(self.positions)
+        rest = [a for i, a in enumerate(args) if i not in skip]
+        args.clear()
+        outs = list(self.inner(rest))
+        for out_index, k in self.returned.items():
+            outs[out_index] = objects[k]
+        return outs
+
+    def wrap(self, inner: Any) -> _CarriedObjects:
+        if not getattr(inner, "_boxed_call", False):
+            raise TypeError(f"expected a boxed compiled graph, got {inner!r}")
+        self.inner = inner
+        return self
+
+
+def carry_script_objects(gm: fx.GraphModule) -> Callable[[Any], _CarriedObjects] | None:
+    """Script-object placeholders that the graph only returns (or ignores) are removed from ``gm``
+    (in place); the result wraps the callable compiled from what is left so that calls keep their
+    signature. ``None`` when there are none. An object an op of the graph uses stays, and lowering
+    says which input it is."""
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    output = next(n for n in gm.graph.nodes if n.op == "output")
+    carried = [(i, n) for i, n in enumerate(placeholders)
+               if _is_script_object(n.meta.get("val")) and all(u is output for u in n.users)]
+    if not carried:
+        return None
+    outs = list(output.args[0]) if isinstance(output.args[0], list | tuple) else [output.args[0]]
+    returned: dict[int, int] = {}
+    for k, (_, node) in enumerate(carried):
+        for out_index, out in enumerate(outs):
+            if out is node:
+                returned[out_index] = k
+                outs[out_index] = None
+    output.args = (outs if isinstance(output.args[0], list | tuple) else outs[0],)
+    for _, node in carried:
+        gm.graph.erase_node(node)
+    gm.recompile()
+    wrapper = _CarriedObjects([i for i, _ in carried], returned)
+    return wrapper.wrap
 
 
 def _compile_whole(gm: fx.GraphModule, ctx: Context) -> Any:
