@@ -40,14 +40,29 @@ _TORCH_OPS = {
 def _reduce_op(op: str, array: Array) -> Any:
     if op not in _TORCH_OPS:
         raise DistConfigError(f"reduce op {op!r} is not one of {', '.join(REDUCE_OPS)}")
-    if op == "avg" and not np.issubdtype(array.dtype, np.floating):
+    if op == "avg" and not (np.issubdtype(array.dtype, np.floating) or _is_bfloat16(array.dtype)):
         raise DistConfigError(f"reduce op 'avg' needs a floating dtype, got {array.dtype}")
     return _TORCH_OPS[op]
 
 
+def _is_bfloat16(dtype: np.dtype[Any]) -> bool:
+    return dtype.itemsize == 2 and dtype.name == "bfloat16"  # ml_dtypes.bfloat16 (numpy has none)
+
+
 def _tensor(array: Array) -> torch.Tensor:
-    # A private, writable, contiguous copy: collectives write in place.
-    return torch.from_numpy(np.array(array, copy=True, order="C"))
+    # A private, writable, contiguous copy: collectives write in place. numpy has no bfloat16:
+    # an ``ml_dtypes.bfloat16`` array crosses as its raw 16-bit pattern.
+    copy = np.array(array, copy=True, order="C")
+    if _is_bfloat16(copy.dtype):
+        return torch.from_numpy(copy.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(copy)
+
+
+def _array(t: torch.Tensor, like: np.dtype[Any]) -> Array:
+    """``t`` as a numpy array of dtype ``like`` (bfloat16 tensors as ``ml_dtypes.bfloat16``)."""
+    if t.dtype is torch.bfloat16:
+        return t.view(torch.int16).numpy().view(like)
+    return t.numpy()
 
 
 EXIT_SETTLE_S = 0.2
@@ -100,9 +115,10 @@ class HostCollectives:
             ) from exc
 
     def _finish(self, out: torch.Tensor, op: str, group_name: str, dtype: Any) -> Array:
-        result = out.numpy()
-        if op == "avg":
-            result = (result / dist.get_world_size(resolve_group(group_name))).astype(dtype)
+        result = _array(out, dtype)
+        if op == "avg":  # half types divide in float32 and round once, as torch does
+            wide = result.astype(np.float32) if result.dtype.itemsize < 4 else result
+            result = (wide / dist.get_world_size(resolve_group(group_name))).astype(dtype)
         return result
 
     def all_reduce(self, array: Array, op: str, group_name: str) -> Array:
@@ -120,15 +136,18 @@ class HostCollectives:
             "all_gather", group_name,
             lambda g: dist.all_gather_into_tensor(out, t, group=g, async_op=True),
         )
-        return out.numpy()
+        return _array(out, array.dtype)
 
     def reduce_scatter(self, array: Array, op: str, group_name: str) -> Array:
         """Reduce across ranks, then group rank i keeps block i along dim 0."""
         torch_op = _reduce_op(op, array)
         size = dist.get_world_size(resolve_group(group_name))
-        if array.ndim == 0 or array.shape[0] % size:
+        if array.ndim == 0:
+            raise DistConfigError("reduce_scatter needs an input of rank >= 1, got a scalar")
+        if array.shape[0] % size:
             raise DistConfigError(
-                f"reduce_scatter input of shape {array.shape} cannot be split in {size} blocks along dim 0"
+                f"reduce_scatter input dim 0 ({array.shape[0]}) is not divisible by the group size {size} "
+                f"(input shape {array.shape})"
             )
         t = _tensor(array)
         out = torch.empty((t.shape[0] // size, *t.shape[1:]), dtype=t.dtype)
@@ -162,7 +181,7 @@ class HostCollectives:
             "all_to_all", group_name,
             lambda g: dist.all_to_all_single(out, t, outs or None, ins or None, group=g, async_op=True),
         )
-        return out.numpy()
+        return _array(out, array.dtype)
 
     def broadcast(self, array: Array, src: int, group_name: str) -> Array:
         """Every rank gets group rank ``src``'s array."""
@@ -170,4 +189,4 @@ class HostCollectives:
         t = _tensor(array)
         global_src = dist.get_global_rank(group, src)
         self._run("broadcast", group_name, lambda g: dist.broadcast(t, global_src, group=g, async_op=True))
-        return t.numpy()
+        return _array(t, array.dtype)

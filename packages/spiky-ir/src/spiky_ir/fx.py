@@ -2163,11 +2163,43 @@ def _broadcast(ctx: LoweringContext, node: fx.Node) -> Value:
 
 @lowers(c10d.all_to_all_single.default)
 def _all_to_all(ctx: LoweringContext, node: fx.Node) -> Value:
+    # Split sizes are dims: funcol's even split under dynamic=True is ``s0//group_size`` per rank.
     out_splits = ctx.arg(node, 1) or []
     in_splits = ctx.arg(node, 2) or []
     return ctx.op("all_to_all", ctx.value(node, 0), attrs={
-        "output_split_sizes": tuple(int(s) for s in out_splits),
-        "input_split_sizes": tuple(int(s) for s in in_splits), "group_name": str(ctx.arg(node, 3))})
+        "output_split_sizes": tuple(canonical(s) for s in out_splits),
+        "input_split_sizes": tuple(canonical(s) for s in in_splits), "group_name": str(ctx.arg(node, 3))})
+
+
+# Coalesced collectives (funcol.*_coalesced) take a list of tensors and return one result per
+# tensor, each waited by its own wait_tensor. They lower to one collective per tensor, in list
+# order (every rank issues the same sequence): the results are those of the single-tensor ops.
+
+
+def _tensor_list(ctx: LoweringContext, node: fx.Node) -> list[Value]:
+    values = ctx.arg(node, 0)
+    if not isinstance(values, list | tuple) or not all(isinstance(v, Value) for v in values):
+        raise LoweringError(f"{source_of(node)}: argument #0 is {values!r}, not a list of tensors")
+    return list(values)
+
+
+@lowers(c10d.all_reduce_coalesced.default)
+def _all_reduce_coalesced(ctx: LoweringContext, node: fx.Node) -> tuple[Value, ...]:
+    attrs: dict[str, Attr] = {"reduce_op": str(ctx.arg(node, 1)), "group_name": str(ctx.arg(node, 2))}
+    return tuple(ctx.op("all_reduce", x, attrs=attrs) for x in _tensor_list(ctx, node))
+
+
+@lowers(c10d.all_gather_into_tensor_coalesced.default)
+def _all_gather_coalesced(ctx: LoweringContext, node: fx.Node) -> tuple[Value, ...]:
+    attrs: dict[str, Attr] = {"group_size": int(ctx.arg(node, 1)), "group_name": str(ctx.arg(node, 2))}
+    return tuple(ctx.op("all_gather", x, attrs=attrs) for x in _tensor_list(ctx, node))
+
+
+@lowers(c10d.reduce_scatter_tensor_coalesced.default)
+def _reduce_scatter_coalesced(ctx: LoweringContext, node: fx.Node) -> tuple[Value, ...]:
+    attrs: dict[str, Attr] = {"reduce_op": str(ctx.arg(node, 1)), "group_size": int(ctx.arg(node, 2)),
+                              "group_name": str(ctx.arg(node, 3))}
+    return tuple(ctx.op("reduce_scatter", x, attrs=attrs) for x in _tensor_list(ctx, node))
 
 
 @lowers(operator.getitem)

@@ -18,8 +18,8 @@ from spiky_ir.hlo.builder import HloValue
 from spiky_ir.hlo.rules import HloContext, HloRule, hlo_rule
 from spiky_ir.ir import Node
 from spiky_ir.padding import pad_rule, positionwise
-from spiky_ir.registry import Array, ShapeRule, attr_int, attr_ints, define_op
-from spiky_ir.symbolic import dim_floordiv, dim_mul
+from spiky_ir.registry import Array, ShapeRule, attr_dims, attr_int, attr_ints, define_op
+from spiky_ir.symbolic import Dim, dim_add, dim_floor, dim_mul
 from spiky_ir.types import Attr, TensorType
 
 _NO_KERNEL = ("a NumPy kernel has no process group; collectives run through spiky-dist "
@@ -116,10 +116,17 @@ _collective("all_gather", {"group_size": "int", **_GROUP}, _all_gather_type,
 
 def _reduce_scatter_type(types: Sequence[TensorType], attrs: Mapping[str, Attr]) -> list[TensorType]:
     _check_reduce_op(attrs)
-    t = types[0]
+    t, size = types[0], attr_int(attrs, "group_size")
     if t.rank == 0:
         raise ShapeError("reduce_scatter needs rank >= 1")
-    return [TensorType((dim_floordiv(t.shape[0], attr_int(attrs, "group_size")), *t.shape[1:]), t.dtype)]
+    if size <= 0:
+        raise ShapeError(f"reduce_scatter group_size {size} must be positive")
+    rows = t.shape[0]
+    if isinstance(rows, int) and rows % size:
+        raise ShapeError(f"reduce_scatter input dim 0 ({rows}) is not divisible by the group size {size}")
+    # A symbolic dim 0 (dynamic=True) gives the quotient symbol ``s0//size``, as torch's own size;
+    # divisibility is checked once the size is known (above, when the graph is specialised).
+    return [TensorType((dim_floor(rows, size), *t.shape[1:]), t.dtype)]
 
 
 def _reduce_scatter_hlo(ctx: HloContext, node: Node, xs: Sequence[HloValue]) -> list[HloValue]:
@@ -160,23 +167,44 @@ _collective("broadcast", {"src": "int", **_GROUP}, lambda types, _attrs: [types[
 # --- all_to_all ---------------------------------------------------------------------------------------
 
 
+def _total(dims: Sequence[Dim]) -> Dim:
+    out: Dim = 0
+    for d in dims:
+        out = dim_add(out, d)
+    return out
+
+
 def _all_to_all_type(types: Sequence[TensorType], attrs: Mapping[str, Attr]) -> list[TensorType]:
-    t, out_splits = types[0], attr_ints(attrs, "output_split_sizes")
+    # Split sizes are dims: under dynamic=True torch passes even splits as ``s0//size`` each.
+    t = types[0]
+    if t.rank == 0:
+        raise ShapeError("all_to_all needs rank >= 1")
+    in_splits, out_splits = attr_dims(attrs, "input_split_sizes"), attr_dims(attrs, "output_split_sizes")
+    rows = t.shape[0]
+    if in_splits and all(isinstance(d, int) for d in in_splits) and isinstance(rows, int) \
+            and sum(int(d) for d in in_splits) != rows:
+        if len(set(in_splits)) == 1:  # the even split torch derives from dim 0 // group size
+            raise ShapeError(f"all_to_all input dim 0 ({rows}) is not divisible by the group size "
+                             f"{len(in_splits)} (input splits {list(in_splits)})")
+        raise ShapeError(f"all_to_all input splits {list(in_splits)} do not add up to dim 0 ({rows})")
     if not out_splits:
         return [t]
-    return [TensorType((sum(out_splits), *t.shape[1:]), t.dtype)]
+    return [TensorType((_total(out_splits), *t.shape[1:]), t.dtype)]
 
 
 def _all_to_all_hlo(ctx: HloContext, node: Node, xs: Sequence[HloValue]) -> list[HloValue]:
     groups = _groups(ctx)
     for key in ("input_split_sizes", "output_split_sizes"):
+        dims = attr_dims(node.attrs, key)
+        if not all(isinstance(d, int) for d in dims):
+            raise ctx.fail(f"{key} {list(dims)} are symbolic; specialise the graph to sizes first")
         splits = ctx.ints(key)
         if splits and len(set(splits)) != 1:
             raise ctx.fail(f"{key} {list(splits)} are unequal; HLO all-to-all splits dim 0 evenly")
     return [ctx.b.all_to_all(xs[0], 0, groups)]
 
 
-_collective("all_to_all", {"output_split_sizes": "ints", "input_split_sizes": "ints", **_GROUP}, _all_to_all_type,
+_collective("all_to_all", {"output_split_sizes": "dims", "input_split_sizes": "dims", **_GROUP}, _all_to_all_type,
             "exchange dim-0 chunks between ranks",
             lambda b, x, attrs: b.all_to_all(x, _group(attrs), attr_ints(attrs, "output_split_sizes") or None,
                                              attr_ints(attrs, "input_split_sizes") or None),

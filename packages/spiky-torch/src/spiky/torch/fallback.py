@@ -4,6 +4,9 @@ The ATen graph is partitioned by what lowers (torch's capability-based partition
 :data:`spiky_ir.fx.LOWERINGS`); every partition that lowers is compiled by the backend as
 usual, and the nodes between them run eagerly in torch, with one warning per graph naming
 the ops. Without the option an unlowered op is an error (:class:`spiky.LoweringError`).
+
+A functional collective that runs eagerly returns before its result is written; its
+``wait_tensor`` runs eagerly with it, so no compiled partition reads the result before it is final.
 """
 
 from __future__ import annotations
@@ -37,12 +40,40 @@ def _size_computation(node: fx.Node) -> bool:
         node.target in SYMBOLIC_OPS or not lowers(node))
 
 
+_WAIT = torch.ops._c10d_functional.wait_tensor.default
+
+
+def _compiled_source(node: fx.Node) -> bool:
+    """Whether ``node`` (a getitem's source, a wait's operand) is a call that runs in a compiled partition."""
+    return node.op == "call_function" and _Lowerable().is_node_supported({}, node)
+
+
+def _waits_on_compiled(wait: fx.Node) -> bool:
+    """Whether a ``wait_tensor`` waits on a collective that runs compiled (then it is the identity there).
+
+    A collective that runs eagerly returns at once with the result still being written (torch's
+    functional collectives are asynchronous), and only its ``wait_tensor`` waits for it. Lowered,
+    that wait is the identity, so a compiled partition would read the buffer too early: the wait
+    of an eager collective (or of anything that is not a lowered call) runs eagerly too.
+    """
+    source = wait.args[0] if wait.args else None
+    if not isinstance(source, fx.Node):
+        return False
+    if source.target is operator.getitem:  # one result of a coalesced collective
+        source = source.args[0]
+        if not isinstance(source, fx.Node):
+            return False
+    return _compiled_source(source)
+
+
 class _Lowerable(OperatorSupportBase):
     def is_node_supported(self, submodules: Mapping[str, nn.Module], node: fx.Node) -> bool:
         # getitem of an unlowered multi-output op must stay with that op, in eager
         if node.target is operator.getitem:
             source = node.args[0]
-            return isinstance(source, fx.Node) and source.op == "call_function" and lowers(source)
+            return isinstance(source, fx.Node) and _compiled_source(source)
+        if node.target is _WAIT:
+            return _waits_on_compiled(node)
         return node.op == "call_function" and lowers(node) and not _size_computation(node)
 
 
@@ -60,9 +91,11 @@ class _Partition(nn.Module):
 
 
 def unlowered_ops(gm: fx.GraphModule) -> list[str]:
-    """Names of the call_function targets in ``gm`` that do not lower (sorted, unique)."""
+    """Names of the call_function targets in ``gm`` that do not lower (sorted, unique); a getitem or
+    ``wait_tensor`` that runs eagerly only because its source does is not one of them."""
     return sorted({str(n.target) for n in gm.graph.nodes
                    if n.op == "call_function" and not _size_computation(n)
+                   and n.target not in (operator.getitem, _WAIT)
                    and not _Lowerable().is_node_supported({}, n)})
 
 
