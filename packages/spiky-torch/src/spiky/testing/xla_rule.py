@@ -101,6 +101,16 @@ class XlaExecuteRule:
         params = [_numpy_dtype(PRIMITIVE_DTYPES[p.element_type]) for p in shape.parameters]
         if len(params) != len(neff.inputs):
             raise ValueError(f"NEFF {neff.neff_id!r} declares {len(neff.inputs)} inputs, its HLO has {len(params)}")
+        for computation in module.computations:
+            for instruction in computation.instructions:
+                groups = [list(g.replica_ids) for g in (getattr(instruction, "replica_groups", None) or [])]
+                if any(len(group) > 1 for group in groups):
+                    # XLA:CPU would run the collective over this one process: one rank's values,
+                    # silently wrong. Refuse instead.
+                    raise NotImplementedError(
+                        f"NEFF {neff.neff_id!r} has a {instruction.opcode} across replicas {groups}: the contract "
+                        "emulator runs each rank's HLO alone and cannot perform collectives between "
+                        "processes; test collectives inside compiled graphs on the host target")
         entry = module.computations[-1]
         root = next(i for i in entry.instructions if i.id == entry.root_id)
         assert root.frontend_attributes is not None

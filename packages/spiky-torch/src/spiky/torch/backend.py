@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
@@ -20,12 +21,14 @@ from torch._dynamo.backends.common import aot_autograd
 from torch._library.fake_class_registry import FakeScriptObject
 
 from spiky.torch.decompositions import spiky_decompositions
-from spiky.torch.device_call import note_module_buffers
+from spiky.torch.device_call import note_module_buffers, refills_weights_unseen
 from spiky.torch.dynamic import compile_dynamic, is_dynamic, with_static_layouts
 from spiky.torch.executable import compile_graph
 from spiky.torch.fallback import compile_with_fallback, unlowered_ops
 from spiky.torch.options import validate_options
 from spiky.torch.pipeline import Context
+
+log = logging.getLogger("spiky.backend")
 
 
 def nkipy_backend(
@@ -39,8 +42,11 @@ def nkipy_backend(
     validated (and merged with the defaults) before anything is traced.
     """
     validated = validate_options(options)
-    training = Context.create(validated)
     note_module_buffers(gm)  # resident weights: module buffers count as weights, like parameters
+    if validated["resident_weights"] and (why := refills_weights_unseen(gm)) is not None:
+        log.info("resident_weights off for this function: %s", why)
+        validated = validated.replace(resident_weights=False)
+    training = Context.create(validated)
 
     def compile_training(graph_module: fx.GraphModule, _inputs: Sequence[Any]) -> Any:
         return compile_one(graph_module, training)

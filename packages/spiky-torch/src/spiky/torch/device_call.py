@@ -24,6 +24,7 @@ Outputs (:func:`output_placement`, then :func:`torch_outputs`):
 
 from __future__ import annotations
 
+import sys
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -137,6 +138,34 @@ def note_module_buffers(gm: torch.fx.GraphModule) -> None:
         example = arg.example
         if isinstance(example, torch.Tensor) and not isinstance(example, torch.nn.Parameter):
             _BUFFERS[id(example)] = weakref.ref(example, _forget_buffer(id(example)))
+
+
+def refills_weights_unseen(gm: torch.fx.GraphModule) -> str | None:
+    """Why the weights among a Dynamo graph's inputs may change without their version counter
+    moving, or ``None``. FSDP2 (``fully_shard``) frees the storage of its unsharded parameters after
+    use and all-gathers into it again under ``torch.autograd._unsafe_preserve_version_counter``: a
+    resident copy keyed by storage and version would go stale after the first optimizer step (and
+    the allocator often hands back the same address). FSDP2's parameters are found through torch's
+    composable-state registry (private: tests/test_dist_training.py fails if torch moves it)."""
+    registry = sys.modules.get("torch.distributed._composable_state")
+    mapping = getattr(registry, "_module_state_mapping", None)
+    if not mapping:
+        return None
+    managed: dict[int, str] = {}
+    for module, state_ref in list(mapping.items()):
+        group = getattr(state_ref(), "_fsdp_param_group", None)
+        for fsdp_param in getattr(group, "fsdp_params", None) or ():
+            for attr in ("_unsharded_param", "_sharded_post_forward_param", "sharded_param"):
+                param = getattr(fsdp_param, attr, None)
+                if param is not None:
+                    managed[id(param)] = type(module).__name__
+    for node in gm.graph.find_nodes(op="placeholder"):
+        arg = node.meta.get("grapharg")
+        example = getattr(arg, "example", None)
+        if example is not None and id(example) in managed:
+            return f"input {getattr(arg.source, 'name', node.name)} is a parameter FSDP2 manages " \
+                   f"({managed[id(example)]})"
+    return None
 
 
 def _forget_buffer(key: int) -> Callable[[weakref.ref[torch.Tensor]], None]:
