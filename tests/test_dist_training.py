@@ -9,6 +9,7 @@ parallel); DDP with the all-reduce inside the compiled backward (compiled autogr
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -68,3 +69,17 @@ def test_two_node_simulation(torchrun: Any, tmp_path: Path) -> None:
     cases = [c for c in CASES if c.startswith("fsdp2-cpu")]
     assert all(r["cases"] == cases and r["checks"] == _expected_checks(cases) for r in reports), reports
     assert all(any((tmp_path / f"node{n}").iterdir()) for n in (0, 1))  # each node compiled into its own cache
+
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("example", "what"), [("fsdp2", "loss"), ("tensor_parallel", "gradient"),
+                                               ("ddp", "averaged gradient")])
+def test_distributed_training_examples(torchrun: Any, example: str, what: str) -> None:
+    """The examples docs/distributed.md shows, as written, under torchrun with 2 ranks."""
+    out = torchrun.run(EXAMPLES / f"{example}.py", SPIKY_CACHE=str(torchrun.tmp_path / "cache")).stdout
+    found = dict(re.findall(rf"rank (\d): .*max \|compiled - eager\| {what} = (\S+)", out))
+    assert sorted(found) == ["0", "1"], out
+    assert all(float(diff) <= 1e-5 for diff in found.values()), found

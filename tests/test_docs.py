@@ -201,3 +201,13 @@ def test_multi_process_environment_is_spiky_dists() -> None:
     # the second machine of `torchrun --nnodes 2 --nproc-per-node 2`: global rank 3 is local rank 1
     second = {"MASTER_ADDR": "10.0.0.7", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}
     assert neuron_runtime_env(rank=3, world_size=4, env=second)["NEURON_RT_VISIBLE_CORES"] == "1"
+
+
+def test_distributed_page_shows_the_examples_as_they_are() -> None:
+    """Each ``<!-- example: path -->`` block of docs/distributed.md is that file, whole (the
+    examples run under torchrun in tests/test_dist_training.py)."""
+    page = (ROOT / "docs" / "distributed.md").read_text()
+    blocks = re.findall(r"<!-- example: (\S+) -->\n```python\n(.*?)```\n", page, flags=re.S)
+    assert [path for path, _ in blocks] == ["examples/fsdp2.py", "examples/tensor_parallel.py", "examples/ddp.py"]
+    for path, code in blocks:
+        assert code == (ROOT / path).read_text(), f"docs/distributed.md's copy of {path} is out of date"
