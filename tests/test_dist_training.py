@@ -4,7 +4,8 @@ torchrun (gloo on loopback; worker: workers/dist_training.py), against the same 
 Tolerances (the worker's ``TOL``): rtol 1e-5, atol 1e-6 on every loss, gradient and weight.
 Cases: FSDP2 on torch's default mesh (the nkipy device) and on a CPU mesh, per layer and root only,
 ``reshard_after_forward`` both ways; DTensor tensor parallel (colwise + rowwise, and with sequence
-parallel); DDP with the all-reduce inside the compiled backward (compiled autograd).
+parallel); DDP with the all-reduce inside the compiled backward (compiled autograd), and DDP around a
+compiled module.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import pytest
 
 WORKER = Path(__file__).parent / "workers" / "dist_training.py"
 CASES = ["fsdp2-default-mesh-per-layer", "fsdp2-default-mesh-root-noreshard", "fsdp2-cpu-mesh-per-layer-noreshard",
-         "fsdp2-cpu-mesh-root", "tp-colwise-rowwise", "tp-sequence-parallel", "ddp-compiled-autograd"]
+         "fsdp2-cpu-mesh-root", "tp-colwise-rowwise", "tp-sequence-parallel", "ddp-compiled-autograd",
+         "ddp-inner-compiled"]
 # Net: 14 parameters, Block: 6. Per FSDP2 case: 3 losses + 14 grads + 14 weights; per TP case 3 + 6 + 6;
 # DDP: 3 + 14 + 14.
 CHECKS = {"fsdp2": 31, "tp": 15, "ddp": 31}

@@ -8,7 +8,7 @@ program run eagerly.
 - DTensor tensor parallel (``parallelize_module``): ColwiseParallel + RowwiseParallel, and with
   SequenceParallel on the norm;
 - DDP with the gradient all-reduce inside the compiled backward (``optimize_ddp="python_reducer"``
-  and compiled autograd).
+  and compiled autograd), and DDP around a compiled module (the C++ reducer, eager all-reduce).
 
 Each case checks the loss of every step, every gradient (full tensors) after the first backward,
 and every weight after the last optimizer step. Prints ``RESULT {...}`` with this rank's checks.
@@ -197,6 +197,22 @@ def ddp_case(check: Checker, rank: int, world: int) -> None:
     assert torch._dynamo.utils.counters["compiled_autograd"]["captures"] > captures, "compiled autograd ran"
 
 
+def ddp_inner_case(check: Checker, rank: int, world: int) -> None:
+    """DDP around a compiled module: nkipy compiles forward and backward, DDP's C++ reducer
+    all-reduces the gradients eagerly."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    torch._dynamo.config.optimize_ddp = True
+    torch.manual_seed(3)
+    net = Net()
+    eager = DistributedDataParallel(net)
+    model = DistributedDataParallel(torch.compile(copy.deepcopy(net), backend="nkipy"))
+    before = spiky.get_stats().total_executions
+    x = torch.randn(4, 16, generator=torch.Generator().manual_seed(40 + rank))
+    check.train(eager, model, _compiled, x, "ddp(compiled module)")
+    assert spiky.get_stats().total_executions >= before + 2 * STEPS, "forward and backward ran compiled"
+
+
 CASES: dict[str, Callable[[Checker, int, int], None]] = {
     "fsdp2-default-mesh-per-layer": lambda c, r, w: fsdp_case(c, r, w, "default", True, True),
     "fsdp2-default-mesh-root-noreshard": lambda c, r, w: fsdp_case(c, r, w, "default", False, False),
@@ -205,6 +221,7 @@ CASES: dict[str, Callable[[Checker, int, int], None]] = {
     "tp-colwise-rowwise": lambda c, r, w: tp_case(c, r, w, False),
     "tp-sequence-parallel": lambda c, r, w: tp_case(c, r, w, True),
     "ddp-compiled-autograd": ddp_case,
+    "ddp-inner-compiled": ddp_inner_case,
 }
 
 
