@@ -2,39 +2,23 @@
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import socket
-import subprocess
-import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import spiky
 
 WORKER = Path(__file__).parent / "workers" / "dist_compiled.py"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+EXAMPLES = Path(__file__).parents[1] / "examples"
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("world_size", [2, 4])
-def test_compiled_collectives_tp_and_dp_match_eager(world_size: int, tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env.update(SPIKY_TEST_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={world_size}",
-        "--master-addr=127.0.0.1", f"--master-port={_free_port()}", str(WORKER),
-    ]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, check=False)
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-6000:]
-    reports = [json.loads(line.split("RESULT ", 1)[1]) for line in result.stdout.splitlines() if "RESULT " in line]
+def test_compiled_collectives_tp_and_dp_match_eager(world_size: int, tmp_path: Path, torchrun: Any) -> None:
+    result = torchrun.run(WORKER, world_size, timeout=300)
+    reports = torchrun.reports(result.stdout)
     assert sorted(r["rank"] for r in reports) == list(range(world_size)), result.stdout
     assert len({r["checks"] for r in reports}) == 1 and reports[0]["checks"] == (23 if world_size == 4 else 13)
     # Identical graphs across ranks compile once in the shared cache; every other rank reuses
@@ -47,14 +31,8 @@ def test_compiled_collectives_tp_and_dp_match_eager(world_size: int, tmp_path: P
 
 
 @pytest.mark.slow
-def test_readme_torchrun_example(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env.update(SPIKY_CACHE=str(tmp_path), OMP_NUM_THREADS="1")
-    example = Path(__file__).parents[1] / "examples" / "distributed.py"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-addr=127.0.0.1",
-           f"--master-port={_free_port()}", str(example)]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env, check=False)
-    assert result.returncode == 0, result.stderr[-4000:]
+def test_readme_torchrun_example(tmp_path: Path, torchrun: Any) -> None:
+    result = torchrun.run(EXAMPLES / "distributed.py", timeout=180, SPIKY_CACHE=str(tmp_path))
     # Ranks share stdout, so their lines may interleave: find each report anywhere in it.
     reports = dict(re.findall(r"rank (\d)/2 on host: output \(5, 4\), max \|tp - full\| = (\S+),", result.stdout))
     assert sorted(reports) == ["0", "1"], result.stdout
@@ -62,13 +40,8 @@ def test_readme_torchrun_example(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_eager_collectives_on_nkipy_tensors(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env.update(SPIKY_CACHE=str(tmp_path), OMP_NUM_THREADS="1")
+def test_eager_collectives_on_nkipy_tensors(tmp_path: Path, torchrun: Any) -> None:
     worker = Path(__file__).parent / "workers" / "dist_eager_device.py"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-addr=127.0.0.1",
-           f"--master-port={_free_port()}", str(worker)]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env, check=False)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    result = torchrun.run(worker, timeout=180, SPIKY_CACHE=str(tmp_path))
     reports = dict(re.findall(r"rank (\d): (\d+) eager checks ok", result.stdout))
     assert reports == {"0": "10", "1": "10"}, result.stdout
