@@ -8,11 +8,6 @@ bfloat16 rtol = atol = 8e-3 (one ulp at 1). The collectives themselves come out 
 
 from __future__ import annotations
 
-import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,27 +16,16 @@ import pytest
 WORKER = Path(__file__).parent / "workers" / "dist_coalesced.py"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _run(tmp_path: Path, **env_vars: str) -> list[dict[str, Any]]:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env.update(SPIKY_TEST_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1", **env_vars)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-addr=127.0.0.1",
-           f"--master-port={_free_port()}", str(WORKER)]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, check=False)
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-6000:]
-    reports = [json.loads(line.split("RESULT ", 1)[1]) for line in result.stdout.splitlines() if "RESULT " in line]
-    assert sorted(r["rank"] for r in reports) == [0, 1], result.stdout
+def _run(torchrun: Any, **env: str) -> list[dict[str, Any]]:
+    """The worker on 2 ranks (the ``torchrun`` fixture of tests/conftest.py); one report per rank."""
+    reports: list[dict[str, Any]] = torchrun.reports(torchrun.run(WORKER, nproc=2, **env).stdout)
+    assert [r["rank"] for r in reports] == [0, 1], reports
     return reports
 
 
 @pytest.mark.slow
-def test_coalesced_fallback_and_dynamic_collectives_match_eager(tmp_path: Path) -> None:
-    reports = _run(tmp_path)
+def test_coalesced_fallback_and_dynamic_collectives_match_eager(torchrun: Any) -> None:
+    reports = _run(torchrun)
     for r in reports:
         # coalesced: (5 reduce ops x 2 collectives + all_gather) for float32 and bfloat16, int64 without avg
         # fallback: 3 programs x each rank late once; dynamic: 3 functions x 4 lengths + the pair x 3 lengths
@@ -64,10 +48,10 @@ def test_coalesced_fallback_and_dynamic_collectives_match_eager(tmp_path: Path) 
 
 
 @pytest.mark.slow
-def test_without_eager_waits_the_fallback_reads_collectives_in_flight(tmp_path: Path) -> None:
+def test_without_eager_waits_the_fallback_reads_collectives_in_flight(torchrun: Any) -> None:
     """The fallback check detects the bug it guards against: with every wait_tensor compiled (the
     identity) again, compiled partitions read buffers that eager collectives have not filled yet."""
-    reports = _run(tmp_path, SPIKY_TEST_PARTS="fallback", SPIKY_TEST_WAIT_COMPILED="1")
+    reports = _run(torchrun, SPIKY_TEST_PARTS="fallback", SPIKY_TEST_WAIT_COMPILED="1")
     for r in reports:
         assert r["checks"] == {"fallback": 6}, r
     # the rank that is on time reads too early in each of the 6 calls (3 programs x 2 orders)
