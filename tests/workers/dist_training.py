@@ -22,6 +22,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from datetime import timedelta
 from typing import Any
 
@@ -84,17 +85,19 @@ class Checker:
         torch.testing.assert_close(_full(actual), _full(expected), **TOL, msg=lambda m: f"{what}: {m}")
         self.checks += 1
 
-    def train(self, eager: nn.Module, model: nn.Module, call: Callable[[nn.Module, torch.Tensor], torch.Tensor],
-              x: torch.Tensor, name: str) -> None:
-        """``STEPS`` SGD steps of ``eager`` (run eagerly) and ``model`` (compiled by ``call``'s
-        caller) side by side: losses each step, gradients after the first, weights at the end."""
+    def train(self, eager: nn.Module, model: nn.Module, x: torch.Tensor, name: str,
+              around: Callable[[], AbstractContextManager[Any]] = nullcontext) -> None:
+        """``STEPS`` SGD steps of ``eager`` (run eagerly) and ``model`` (compiled; its forward and
+        backward run inside ``around()``) side by side: losses each step, gradients after the
+        first, weights at the end."""
         opt_e = torch.optim.SGD(eager.parameters(), lr=0.05, momentum=0.9)
         opt_m = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
         for step in range(STEPS):
             loss_e = eager(x).square().mean()
             loss_e.backward()
-            loss_m = call(model, x).square().mean()
-            loss_m.backward()
+            with around():
+                loss_m = model(x).square().mean()
+                loss_m.backward()
             self.close(loss_m, loss_e, f"{name} loss at step {step}")
             if step == 0:
                 for (pname, p), q in zip(eager.named_parameters(), model.parameters(), strict=True):
@@ -106,11 +109,6 @@ class Checker:
             opt_m.zero_grad()
         for (pname, p), q in zip(eager.named_parameters(), model.parameters(), strict=True):
             self.close(q, p, f"{name} weight {pname} after {STEPS} steps")
-
-
-def _compiled(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    out: torch.Tensor = model(x)
-    return out
 
 
 def fsdp_case(check: Checker, rank: int, world: int, mesh_kind: str, per_layer: bool, reshard: bool) -> None:
@@ -133,7 +131,7 @@ def fsdp_case(check: Checker, rank: int, world: int, mesh_kind: str, per_layer: 
     compiled = torch.compile(model, backend="nkipy")
     x = torch.randn(4, 16, generator=torch.Generator().manual_seed(10 + rank))
     name = f"fsdp2 mesh={mesh_kind} per_layer={per_layer} reshard={reshard}"
-    check.train(eager, compiled, _compiled, x, name)
+    check.train(eager, compiled, x, name)
 
 
 def tp_case(check: Checker, rank: int, world: int, sequence_parallel: bool) -> None:
@@ -149,7 +147,7 @@ def tp_case(check: Checker, rank: int, world: int, sequence_parallel: bool) -> N
         parallelize_module(net, mesh, plan)
     compiled = torch.compile(model, backend="nkipy")
     x = torch.randn(2, 6, 16, generator=torch.Generator().manual_seed(20))  # the same on every rank
-    check.train(eager, compiled, _compiled, x, "tp+sequence parallel" if sequence_parallel else "tp colwise+rowwise")
+    check.train(eager, compiled, x, "tp+sequence parallel" if sequence_parallel else "tp colwise+rowwise")
 
 
 class _Bare(nn.Module):
@@ -175,25 +173,8 @@ def ddp_case(check: Checker, rank: int, world: int) -> None:
     compiled = torch.compile(model, backend="nkipy")
     x = torch.randn(4, 16, generator=torch.Generator().manual_seed(30 + rank))
     captures = torch._dynamo.utils.counters["compiled_autograd"]["captures"]
-    opt_e = torch.optim.SGD(eager.parameters(), lr=0.05)
-    opt_m = torch.optim.SGD(model.parameters(), lr=0.05)
-    for step in range(STEPS):
-        loss_e = eager(x).square().mean()
-        loss_e.backward()
-        with torch._dynamo.compiled_autograd._enable(torch.compile(backend="nkipy")):
-            loss_m = compiled(x).square().mean()
-            loss_m.backward()
-        check.close(loss_m, loss_e, f"ddp loss at step {step}")
-        if step == 0:
-            for (pname, p), q in zip(eager.named_parameters(), model.parameters(), strict=True):
-                assert p.grad is not None and q.grad is not None
-                check.close(q.grad, p.grad, f"ddp grad of {pname}")
-        opt_e.step()
-        opt_m.step()
-        opt_e.zero_grad()
-        opt_m.zero_grad()
-    for (pname, p), q in zip(eager.named_parameters(), model.parameters(), strict=True):
-        check.close(q, p, f"ddp weight {pname}")
+    check.train(eager, compiled, x, "ddp(compiled autograd)",
+                around=lambda: torch._dynamo.compiled_autograd._enable(torch.compile(backend="nkipy")))
     assert torch._dynamo.utils.counters["compiled_autograd"]["captures"] > captures, "compiled autograd ran"
 
 
@@ -209,7 +190,7 @@ def ddp_inner_case(check: Checker, rank: int, world: int) -> None:
     model = DistributedDataParallel(torch.compile(copy.deepcopy(net), backend="nkipy"))
     before = spiky.get_stats().total_executions
     x = torch.randn(4, 16, generator=torch.Generator().manual_seed(40 + rank))
-    check.train(eager, model, _compiled, x, "ddp(compiled module)")
+    check.train(eager, model, x, "ddp(compiled module)")
     assert spiky.get_stats().total_executions >= before + 2 * STEPS, "forward and backward ran compiled"
 
 
