@@ -7,6 +7,11 @@ loaded copy, whatever file or cache it came from), compiles its HLO once per loa
 the compiler narrowed a 64-bit type, inputs are widened to the module's types before the run and
 results narrowed to the NEFF's after it, as the narrowed program would compute (wrapping on
 overflow instead of whatever the device does).
+
+A NEFF whose HLO has collectives across ranks (all-reduce, all-gather, reduce-scatter, all-to-all
+over replica groups of several ranks) is split at them into stages run in order, with the
+collectives performed between the stages over ``torch.distributed``
+(:mod:`spiky.testing.xla_collectives`); NEFFs without them run as one module.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import numpy as np
 from spiky.testing.fake_nrt.control import NRT_SUCCESS, FakeNrt
 from spiky.testing.fake_nrt.neff import NeffTensor, read_fake_neff
 from spiky.testing.neuronx_cc import PRIMITIVE_DTYPES
+from spiky.testing.xla_collectives import ProcessGroups, cross_rank_collectives, stage_module
 from spiky_ir.hlo import HloModule
 
 HLO_MEMBER = "model.hlo.pb"
@@ -71,6 +77,7 @@ class XlaExecuteRule:
         self.fake = fake
         self._programs: dict[int, _Program] = {}
         self._lock = threading.Lock()
+        self._groups = ProcessGroups()
 
     def _program(self) -> _Program:
         serial = self.fake.current_neff_serial()
@@ -85,8 +92,7 @@ class XlaExecuteRule:
                 program = self._programs[serial] = self._compile(data)
         return program
 
-    @staticmethod
-    def _compile(data: bytes) -> _Program:
+    def _compile(self, data: bytes) -> _Program:
         from spiky_ir.hlo.xla_cpu import compile_hlo
 
         neff = read_fake_neff(data)
@@ -101,22 +107,20 @@ class XlaExecuteRule:
         params = [_numpy_dtype(PRIMITIVE_DTYPES[p.element_type]) for p in shape.parameters]
         if len(params) != len(neff.inputs):
             raise ValueError(f"NEFF {neff.neff_id!r} declares {len(neff.inputs)} inputs, its HLO has {len(params)}")
-        for computation in module.computations:
-            for instruction in computation.instructions:
-                groups = [list(g.replica_ids) for g in (getattr(instruction, "replica_groups", None) or [])]
-                if any(len(group) > 1 for group in groups):
-                    # XLA:CPU would run the collective over this one process: one rank's values,
-                    # silently wrong. Refuse instead.
-                    raise NotImplementedError(
-                        f"NEFF {neff.neff_id!r} has a {instruction.opcode} across replicas {groups}: the contract "
-                        "emulator runs each rank's HLO alone and cannot perform collectives between "
-                        "processes; test collectives inside compiled graphs on the host target")
         entry = module.computations[-1]
         root = next(i for i in entry.instructions if i.id == entry.root_id)
         assert root.frontend_attributes is not None
         result_index = {name: i for i, name in enumerate(root.frontend_attributes.map["neff_output_names"].split(","))}
         outputs = tuple((result_index[t.name], t) for t in neff.outputs)
-        return _Program(neff.neff_id, neff.inputs, tuple(params), outputs, compile_hlo(proto))
+        if not cross_rank_collectives(module):
+            return _Program(neff.neff_id, neff.inputs, tuple(params), outputs, compile_hlo(proto))
+        # Collectives across ranks: XLA:CPU alone would compute over this process only. Split the
+        # module at them and perform them between the stages over torch.distributed.
+        model = self.fake.current_model()
+        rank, world = self.fake.model_rank(model), self.fake.model_world_size(model)
+        staged = stage_module(module, neff.neff_id, rank, world, self._groups, compile_hlo,
+                              lambda element_type: _numpy_dtype(PRIMITIVE_DTYPES[element_type]))
+        return _Program(neff.neff_id, neff.inputs, tuple(params), outputs, staged)
 
     def __call__(self, neff_id: str, ins: dict[str, memoryview], outs: dict[str, memoryview]) -> int:
         program = self._program()

@@ -123,6 +123,7 @@ _CONTROL_SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "fake_nrt_fail_next_allocate": (None, [ctypes.c_int]),
     "fake_nrt_fail_next_load": (None, [ctypes.c_int]),
     "fake_nrt_current_neff": (ctypes.c_void_p, [ctypes.POINTER(ctypes.c_size_t), ctypes.POINTER(ctypes.c_uint64)]),
+    "fake_nrt_current_model": (ctypes.c_void_p, []),
     "fake_nrt_set_device_capacity": (None, [ctypes.c_size_t]),
     "fake_nrt_set_timing": (None, [ctypes.c_int, ctypes.c_double, ctypes.c_double, ctypes.c_double, ctypes.c_double]),
     "fake_nrt_set_execute_time": (ctypes.c_int, [ctypes.c_char_p, ctypes.c_double]),
@@ -362,6 +363,11 @@ class FakeNrt:
         size = ctypes.c_size_t()
         address = self.lib.fake_nrt_current_neff(ctypes.byref(size), None)
         return ctypes.string_at(address, size.value) if address else None
+
+    def current_model(self) -> int | None:
+        """The handle of the model whose execute rule runs on this thread (for :meth:`model_rank`); None if none."""
+        address = self.lib.fake_nrt_current_model()
+        return int(address) if address else None
 
     def model_rank(self, model: int | None) -> int:
         return int(self.lib.fake_nrt_model_rank(model))

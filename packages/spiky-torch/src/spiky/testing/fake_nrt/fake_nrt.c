@@ -132,6 +132,7 @@
  *   and returns an NRT_STATUS. It runs outside the fake's lock and may call the fake, e.g.
  *   const void* fake_nrt_current_neff(size_t* size, uint64_t* serial): the bytes (and load
  *   serial, unique per load) of the NEFF being executed on this thread; NULL outside a callback.
+ *   const nrt_model_t* fake_nrt_current_model(void): that model (for fake_nrt_model_rank).
  */
 #define _DEFAULT_SOURCE
 #define _POSIX_C_SOURCE 200809L
@@ -1756,6 +1757,10 @@ EXPORT const void* fake_nrt_current_neff(size_t* size, uint64_t* serial) {
   if (serial != NULL) *serial = m != NULL ? m->serial : 0;
   return m != NULL ? m->neff : NULL;
 }
+
+/* The model whose execute callback runs on the calling thread (NULL outside a callback): for
+   fake_nrt_model_rank / _world_size from inside the callback. */
+EXPORT const nrt_model_t* fake_nrt_current_model(void) { return t_executing; }
 
 EXPORT void fake_nrt_fail_next_execute(int status) {
   lock();
