@@ -363,6 +363,9 @@ def test_zero_element_outputs_are_dropped(neuron: FakeNeuron, tmp_path: Path) ->
     # Spiky refuses such graphs before compiling them, naming the empty output.
     with torch.no_grad(), pytest.raises(Exception, match=r"outputs \[1\] have zero elements, which a NEFF drops"):
         torch.compile(lambda x: (x * 2, x[:0]), backend="nkipy")(torch.ones(4, 3))
+    # and so are empty inputs (DDP's compiled-autograd backward has one), named before compiling
+    with torch.no_grad(), pytest.raises(Exception, match=r"inputs \[1\] have zero elements, which a NEFF drops"):
+        torch.compile(lambda x, e: x * 2 + e.sum(), backend="nkipy")(torch.ones(4, 3), torch.ones(0, 3))
 
 
 # ---- strictness: what the real runtime refuses -----------------------------------------------

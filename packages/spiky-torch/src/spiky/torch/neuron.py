@@ -113,12 +113,13 @@ class Int64Boundary:
 
 def check_neuron_graph(graph: Graph, kernel_name: str) -> None:
     """Raise :class:`SpikyTargetError` for graphs a NEFF cannot represent (before compiling them)."""
-    empty = [i for i, value in enumerate(graph.outputs) if 0 in value.type.static_shape()]
-    if empty:
-        raise SpikyTargetError(
-            f"{kernel_name}: outputs {empty} have zero elements, which a NEFF drops; the neuron target does not "
-            "support such graphs yet (use target='host')"
-        )
+    for kind, values in (("inputs", graph.inputs), ("outputs", graph.outputs)):
+        empty = [i for i, value in enumerate(values) if 0 in value.type.static_shape()]
+        if empty:
+            raise SpikyTargetError(
+                f"{kernel_name}: {kind} {empty} have zero elements, which a NEFF drops; the neuron target does "
+                "not support such graphs yet (use target='host')"
+            )
 
 
 def build_neff(
