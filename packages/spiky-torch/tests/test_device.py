@@ -164,6 +164,50 @@ def test_torch_nkipy_module_and_accelerator() -> None:
         torch.accelerator.synchronize()
 
 
+# What torch's device-agnostic code (FSDP2, DeviceMesh, DTensor) calls on the device module.
+ACCELERATOR_SURFACE = ["is_available", "is_initialized", "device_count", "current_device", "set_device",
+                       "synchronize", "current_stream", "default_stream", "Stream", "Event", "stream"]
+
+
+@pytest.mark.smoke
+def test_device_module_has_what_distributed_code_asks_for() -> None:
+    from torch.distributed.device_mesh import _get_device_handle
+
+    handle = _get_device_handle(DEV)
+    assert handle is torch.get_device_module(DEV)
+    missing = [name for name in ACCELERATOR_SURFACE if not hasattr(handle, name)]
+    assert not missing, missing
+    assert handle.is_initialized()  # DeviceMesh then leaves the device alone (no set_device(LOCAL_RANK))
+    stream = handle.Stream(priority=-1)  # one stream per device: every Stream() is it
+    assert stream == handle.current_stream() == handle.default_stream() == torch.accelerator.current_stream()
+    x = torch.ones(3, device=DEV)
+    event = handle.Event()
+    event.record()
+    handle.current_stream().wait_event(event)
+    with handle.stream(stream):
+        y = x + 1
+    stream.wait_stream(handle.current_stream())
+    event.synchronize()
+    assert event.query() and y.cpu().tolist() == [2.0, 2.0, 2.0]
+    with pytest.raises(ValueError, match="takes an nkipy stream"):
+        handle.stream(torch.Stream(device="cpu"))
+
+
+@pytest.mark.smoke
+def test_parameter_data_moves_between_cpu_and_device() -> None:
+    """``p.data = t`` across CPU and nkipy keeps the Parameter object (FSDP2 moves a CPU model
+    onto its mesh's device this way; torch leaves the check to private backends)."""
+    layer = nn.Linear(4, 2)
+    weight = layer.weight
+    expected = weight.detach().clone()
+    weight.data = weight.data.to(DEV)
+    assert layer.weight is weight and weight.device.type == DEV and isinstance(weight, nn.Parameter)
+    torch.testing.assert_close(weight.detach().cpu(), expected)
+    weight.data = weight.data.cpu()
+    assert weight.device.type == "cpu"
+    torch.testing.assert_close(weight.detach(), expected)
+
+
 @pytest.mark.smoke
 def test_fallback_warns_once_per_op_and_is_correct() -> None:
     a, b = torch.randn(3, 4), torch.randn(3, 4)

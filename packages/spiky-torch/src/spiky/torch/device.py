@@ -173,7 +173,8 @@ def current_stream(device: torch.device | str | int | None = None) -> torch.Stre
     return torch.accelerator.current_stream(current_device() if index is None else index)
 
 
-default_stream = current_stream
+def default_stream(device: torch.device | str | int | None = None) -> torch.Stream:
+    return current_stream(device)
 
 
 def Stream(device: torch.device | str | int | None = None, priority: int = 0,  # noqa: N802 (torch's name)
