@@ -126,6 +126,35 @@ def test_inplace_input_is_must_alias() -> None:
         np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
+def test_empty_inputs_can_be_constants_instead_of_parameters() -> None:
+    """``drop_empty_inputs`` (the neuron target: a NEFF carries no zero-element tensor): an empty
+    input becomes a constant of its shape, the other parameters are renumbered, an in-place alias
+    follows its parameter, and the results are those of the graph with the empty array passed."""
+    g = Graph()
+    x = g.add_input("x", TensorType((2, 3), F32))
+    e = g.add_input("e", TensorType((0, 3), F32))
+    cache = g.add_input("cache", TensorType((2, 3), F32))
+    total = g.add_op("sum", [e], {"axes": (0,), "keepdims": True})
+    g.set_outputs([g.add_op("add", [x, total]), g.add_op("multiply", [e, e]), g.add_op("add", [cache, x])])
+    art = emit_hlo(g, inplace={"cache": 2}, drop_empty_inputs=True)
+    module = HloModule.decode(art.proto)
+    params = [i for i in _entry(module).instructions if i.opcode == "parameter"]
+    assert art.input_names == ("x", "cache.must_alias_input") == tuple(_attr(p, "neff_input_names") for p in params)
+    assert [p.parameter_number for p in params] == [0, 1] and art.aliases == {2: 1}
+    assert len(module.host_program_shape.parameters) == 2
+    xs, cs = np.arange(6, dtype=np.float32).reshape(2, 3), np.ones((2, 3), np.float32)
+    expected = execute(g, [xs, np.zeros((0, 3), np.float32), cs])
+    for got, want in zip(run_hlo(art.proto, [xs, cs.copy()]), expected, strict=True):
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert emit_hlo(g).input_names == ("x", "e", "cache")  # off by default (XLA:CPU takes empty parameters)
+    with pytest.raises(IRError, match="updated in place cannot have zero elements"):
+        g2 = Graph()
+        empty = g2.add_input("empty", TensorType((0,), F32))
+        g2.set_outputs([g2.add_op("exp", [empty])])
+        emit_hlo(g2, inplace={"empty": 0}, drop_empty_inputs=True)
+
+
 @pytest.mark.parametrize(
     ("inplace", "message"),
     [({"nope": 0}, "'nope' is not an input"), ({"cache": 3}, "names output 3"),

@@ -439,21 +439,33 @@ std::vector<NrtIo> order_io(std::vector<std::pair<const NrtTensorInfo*, std::str
   std::string available;
   for (const auto& f : found) available += (available.empty() ? "" : ", ") + quoted(f.second);
   if (available.empty()) available = "none";
+  // nullptr: a declared zero-element tensor the NEFF does not have (the compiler drops those).
   std::vector<const NrtTensorInfo*> chosen;
   if (names.empty()) {
     for (const auto& f : found) chosen.push_back(f.first);
   } else {
-    if (names.size() != found.size()) {
+    if (!declared.empty() && declared.size() != names.size()) {
       throw InvalidArgument(model_ctx + ": the caller names " + std::to_string(names.size()) + " " + kind +
-                            "s, the NEFF has " + std::to_string(found.size()) + " (" + available + ")");
+                            "s and declares " + std::to_string(declared.size()));
     }
-    for (const std::string& name : names) {
+    std::size_t bound = 0;
+    for (std::size_t i = 0; i < names.size(); ++i) {
+      const std::string& name = names[i];
       auto it = std::find_if(found.begin(), found.end(), [&](const auto& f) { return f.second == name; });
       if (it == found.end()) {
+        if (!declared.empty() && declared[i].numel() == 0) {
+          chosen.push_back(nullptr);
+          continue;
+        }
         throw InvalidArgument(model_ctx + ": the NEFF has no " + kind + " " + quoted(name) + "; its " + kind +
                               "s are " + available);
       }
       chosen.push_back(it->first);
+      ++bound;
+    }
+    if (bound != found.size()) {
+      throw InvalidArgument(model_ctx + ": the caller names " + std::to_string(bound) + " " + kind +
+                            "s, the NEFF has " + std::to_string(found.size()) + " (" + available + ")");
     }
   }
   if (!declared.empty() && declared.size() != chosen.size()) {
@@ -462,6 +474,10 @@ std::vector<NrtIo> order_io(std::vector<std::pair<const NrtTensorInfo*, std::str
   }
   std::vector<NrtIo> out;
   for (std::size_t i = 0; i < chosen.size(); ++i) {
+    if (chosen[i] == nullptr) {
+      out.push_back(NrtIo{names[i], declared[i], -1, 0, true});
+      continue;
+    }
     const NrtTensorInfo& info = *chosen[i];
     std::string name(info.name, strnlen(info.name, kNrtTensorNameMax));
     const std::string ctx = model_ctx + " " + kind + " " + quoted(name) + " ";
@@ -603,8 +619,12 @@ void NrtDriver::execute(ModelId id, const std::vector<DeviceRef>& inputs,
   };
   TensorSet in_set(runtime_, ctx + " inputs");
   TensorSet out_set(runtime_, ctx + " outputs");
-  for (std::size_t i = 0; i < inputs.size(); ++i) bind(in_set, inputs[i], m->inputs[i], "input");
-  for (std::size_t i = 0; i < outputs.size(); ++i) bind(out_set, outputs[i], m->outputs[i], "output");
+  for (std::size_t i = 0; i < inputs.size(); ++i) {
+    if (!m->inputs[i].absent) bind(in_set, inputs[i], m->inputs[i], "input");
+  }
+  for (std::size_t i = 0; i < outputs.size(); ++i) {
+    if (!m->outputs[i].absent) bind(out_set, outputs[i], m->outputs[i], "output");
+  }
   check_nrt("nrt_execute", api.nrt_execute(m->get(), in_set.get(), out_set.get()), ctx);
   // Destruction runs in reverse declaration order: the sets go before the slices in them.
 }

@@ -67,12 +67,15 @@ class NrtRuntime {
 // once, at nrt_init) covers programs without Python. Idempotent.
 void nrt_close_at_exit() noexcept;
 
-// One NEFF input or output as nrt_get_model_tensor_info reported it.
+// One NEFF input or output as nrt_get_model_tensor_info reported it. `absent`: a declared tensor
+// with zero elements that the NEFF does not have (the compiler drops such tensors); it is never
+// bound to a tensor set, and an output of it is the empty array of its declared spec.
 struct NrtIo {
   std::string name;
   TensorSpec spec;
   int nrt_dtype;
   std::size_t nbytes;
+  bool absent = false;
 };
 
 class NrtDriver final : public Driver {

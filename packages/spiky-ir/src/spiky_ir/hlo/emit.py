@@ -27,7 +27,7 @@ from spiky_ir.hlo import schema as s
 from spiky_ir.hlo.builder import ComputationBuilder, HloValue, ModuleBuilder, array_shape
 from spiky_ir.hlo.rules import HLO_RULES, HloContext
 from spiky_ir.hlo.text import module_text
-from spiky_ir.ir import Graph
+from spiky_ir.ir import Graph, Value
 from spiky_ir.registry import get_op
 
 ENTRY_NAME = "main"
@@ -64,6 +64,7 @@ def emit_hlo(
     name: str | None = None,
     inplace: Mapping[str, int] | None = None,
     replica_groups: Mapping[str, Sequence[Sequence[int]]] | None = None,
+    drop_empty_inputs: bool = False,
 ) -> HloArtifact:
     """Emit ``graph`` (static shapes) as an HLO module.
 
@@ -71,6 +72,9 @@ def emit_hlo(
     of ranks; spiky-dist derives them from process groups). ``inplace`` maps a graph
     input's name to the index of the output that updates it in place; that input becomes
     ``<name>.must_alias_input`` and a ``MUST_ALIAS`` entry of ``input_output_alias``.
+    ``drop_empty_inputs``: an input with zero elements is no parameter but a constant of its
+    (empty) shape, which holds the same nothing (a NEFF carries no zero-element tensors); it is
+    then absent from ``input_names``.
     """
     for value in graph.inputs:
         if not value.type.is_static:
@@ -80,16 +84,26 @@ def emit_hlo(
     if not graph.outputs:
         raise IRError(f"graph '{graph.name}' has no outputs; nothing to emit")
     aliases = _check_inplace(graph, dict(inplace or {}))
+    dropped = {i for i, v in enumerate(graph.inputs) if drop_empty_inputs and 0 in v.type.static_shape()}
+    if dropped & set(aliases.values()):
+        raise IRError("an input updated in place cannot have zero elements and be dropped")
 
     module = ModuleBuilder()
     main = ComputationBuilder(module, ENTRY_NAME)
     env: dict[int, HloValue] = {}
     input_names: list[str] = []
-    for number, value in enumerate(graph.inputs):
-        neff_name = value.name + (MUST_ALIAS_SUFFIX if number in aliases.values() else "")
+    params: list[Value] = []
+    for index, value in enumerate(graph.inputs):
+        if index in dropped:
+            env[id(value)] = main.full(0, value.type.dtype, value.type.static_shape())
+            continue
+        neff_name = value.name + (MUST_ALIAS_SUFFIX if index in aliases.values() else "")
         input_names.append(neff_name)
-        env[id(value)] = main.parameter(number, value.type.dtype, value.type.static_shape(), neff_name,
+        env[id(value)] = main.parameter(len(params), value.type.dtype, value.type.static_shape(), neff_name,
                                         {INPUT_NAMES_ATTR: neff_name})
+        params.append(value)
+    number_of = {index: n for n, index in enumerate(i for i in range(len(graph.inputs)) if i not in dropped)}
+    aliases = {out: number_of[index] for out, index in aliases.items()}
     for node in graph.nodes:
         rule = HLO_RULES.get(node.op)
         if rule is None:
@@ -127,7 +141,7 @@ def emit_hlo(
         root = main.tuple(elements, attrs)
     entry = main.finish(root)
     program_shape = s.ProgramShape(
-        parameters=[array_shape(v.type.dtype, v.type.static_shape()) for v in graph.inputs],
+        parameters=[array_shape(v.type.dtype, v.type.static_shape()) for v in params],
         result=root.shape,
         parameter_names=list(input_names),
     )

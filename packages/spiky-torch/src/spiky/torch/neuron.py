@@ -30,7 +30,7 @@ import numpy as np
 
 import spiky_runtime as rt
 from spiky.cache import HLO_TEXT, CacheEntry
-from spiky.errors import SpikyRangeError, SpikyTargetError
+from spiky.errors import SpikyRangeError
 from spiky.torch.collectives import collective_groups, graph_replica_groups
 from spiky.torch.config import BackendConfig
 from spiky.torch.neuronx_cc import NEFF_FILE, NeuronCompiler, compile_neff, native_int64
@@ -111,17 +111,6 @@ class Int64Boundary:
         return out
 
 
-def check_neuron_graph(graph: Graph, kernel_name: str) -> None:
-    """Raise :class:`SpikyTargetError` for graphs a NEFF cannot represent (before compiling them)."""
-    for kind, values in (("inputs", graph.inputs), ("outputs", graph.outputs)):
-        empty = [i for i, value in enumerate(values) if 0 in value.type.static_shape()]
-        if empty:
-            raise SpikyTargetError(
-                f"{kernel_name}: {kind} {empty} have zero elements, which a NEFF drops; the neuron target does "
-                "not support such graphs yet (use target='host')"
-            )
-
-
 def build_neff(
     graph: Graph,
     kernel_name: str,
@@ -138,14 +127,17 @@ def build_neff(
     Returns the entry's ``neff`` metadata (NEFF I/O names, compile time, argv). Collectives compile
     with HLO replica groups from this process's world size.
     """
-    artifact = emit_hlo(graph, name=kernel_name, replica_groups=graph_replica_groups(graph, config.world_size))
+    # Zero-element inputs become constants (a NEFF carries no zero-element tensor; the driver leaves
+    # such declared inputs and outputs unbound and gives empty outputs back).
+    artifact = emit_hlo(graph, name=kernel_name, replica_groups=graph_replica_groups(graph, config.world_size),
+                        drop_empty_inputs=True)
     native = native_int64(config.additional_compiler_args)
     if not native:  # what neuronx-cc would compute anyway, said in the module (see Int64Boundary)
         artifact = narrow_int64(artifact)
     (directory / HLO_TEXT).write_text(artifact.text)
     result = compile_neff(compiler, directory, artifact.proto, target=chip,
                           extra_args=config.additional_compiler_args, timeout=timeout, progress=progress)
-    return {"neff": {"inputs": list(artifact.input_names), "outputs": list(artifact.output_names),
+    return {"neff": {"inputs": [v.name for v in graph.inputs], "outputs": list(artifact.output_names),
                      "compile_seconds": round(result.seconds, 3), "argv": list(result.argv),
                      "int64": "native" if native else "narrowed to int32"}}
 

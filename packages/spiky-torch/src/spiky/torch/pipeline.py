@@ -48,7 +48,7 @@ from spiky.torch.collectives import bind_host_collectives, host_replica_groups
 from spiky.torch.config import BackendConfig, current_config
 from spiky.torch.device_call import fx_output_devices
 from spiky.torch.host_executors import build_host_artefact, load_host_graph
-from spiky.torch.neuron import Int64Boundary, NtffProfiler, build_neff, check_neuron_graph, load_neff_model
+from spiky.torch.neuron import Int64Boundary, NtffProfiler, build_neff, load_neff_model
 from spiky.torch.neuronx_cc import NeuronCompiler, detect_target, find_neuronx_cc
 from spiky.torch.options import Options
 from spiky.torch.targets import runtime_device
@@ -214,7 +214,6 @@ def compile_neuron(
     chip = detect_target(neuron_target)
     text = print_graph(graph)
     kernel_name = kernel_name_of(text)
-    check_neuron_graph(graph, kernel_name)
     key = cache_key(text, f"neuron-{chip}", options, config, compiler=compiler, buckets=buckets)
 
     def build(directory: Path) -> dict[str, Any]:
