@@ -115,10 +115,9 @@ def fsdp_case(check: Checker, rank: int, world: int, mesh_kind: str, per_layer: 
     torch.manual_seed(0)
     eager = Net()
     model = copy.deepcopy(eager)
-    cpu_mesh = init_device_mesh("cpu", (world,))
-    eager_mesh = cpu_mesh
+    cpu_mesh = init_device_mesh("cpu", (world,))  # eager FSDP2 always shards over the CPU
     mesh: DeviceMesh | None = cpu_mesh if mesh_kind == "cpu" else None  # None: torch's default (nkipy)
-    for net, m in ((eager, eager_mesh), (model, mesh)):
+    for net, m in ((eager, cpu_mesh), (model, mesh)):
         kwargs: dict[str, Any] = {"reshard_after_forward": reshard}
         if m is not None:
             kwargs["mesh"] = m
