@@ -7,6 +7,7 @@ compares a compiled function with eager, output and input gradient (the ``forwar
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -38,12 +39,21 @@ def forward_backward_match() -> Callable[..., None]:
     return _forward_backward_match
 
 
+ON_NEURON = os.environ.get("SPIKY_TEST_ON_FAKE_NEURON") == "1"
+"""Set by test_nrt_device.py, which runs the device tests again in a process whose ``"nkipy"`` device
+is NeuronCore memory of the fake libnrt: every test then runs inside :func:`fake_neuron`."""
+
+
 @pytest.fixture(autouse=True)
 def fresh_backend(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setenv("SPIKY_CACHE", str(tmp_path / "cache"))
     spiky.torch.reset_nkipy_backend()
     torch._dynamo.reset()
-    yield
+    if ON_NEURON:
+        with fake_neuron(tmp_path / "neuron_cache"):
+            yield
+    else:
+        yield
     spiky.torch.reset_nkipy_backend()
     torch._dynamo.reset()
 

@@ -7,6 +7,7 @@ runtime's timeline (no H2D/D2H spans in the call).
 from __future__ import annotations
 
 import json
+import os
 import threading
 from typing import Any
 
@@ -31,7 +32,7 @@ def _mlp() -> nn.Module:
 
 def _trace_phases(fn: Any) -> set[str]:
     """Names of the runtime phases (H2D, execute, D2H, ...) recorded while ``fn()`` runs."""
-    device = rt.Device("host", 0)
+    device = rt.Device(nkipy_device.DRIVER, 0)  # the memory behind "nkipy" (test_nrt_device.py: nrt)
     device.start_trace()
     try:
         fn()
@@ -186,18 +187,39 @@ def test_device_loop_of_1000_calls_does_not_leak() -> None:
 def test_pending_pipelined_outputs_are_read_after_they_are_produced() -> None:
     """A pipelined call's outputs become nkipy tensors at once; reading one waits for the call."""
     gate = threading.Event()
-    spec = rt.TensorSpec((4,), "float32")
-
-    def slow_double(xs: list[Any]) -> list[Any]:
-        assert gate.wait(10)
-        return [xs[0] * 2]
-
-    model = rt.Device("host", 0).load_host_model(slow_double, [spec], [spec], "slow_double")
-    bundle = rt.Bundle({0: model}, name="slow_double", pipelined=True)
     x = torch.arange(4, dtype=torch.float32).to(DEV)
-    future = bundle.submit([nkipy_device.runtime_input(x)], to_host=False)
-    (out,) = [nkipy_device.adopt_output(t, 0) for t in future.result()]
-    assert out.device.type == DEV and out.shape == (4,) and not future.done()
+    if nkipy_device.DRIVER == "host":
+        spec = rt.TensorSpec((4,), "float32")
+
+        def slow_double(xs: list[Any]) -> list[Any]:
+            assert gate.wait(10)
+            return [xs[0] * 2]
+
+        model = rt.Device("host", 0).load_host_model(slow_double, [spec], [spec], "slow_double")
+        bundle = rt.Bundle({0: model}, name="slow_double", pipelined=True)
+        future = bundle.submit([nkipy_device.runtime_input(x)], to_host=False)
+        (out,) = [nkipy_device.adopt_output(t, 0) for t in future.result()]
+        pending = not future.done()
+    else:  # NeuronCore memory (test_nrt_device.py): the fake libnrt's execute waits for the gate
+        from spiky.testing import FakeNrt, XlaExecuteRule
+
+        fake = FakeNrt(os.environ["SPIKY_LIBNRT"])
+        xla = XlaExecuteRule(fake)
+
+        def gated(neff_id: str, ins: dict[str, memoryview], outs: dict[str, memoryview]) -> int:
+            assert gate.wait(10)
+            return xla(neff_id, ins, outs)
+
+        compiled = torch.compile(lambda a: a * 2, backend="nkipy",
+                                 options={"pipelined": True, "keep_outputs_on_device": True})
+        with torch.no_grad():
+            gate.set()
+            compiled(x)  # compiled and loaded with the gate open
+            gate.clear()
+            fake.set_execute(gated)
+            out = compiled(x)  # returns with the execution still held at the gate
+            pending = not gate.is_set()
+    assert out.device.type == DEV and out.shape == (4,) and pending
     threading.Timer(0.05, gate.set).start()
     # .cpu() waits for the producer (GIL released, so the host fn can run); without the wait
     # it would read the block before the call wrote it

@@ -62,6 +62,20 @@ def _log_level(level: int | str) -> int:
     return level
 
 
+def _check_device_cores(core_offset: int) -> None:
+    """Refuse a ``core_offset`` the Neuron runtime can no longer honour: when the ``"nkipy"`` device
+    is NeuronCore memory, the runtime started at import on ``LOCAL_RANK``'s core (offset 0)."""
+    from spiky.torch import device as nkipy_device
+
+    started = nkipy_device.STARTED_ENV.get("NEURON_RT_VISIBLE_CORES")
+    if core_offset and nkipy_device.DRIVER == "nrt" and started is not None:
+        raise SpikyConfigError(
+            f"core_offset={core_offset}: the Neuron runtime already started on NeuronCore {started} when "
+            "spiky.torch was imported (the \"nkipy\" device is NeuronCore memory); set "
+            "NEURON_RT_VISIBLE_CORES before importing spiky.torch instead, or "
+            "SPIKY_NKIPY_DEVICE_DRIVER=host to back the device with host memory")
+
+
 def init_nkipy_backend(
     nkipy_cache: str | os.PathLike[str] | None = None,
     log_level: int | str = logging.WARNING,
@@ -105,6 +119,7 @@ def init_nkipy_backend(
         resolved_rank, resolved_world = resolve_rank_world(rank, world_size)
         if target != "host" and find_libnrt() is not None:
             # The Neuron runtime reads these once, when it starts: set them first.
+            _check_device_cores(core_offset)
             apply_neuron_runtime_env(resolved_rank, resolved_world, core_offset)
         resolved_target = resolve_target(target)
         try:

@@ -35,25 +35,62 @@ import spiky_runtime as rt
 from spiky.errors import SpikyConfigError
 from spiky.torch import device_ext
 from spiky.torch.arrays import bfloat16
-from spiky_dist import stage_eager_collectives
+from spiky_dist import DistConfigError, apply_neuron_runtime_env, resolve_rank_world, stage_eager_collectives
 
 log = logging.getLogger("spiky.device")
 
 DEVICE_TYPE = "nkipy"
 DRIVER = "host"
-"""The runtime driver behind the device (the nrt driver takes over on Neuron)."""
+"""The runtime driver behind the device, chosen when it is registered (:func:`choose_driver`)."""
+DRIVER_ENV = "SPIKY_NKIPY_DEVICE_DRIVER"
+DRIVERS = ("auto", "host", "nrt")
+STARTED_ENV: dict[str, str] = {}
+"""The ``NEURON_RT_*`` variables :func:`choose_driver` set before starting the Neuron runtime."""
 
 _lock = threading.Lock()
 _capsules: list[Any] = []
 _ext: ModuleType | None = None
 
 
+def choose_driver() -> str:
+    """The runtime driver whose memory backs the device: ``$SPIKY_NKIPY_DEVICE_DRIVER`` (``host``,
+    ``nrt`` or ``auto``, the default). ``auto`` is ``nrt`` when the neuron target can run here
+    (libnrt loads and sees a NeuronCore), so ``x.to("nkipy")`` is NeuronCore memory as
+    ``x.to("cuda")`` is GPU memory, else ``host``. The choice is made once per process, when
+    :mod:`spiky.torch` is imported; checking for ``nrt`` starts the Neuron runtime, after setting
+    this rank's ``NEURON_RT_VISIBLE_CORES`` from ``LOCAL_RANK`` as :func:`~spiky.torch.init_nkipy_backend`
+    would (the runtime reads it once)."""
+    from spiky.torch.targets import find_libnrt, neuron_unavailable
+
+    wanted = os.environ.get(DRIVER_ENV, "auto") or "auto"
+    if wanted not in DRIVERS:
+        raise SpikyConfigError(f"{DRIVER_ENV}={wanted!r} is not a driver; valid: {', '.join(DRIVERS)}")
+    if wanted == "host" or (wanted == "auto" and find_libnrt() is None):
+        return "host"
+    rank, world = resolve_rank_world(None, None)
+    try:
+        STARTED_ENV.update(apply_neuron_runtime_env(rank, world))
+    except DistConfigError as exc:
+        if wanted == "nrt":
+            raise
+        log.info("the nkipy device is backed by host memory: %s", exc)
+        return "host"
+    reason = neuron_unavailable()
+    if reason is None:
+        return "nrt"
+    if wanted == "nrt":
+        raise SpikyConfigError(f"{DRIVER_ENV}=nrt, but the nrt driver cannot run here: {reason}")
+    log.info("the nkipy device is backed by host memory: %s", reason)
+    return "host"
+
+
 def register() -> bool:
     """Make ``"nkipy"`` a torch device (idempotent); False when disabled or the build failed.
 
-    ``SPIKY_NKIPY_DEVICE=0`` skips it (the backend works without the device).
+    ``SPIKY_NKIPY_DEVICE=0`` skips it (the backend works without the device). The memory behind
+    it is the :func:`choose_driver` driver's pool.
     """
-    global _ext
+    global _ext, DRIVER
     with _lock:
         if _ext is not None:
             return True
@@ -68,6 +105,7 @@ def register() -> bool:
         except Exception as exc:  # no compiler, no headers: the backend still works on CPU tensors
             log.warning("the nkipy device is unavailable: building its extension failed: %s", exc)
             return False
+        DRIVER = choose_driver()
         for index in range(rt.device_count(DRIVER)):
             capsule = rt._core.allocator_capsule(rt.Device(DRIVER, index))
             ext.register_device(capsule)
