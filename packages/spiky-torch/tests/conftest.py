@@ -41,15 +41,20 @@ def forward_backward_match() -> Callable[..., None]:
 
 ON_NEURON = os.environ.get("SPIKY_TEST_ON_FAKE_NEURON") == "1"
 """Set by test_nrt_device.py, which runs the device tests again in a process whose ``"nkipy"`` device
-is NeuronCore memory of the fake libnrt: every test then runs inside :func:`fake_neuron`."""
+is NeuronCore memory of the fake libnrt: every test that does not choose its target runs inside
+:func:`fake_neuron`."""
+
+
+_OWN_TARGET = frozenset({"neuron", "neuron_target", "target", "host_executor"})
+"""Fixtures that initialise the backend themselves (for a target, or a host executor)."""
 
 
 @pytest.fixture(autouse=True)
-def fresh_backend(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def fresh_backend(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Iterator[None]:
     monkeypatch.setenv("SPIKY_CACHE", str(tmp_path / "cache"))
     spiky.torch.reset_nkipy_backend()
     torch._dynamo.reset()
-    if ON_NEURON:
+    if ON_NEURON and not _OWN_TARGET & set(request.fixturenames):
         with fake_neuron(tmp_path / "neuron_cache"):
             yield
     else:

@@ -1,9 +1,12 @@
 """The ``"nkipy"`` torch device: PrivateUse1 renamed, storage from spiky-runtime's memory pool.
 
+The pool is the nrt driver's (NeuronCore memory) where the neuron target can run when
+:mod:`spiky.torch` is imported, else the host driver's (:func:`choose_driver`).
+
 Registered once when :mod:`spiky.torch` is imported (:func:`register`, idempotent)::
 
     import torch, spiky.torch
-    x = torch.randn(4, 8).to("nkipy")          # pool memory of runtime device host:0
+    x = torch.randn(4, 8).to("nkipy")          # pool memory of runtime device host:0 (or nrt:0)
     model = torch.nn.Linear(8, 2).to("nkipy")
     y = torch.compile(model, backend="nkipy", options={"keep_outputs_on_device": True})(x)
     y.device                                    # device(type='nkipy', index=0)

@@ -7,8 +7,9 @@ CPU out.
 Inputs (:func:`runtime_inputs`): CPU tensors enter as numpy views (bfloat16 ones as
 ``ml_dtypes.bfloat16`` views of their bits, :mod:`spiky.torch.arrays`). ``"nkipy"`` tensors enter as
 DeviceTensors over their own pool memory (no copy) when the graph runs on the runtime device
-behind the ``"nkipy"`` torch device (the host target). On the neuron target that torch device is
-still backed by host memory, so its tensors are read as arrays and uploaded like CPU ones.
+behind the ``"nkipy"`` torch device: the host target's on a machine without Neuron, the neuron
+target's where the device is NeuronCore memory (:func:`spiky.torch.device.choose_driver`).
+Otherwise (graphs on one, tensors on the other) they are read as arrays and uploaded like CPU ones.
 
 Outputs (:func:`output_placement`, then :func:`torch_outputs`):
 
