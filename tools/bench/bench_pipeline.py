@@ -8,7 +8,9 @@ machine. Sections:
    ``run`` vs pipelined ``submit`` (all 100 submitted, then collected), with the execution time set
    equal to the modelled H2D + D2H time. Results are checked equal to the synchronous ones.
 2. torch: ``torch.compile(model, backend="nkipy")`` under ``fake_neuron(timing=...)``, a loop of 100
-   distinct CPU inputs with ``pipelined`` off and on (CPU outputs: each call waits for its result).
+   distinct CPU inputs with ``pipelined`` off and on: CPU outputs (each call waits for its result), and
+   ``keep_outputs_on_device`` (``"nkipy"`` tensors of NeuronCore memory, returned while still being
+   produced: the script runs itself with ``SPIKY_LIBNRT`` set so the device is the fake NeuronCore's).
 3. dynamic shapes: a ``dynamic=True`` function over 100 lengths, padding on device vs on the host,
    with bytes per call from ``spiky.get_stats()``.
 
@@ -19,7 +21,9 @@ machine. Sections:
 from __future__ import annotations
 
 import argparse
+import collections
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -143,8 +147,12 @@ def section_torch(rounds: int, dynamic: bool) -> None:
         print(f"\n2. torch.compile on fake_neuron, 1 MiB in/out, 2 GB/s link, execute {transfer_ms:.3f} ms "
               "(= H2D + D2H), 100 distinct CPU inputs")
         xs = [torch.from_numpy(x) for x in _inputs(n)]
+        keep = {"keep_outputs_on_device": True}
         rows = [("synchronous", {}), ("pipelined", {"pipelined": True}),
-                ("pipelined + keep_outputs_on_device", {"pipelined": True, "keep_outputs_on_device": True})]
+                ("keep_outputs_on_device", keep),
+                ("pipelined + keep_outputs_on_device", {"pipelined": True, **keep}),
+                ("pipelined + keep, read 1 call behind", {"pipelined": True, **keep, "_behind": 1}),
+                ("pipelined + keep, read 2 calls behind", {"pipelined": True, **keep, "_behind": 2})]
     else:
         print("\n3. dynamic=True on fake_neuron, lengths 1..4096 of (L, 64) float32, 2 GB/s link, "
               "execute 0.5 ms, 100 calls")
@@ -153,9 +161,12 @@ def section_torch(rounds: int, dynamic: bool) -> None:
         xs = [torch.randn(int(length), 64) for length in lengths]
         timing = TimingModel(h2d_gbps=gbps, d2h_gbps=gbps, execute_ms=0.5)
         rows = [("pad on device", {"pad_on_device": True}), ("pad on host", {"pad_on_device": False}),
-                ("pad on device, pipelined", {"pad_on_device": True, "pipelined": True})]
+                ("pad on device, pipelined", {"pad_on_device": True, "pipelined": True}),
+                ("pad on device, pipelined + keep, 2 behind",
+                 {"pad_on_device": True, "pipelined": True, "keep_outputs_on_device": True, "_behind": 2})]
     with tempfile.TemporaryDirectory() as tmp:
         for label, options in rows:
+            behind = int(options.pop("_behind", 0))
             with fake_neuron(Path(tmp) / "cache", timing=timing), torch.no_grad():
                 fn = torch.compile(Net(), backend="nkipy", options=options, dynamic=dynamic or None)
                 want = [torch.tanh(x * 2 + 1) for x in xs]
@@ -163,19 +174,30 @@ def section_torch(rounds: int, dynamic: bool) -> None:
                 for a, b in zip(want, got, strict=True):
                     torch.testing.assert_close(b.cpu(), a, rtol=1e-5, atol=1e-5)
                 del got
-                spiky.reset_stats()
 
                 def loop(fn: Any = fn) -> None:
-                    outs = [fn(x) for x in xs]
+                    outs = [fn(x) for x in xs]  # every call in flight, then every result read
                     for o in outs:
                         o.cpu()
 
-                t = _best(loop, rounds)
+                def loop_behind(fn: Any = fn, depth: int = behind) -> None:
+                    queued: collections.deque[Any] = collections.deque()  # as a CUDA loop: read call i's
+                    for x in xs:                                # result once call i + depth is queued
+                        queued.append(fn(x))
+                        if len(queued) > depth:
+                            queued.popleft().cpu()
+                    while queued:
+                        queued.popleft().cpu()
+
+                torch.nkipy.synchronize()  # type: ignore[attr-defined]
+                spiky.reset_stats()
+                t = _best(loop_behind if behind else loop, rounds)
                 s = spiky.get_stats()
                 calls = max(s.total_executions, 1)
-                print(f"   {label:<36} {CALLS / t:>8.1f} calls/s   "
-                      f"H2D {s.mean_h2d_bytes_per_call / 2**10:>8.1f} KiB/call"
-                      f"   D2H {s.mean_d2h_bytes_per_call / 2**10:>8.1f} KiB/call   "
+                # bytes per call include the reads of kept outputs (.cpu()), which are not the call's own
+                print(f"   {label:<40} {CALLS / t:>8.1f} calls/s   "
+                      f"H2D {s.total_h2d_bytes / calls / 2**10:>8.1f} KiB/call"
+                      f"   D2H {s.total_d2h_bytes / calls / 2**10:>8.1f} KiB/call   "
                       f"H2D {s.total_h2d_time_ms / calls:.3f} ms   exec {s.total_exec_time_ms / calls:.3f} ms   "
                       f"D2H {s.total_d2h_time_ms / calls:.3f} ms   pad {s.total_pad_time_ms / calls:.3f} ms")
 
@@ -185,6 +207,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--quick", action="store_true", help="1 round per measurement instead of 3")
     parser.add_argument("--section", type=int, choices=(1, 2, 3), help="run one section only")
     args = parser.parse_args(argv)
+    if os.environ.get("SPIKY_LIBNRT") is None:
+        # The "nkipy" device is NeuronCore memory only when libnrt is found at import (here the
+        # fake one), as on a Trn host: run again with it in the environment, before anything imports spiky.
+        lib = subprocess.run([sys.executable, "-c", "from spiky.testing import fake_libnrt; print(fake_libnrt())"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+        os.execve(sys.executable, [sys.executable, __file__, *argv], {**os.environ, "SPIKY_LIBNRT": lib})
     rounds = 1 if args.quick else 3
     if args.section in (None, 1):
         section_runtime(rounds)
