@@ -1,7 +1,11 @@
 """The model zoo: real models from transformers, torchvision and timm through backend="nkipy".
 
     .venv/bin/python tools/bench/bench_zoo.py [--only a,b] [--no-inductor] [--timeout S] [--write-doc]
-                                              [--target host|neuron]
+                                              [--target host|neuron] [--cpu N] [--calls K]
+
+Issue 18's measurement: ``--cpu 1 --calls 20`` (each case pinned to one core, median of 20 warm
+calls); the summary then gives nkipy / Inductor per call (geomean, worst, how many above 1.5x) and
+the cases whose first call (the compile) is slower than Inductor's.
 
 Each case (tools/zoo/cases.py) runs in its own subprocess with a timeout, so a crash or a hang
 stops only that case. A case runs eager, then Inductor, then nkipy (host target) with default
@@ -20,9 +24,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -40,7 +46,7 @@ DOC = ROOT / "docs" / "MODELS.md"
 BEGIN, END = "<!-- zoo-table:begin -->", "<!-- zoo-table:end -->"
 
 
-def run_child(name: str, out: Path, inductor: bool, target: str = "host") -> None:
+def run_child(name: str, out: Path, inductor: bool, target: str = "host", calls: int | None = None) -> None:
     """Child mode: run one case in this process and write its Result as JSON."""
     import torch
 
@@ -50,16 +56,22 @@ def run_child(name: str, out: Path, inductor: bool, target: str = "host") -> Non
     from zoo.cases import BY_NAME
     from zoo.runner import run_case
 
-    result = run_case(BY_NAME[name], inductor=inductor, target=target)
+    kwargs = {} if calls is None else {"timed_calls": calls}
+    result = run_case(BY_NAME[name], inductor=inductor, target=target, **kwargs)
     out.write_text(json.dumps(result.to_json()))
 
 
-def run_isolated(name: str, timeout: float, inductor: bool, target: str = "host") -> dict[str, object]:
+def run_isolated(name: str, timeout: float, inductor: bool, target: str = "host", calls: int | None = None,
+                 cpu: int | None = None) -> dict[str, object]:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
         cmd = [sys.executable, __file__, "--child", name, "--child-out", str(out)]
+        if cpu is not None:  # the case's process and everything it starts (Inductor's compile workers) on one core
+            cmd = ["taskset", "-c", str(cpu), *cmd]
         if not inductor:
             cmd.append("--no-inductor")
+        if calls is not None:
+            cmd += ["--calls", str(calls)]
         cmd += ["--target", target]
         t0 = time.perf_counter()
         try:
@@ -133,9 +145,32 @@ def summary(rows: list[dict[str, object]]) -> str:
                if EXPECTED.get(str(r["name"])) != r["status"]]
     text = (f"{total} cases: " + ", ".join(f"{n} {s}" for s, n in counts.items())
             + f"; {ok_pct:.0f}% ok with default options")
+    ratios = inductor_ratios(rows)
+    if ratios:
+        per_call = [r for _n, r, _f in ratios]
+        worst = max(ratios, key=lambda item: item[1])
+        slower_compile = [n for n, _r, first in ratios if first is not None and first > 1.0]
+        text += (f"\nnkipy / Inductor per call over the {len(ratios)} ok cases Inductor ran: geomean "
+                 f"{math.exp(statistics.fmean(math.log(r) for r in per_call)):.2f}x, worst {worst[1]:.2f}x "
+                 f"({worst[0]}), {sum(r > 1.5 for r in per_call)} above 1.5x; first call slower than "
+                 f"Inductor's in {len(slower_compile)}" + (f" ({', '.join(slower_compile)})" if slower_compile else ""))
     if changed:
         text += "\nstatus differs from tools/zoo/expected.py: " + ", ".join(changed)
     return text
+
+
+def inductor_ratios(rows: list[dict[str, object]]) -> list[tuple[str, float, float | None]]:
+    """(case, nkipy / Inductor ms per call, nkipy / Inductor first-call s) for the ok rows with both."""
+    out = []
+    for row in rows:
+        mine, theirs = row.get("nkipy_ms"), row.get("inductor_ms")
+        if row["status"] != "ok" or not isinstance(mine, float) or not isinstance(theirs, float) or theirs <= 0:
+            continue
+        first, their_first = row.get("nkipy_first_s"), row.get("inductor_first_s")
+        compile_ratio = first / their_first if isinstance(first, float) and isinstance(their_first, float) \
+            and their_first > 0 else None
+        out.append((str(row["name"]), mine / theirs, compile_ratio))
+    return out
 
 
 def _revision() -> str:
@@ -190,12 +225,14 @@ def main() -> None:
                     help="nkipy's target: host (default) or neuron through the fake Neuron stack")
     ap.add_argument("--from-json", type=Path, nargs="+", default=[],
                     help="run nothing: take the rows from these --json files (later files win), print, --write-doc")
+    ap.add_argument("--calls", type=int, help="warm calls timed per backend (median; default: the runner's)")
+    ap.add_argument("--cpu", type=int, help="pin each case's process to this core (taskset), as the issue's goals ask")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     inductor = not args.no_inductor
     if args.child:
-        run_child(args.child, args.child_out, inductor, args.target)
+        run_child(args.child, args.child_out, inductor, args.target, args.calls)
         return
     if args.write_doc and args.target != "host":
         ap.error("--write-doc records host-target measurements; drop it or use --target host")
@@ -211,7 +248,8 @@ def main() -> None:
         inductor = any(r.get("inductor_ms") is not None for r in merged.values())
         names = [n for n in names if n in merged]
     for name in names:
-        row = merged[name] if args.from_json else run_isolated(name, args.timeout, inductor, args.target)
+        row = merged[name] if args.from_json else run_isolated(name, args.timeout, inductor, args.target, args.calls,
+                                                                args.cpu)
         rows.append(row)
         print_row(row)
     print(summary(rows))

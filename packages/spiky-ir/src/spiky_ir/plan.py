@@ -95,6 +95,11 @@ def _elementwise_kernel(node: Node) -> Kernel:
         return r
 
     if not any(cast_in):
+        if len(cast_in) in (1, 2) and _gives(fn, compute_np, len(cast_in), out_np, node):
+            # a rank >= 1 result of the right type: nothing to convert, the call is the step
+            if len(cast_in) == 1:
+                return lambda xs, _attrs: [fn(xs[0])]
+            return lambda xs, _attrs: [fn(xs[0], xs[1])]
         if len(cast_in) == 1:
             return lambda xs, _attrs: [as_result(fn(xs[0]))]
         if len(cast_in) == 2:
@@ -106,6 +111,18 @@ def _elementwise_kernel(node: Node) -> Kernel:
         return [as_result(fn(*args))]
 
     return kernel
+
+
+def _gives(fn: Callable[..., Any], compute: np.dtype[Any], arity: int, out: np.dtype[Any], node: Node) -> bool:
+    """Whether ``fn`` on ``arity`` arrays of ``compute`` returns an array of ``out`` for this node's
+    operands: its result has rank >= 1 (numpy returns scalars only for 0-d results; a 0-d operand
+    next to others promotes as an array does) and a probe on
+    one-element arrays of those types returns ``out`` (ufunc result types depend on types, not values)."""
+    if node.output.type.rank < 1:
+        return False
+    with np.errstate(all="ignore"):
+        probe = fn(*(np.ones(1, compute) for _ in range(arity)))
+    return type(probe) is np.ndarray and probe.dtype == out
 
 
 class Plan:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -100,9 +101,10 @@ def reduction(name: str, fn: Callable[..., Array], result: DTypeRule, *, hlo: Hl
         kwargs = {"axis": attr_ints(node.attrs, "axes"), "keepdims": attr_bool(node.attrs, "keepdims"),
                   **{k: node.attrs[k] for k in extra}}
         result = as_type(out.to_numpy())
+        run = _direct(fn, node.inputs[0].type.static_shape(), kwargs) or (lambda x: fn(x, **kwargs))
         if to_compute is None:
-            return lambda xs, _attrs: [result(fn(xs[0], **kwargs))]
-        return lambda xs, _attrs: [result(fn(xs[0].astype(to_compute), **kwargs))]
+            return lambda xs, _attrs: [result(run(xs[0]))]
+        return lambda xs, _attrs: [result(run(xs[0].astype(to_compute)))]
 
     opdef = define_op(name, "reduce", 1, {"axes": "ints", "keepdims": "bool", **extra}, shape_rule, reference, doc,
                       aten=aten)
@@ -113,6 +115,48 @@ def reduction(name: str, fn: Callable[..., Array], result: DTypeRule, *, hlo: Hl
         kernel_helper(fn)
     kernel_rule(name)(kernel or _kernel(fn))
     return opdef
+
+
+_UFUNCS: dict[Callable[..., Any], np.ufunc] = {
+    np.sum: np.add, np.prod: np.multiply, np.max: np.maximum, np.min: np.minimum, np.any: np.logical_or,
+    np.all: np.logical_and,
+}
+"""numpy's reductions are these ufuncs' ``reduce`` behind a Python-level wrapper (argument checks,
+method lookup: 2-6 µs a call, more than the reduction of a small array)."""
+
+
+def _direct(fn: Callable[..., Array], shape: tuple[int, ...],
+            kwargs: Mapping[str, Any]) -> Callable[[Array], Any] | None:
+    """``fn(x, **kwargs)`` for operands of ``shape`` as the ufunc calls numpy's wrapper makes
+    (numpy/_core/_methods.py for mean and var), with the element count decided once: the same
+    operations in the same order, so the same bits (the op table's plan-vs-reference test checks
+    it for every reduction). None where there is no such form."""
+    axis, keepdims = kwargs["axis"], kwargs["keepdims"]
+    ufunc = _UFUNCS.get(fn)
+    if ufunc is not None:
+        return lambda x: ufunc.reduce(x, axis=axis, keepdims=keepdims)
+    count = np.intp(math.prod(shape[a] for a in axis))
+    if fn is np.mean:
+        return lambda x: _divided(np.add.reduce(x, axis=axis, keepdims=keepdims), count)
+    if fn is _var:
+        divisor = np.maximum(count - kwargs["correction"], 0)
+
+        def var(x: Array) -> Any:
+            mean = _divided(np.add.reduce(x, axis=axis, keepdims=True), count)
+            deviation = np.subtract(x, mean)
+            np.square(deviation, out=deviation)
+            return _divided(np.add.reduce(deviation, axis=axis, keepdims=keepdims), divisor)
+
+        return var
+    return None
+
+
+def _divided(total: Any, count: Any) -> Any:
+    """``total / count`` as numpy's mean and var divide: in place into an array sum, in the sum's
+    own type for a scalar one."""
+    if type(total) is np.ndarray:
+        return np.true_divide(total, count, out=total, casting="unsafe")
+    return total.dtype.type(total / count)
 
 
 def _kernel(fn: Callable[..., Array]) -> KernelRule:

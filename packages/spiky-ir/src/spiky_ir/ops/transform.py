@@ -35,6 +35,7 @@ from spiky_ir.padding import (
     positionwise,
     single_padded,
 )
+from spiky_ir.plan import Kernel, plan_rule
 from spiky_ir.registry import (
     Array,
     attr_dims,
@@ -665,3 +666,39 @@ def _tile_hlo(ctx: HloContext, node: Node, xs: Sequence[HloValue]) -> list[HloVa
 
 
 pad_rule("tile")(_along_unpadded("reps"))
+
+
+# --- plan kernels: the attributes read and the shapes derived once per node -----------------------
+
+
+@plan_rule("reshape", "expand_dims", "squeeze")
+def _reshape_plan(node: Node) -> Kernel:
+    """A reshape to the node's static result shape (expand_dims and squeeze are reshapes too)."""
+    shape = node.output.type.static_shape()
+    return lambda xs, _attrs: [xs[0].reshape(shape)]
+
+
+@plan_rule("transpose")
+def _transpose_plan(node: Node) -> Kernel:
+    axes = attr_ints(node.attrs, "axes")
+    return lambda xs, _attrs: [xs[0].transpose(axes)]
+
+
+@plan_rule("slice")
+def _slice_plan(node: Node) -> Kernel:
+    index = tuple(slice(static_dim(lo, "slice"), static_dim(hi, "slice"), st) for lo, hi, st in zip(
+        attr_dims(node.attrs, "start"), attr_dims(node.attrs, "stop"), attr_ints(node.attrs, "step"), strict=True))
+    return lambda xs, _attrs: [xs[0][index]]
+
+
+@plan_rule("broadcast_to")
+def _broadcast_to_plan(node: Node) -> Kernel:
+    shape = node.output.type.static_shape()
+    return lambda xs, _attrs: [np.broadcast_to(xs[0], shape)]
+
+
+@plan_rule("astype")
+def _astype_plan(node: Node) -> Kernel:
+    """The conversion the reference makes (the plan's one ``errstate`` covers its warnings)."""
+    dtype = attr_dtype(node.attrs).to_numpy()
+    return lambda xs, _attrs: [xs[0].astype(dtype)]
