@@ -97,7 +97,7 @@ def _kernel(e: KernelEmitter, node: Node, args: list[str], _attrs: Mapping[str, 
 def erf(x: Array) -> Array:
     """Error function, exact to double precision (numpy has none): math.erf per element, into float64."""
     flat = x.astype(np.float64).ravel()
-    return np.fromiter(map(math.erf, flat.tolist()), np.float64, count=flat.size).reshape(x.shape)
+    return np.fromiter(map(math.erf, flat.tolist()), np.float64, count=flat.size).reshape(x.shape)  # type: ignore[no-any-return]
 
 
 def sigmoid(x: Array) -> Array:
