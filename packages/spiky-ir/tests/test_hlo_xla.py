@@ -346,8 +346,12 @@ def test_inputs_at_one_address_reuse_their_xla_buffer_and_see_new_contents(offse
     for value in (0.0, 1.0, -2.0):
         a[...] = value  # same memory, new contents: XLA must read them, not a stale copy
         np.testing.assert_allclose(exe([a])[0], np.exp(a), rtol=1e-6)
-    if offset == 0:  # aliased: the buffer of the first call is reused
-        assert exe._last[0] is not None and exe._last[0][0] == a.ctypes.data
+    if offset == 0:  # aliased: the buffer of the first call is reused (by identity, then by address)
+        assert exe._last[0] is not None and exe._last[0][0] is a and exe._last[0][1] == a.ctypes.data
+        buffer = exe._last[0][2]
+        again = a[...]  # another array object over the same memory
+        np.testing.assert_allclose(exe([again])[0], np.exp(a), rtol=1e-6)
+        assert exe._last[0][0] is again and exe._last[0][2] is buffer
     else:  # unaligned: XLA copied it, so nothing may be reused
         assert exe._last[0] is None
     b = _at_offset((2, 8), offset)

@@ -327,13 +327,41 @@ class GateGuard {
   ExitGate& gate_;
 };
 
+// Per host executable: the last view of each input (see make_host_executable). Its Python
+// objects are dropped with the GIL held, or leaked at interpreter exit (as PyRef does).
+struct ViewCache {
+  ViewCache() = default;
+  ViewCache(const ViewCache&) = delete;
+  ViewCache& operator=(const ViewCache&) = delete;
+  ~ViewCache() {
+    if (views.empty()) return;
+    if (!Py_IsInitialized() || python_finalizing()) {
+      for (auto& entry : views) entry.view.release();  // the interpreter is going: leak
+      return;
+    }
+    py::gil_scoped_acquire gil;
+    views.clear();
+  }
+  struct Entry {
+    const void* data = nullptr;
+    std::optional<TensorSpec> spec;
+    py::object view;
+  };
+  std::vector<Entry> views;
+};
+
 // Runs fn(list of read-only input views) and copies its outputs into the output memory
 // after checking count, shape and dtype against the model's output specs.
 HostExecutable make_host_executable(py::object fn, std::string name,
                                    std::shared_ptr<ExitGate> gate) {
   auto ref = std::make_shared<PyRef>(std::move(fn));
-  return [ref, gate, name = std::move(name)](const std::vector<ConstTensor>& inputs,
-                                             const std::vector<MutableTensor>& outputs) {
+  // The view made for each input at the last call, with its address: an input at the same
+  // address (weights, reused pool blocks) gets the same view object again, so a host fn can
+  // tell an unchanged input by identity (XlaCpuExecutable reuses its XLA buffer) and no view
+  // is built. Touched only with the GIL held; released with the executable.
+  auto views_cache = std::make_shared<ViewCache>();
+  return [ref, gate, views_cache, name = std::move(name)](const std::vector<ConstTensor>& inputs,
+                                                          const std::vector<MutableTensor>& outputs) {
     const std::string ctx = "model '" + name + "': ";
     if (!gate->enter()) {
       throw Error(ctx + "the Python interpreter is exiting; host models no longer run");
@@ -341,12 +369,19 @@ HostExecutable make_host_executable(py::object fn, std::string name,
     GateGuard guard(*gate);  // declared before the GIL: leaves after releasing it
     py::gil_scoped_acquire gil;
     py::list views;
-    for (const auto& t : inputs) {
-      // Zero-copy view of device memory; valid only during this call (the buffer returns
-      // to the pool afterwards), hence read-only and not to be kept by fn.
-      py::array view(to_numpy(t.spec.dtype()), np_shape(t.spec), t.data, py::none());
-      py::detail::array_proxy(view.ptr())->flags &= ~py::detail::npy_api::NPY_ARRAY_WRITEABLE_;
-      views.append(view);
+    auto& cached = views_cache->views;
+    if (cached.size() != inputs.size()) cached.resize(inputs.size());
+    for (std::size_t i = 0; i < inputs.size(); ++i) {
+      const auto& t = inputs[i];
+      auto& entry = cached[i];
+      if (entry.data != t.data || !entry.view || !entry.spec || !(*entry.spec == t.spec)) {
+        // Zero-copy view of device memory; valid only during a call that passes this address
+        // (the buffer returns to the pool afterwards), hence read-only and not to be kept by fn.
+        py::array view(to_numpy(t.spec.dtype()), np_shape(t.spec), t.data, py::none());
+        py::detail::array_proxy(view.ptr())->flags &= ~py::detail::npy_api::NPY_ARRAY_WRITEABLE_;
+        entry = {t.data, t.spec, std::move(view)};
+      }
+      views.append(entry.view);
     }
     // Raw C API call: a thread ended by CPython's finalization (forced unwind while
     // re-taking the GIL inside fn) must stop right here, before any pybind11 destructor

@@ -105,6 +105,26 @@ def test_inputs_are_read_only_views(dev: rt.Device) -> None:
     np.testing.assert_array_equal(x, np.arange(4, dtype=F32))  # caller's array untouched
 
 
+def test_an_input_at_the_same_address_is_the_same_view_object(dev: rt.Device) -> None:
+    """The host fn gets the last call's view object again for an input at the same address (so it can
+    reuse what it derived from it by identity), a new one elsewhere; either way it reads the memory now."""
+    views: list[np.ndarray] = []
+
+    def fn(xs: list[np.ndarray]) -> list[np.ndarray]:
+        views.append(xs[0])
+        return [xs[0] + 1]
+
+    spec = rt.TensorSpec((4,), F32)
+    model = dev.load_host_model(fn, [spec], [spec], name="views")
+    x, other = np.zeros(4, F32), np.ones(4, F32)
+    results = [model.run([x])[0]]
+    x += 5  # same address, new contents
+    results += [model.run([x])[0], model.run([other])[0], model.run([x])[0]]
+    assert views[1] is views[0] and views[2] is not views[0] and views[3] is not views[2]
+    for got, want in zip(results, [1, 6, 2, 6], strict=True):
+        np.testing.assert_array_equal(got, np.full(4, want, F32))
+
+
 def test_non_contiguous_input_accepted(dev: rt.Device) -> None:
     model = matmul_model(dev)
     a, b = ab()

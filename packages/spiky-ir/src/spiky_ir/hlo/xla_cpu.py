@@ -159,10 +159,12 @@ class XlaCpuExecutable:
         self._put_one, self._zero_copy = lib.batched_device_put, lib.HostBufferSemantics.ZERO_COPY
         self.input_specs = None if input_specs is None else [(tuple(s), np.dtype(d)) for s, d in input_specs]
         self._avals = None if self.input_specs is None else [self._aval(s, d) for s, d in self.input_specs]
-        # Per input: (address, XLA buffer aliasing it) of the last call. A buffer made with
+        # Per input: (array, address, XLA buffer aliasing it) of the last call. A buffer made with
         # ZERO_COPY is only a view of host memory that XLA reads when it runs, so an input at
         # the same address (weights, pool blocks) reuses it: ~1.7 µs per input instead of ~3.5 µs.
-        self._last: list[tuple[int, Any] | None] = [None] * len(self.input_specs or ())
+        # The runtime hands a host model the same view object for an input at the same address
+        # (and spec), so the array itself is checked first (30 ns; its address costs ~0.8 µs).
+        self._last: list[tuple[Array, int, Any] | None] = [None] * len(self.input_specs or ())
 
     def _aval(self, shape: tuple[int, ...], dtype: np.dtype[Any]) -> Any:
         return self._core.ShapedArray(shape, dtype)
@@ -183,15 +185,19 @@ class XlaCpuExecutable:
             if a.shape != shape or a.dtype != dtype or not a.flags.c_contiguous:
                 raise IRError(f"XLA:CPU input is {a.dtype}{list(a.shape)} (C-contiguous: "
                               f"{a.flags.c_contiguous}), expected C-contiguous {dtype}{list(shape)}")
-            address = a.ctypes.data
             seen = last[index]
-            if seen is not None and seen[0] == address:
-                buffers.append(seen[1])
+            if seen is not None and seen[0] is a:  # the very array of the last call: same memory
+                buffers.append(seen[2])
+                continue
+            address = a.ctypes.data
+            if seen is not None and seen[1] == address:
+                last[index] = (a, address, seen[2])
+                buffers.append(seen[2])
                 continue
             buffer = put(aval, sharding, [a], devices, True, False, zero_copy, True)
             # Only an alias of this very memory can be reused; a copied (unaligned) input cannot.
             aliased = address % ZERO_COPY_ALIGNMENT == 0 and buffer.unsafe_buffer_pointer() == address
-            last[index] = (address, buffer) if aliased else None
+            last[index] = (a, address, buffer) if aliased else None
             buffers.append(buffer)
         return buffers
 
