@@ -73,9 +73,13 @@ def run_isolated(name: str, timeout: float, inductor: bool, target: str = "host"
         if calls is not None:
             cmd += ["--calls", str(calls)]
         cmd += ["--target", target]
+        # Cold compile caches for both compilers, so "first call" is a compile, not a cache hit of an
+        # earlier run (Inductor's FX graph cache and spiky's entries both outlive processes).
+        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(Path(tmp) / "inductor"),
+               "SPIKY_CACHE": str(Path(tmp) / "spiky")}
         t0 = time.perf_counter()
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False, env=env)
         except subprocess.TimeoutExpired:
             return {"name": name, "status": "error", "error": f"timed out after {timeout:.0f} s"}
         if out.exists():

@@ -55,6 +55,28 @@ def test_an_int_argument_compiles_exact_buckets_and_shapes_stay_padded() -> None
     assert stats.padded
 
 
+def test_calls_seen_before_take_the_fast_route_keyed_by_the_int_values_too() -> None:
+    """The fast route (a call whose input shapes were seen before) also serves graphs with int arguments:
+    its key holds their values, so the same shape with another int takes its own route, never another's."""
+    from unittest import mock
+
+    from spiky.torch.dynamic import DynamicGraph
+
+    compiled = torch.compile(_int_and_size, backend="nkipy", dynamic=True)
+    torch.manual_seed(0)
+    calls = [(3, 2), (5, 3), (3, 7)]
+    inputs = {rows: torch.randn(rows, 6) for rows in (3, 5)}
+    for _ in range(2):  # every bucket built (a new bucket forgets the routes), then every route taken once
+        for rows, rank in calls:
+            compiled(inputs[rows], rank)
+    with mock.patch.object(DynamicGraph, "_call_general", autospec=True,
+                           side_effect=DynamicGraph._call_general) as general:
+        for rows, rank in [*calls, (3, 3)]:
+            x = inputs[rows]
+            torch.testing.assert_close(compiled(x, rank), _int_and_size(x, rank), rtol=1e-5, atol=1e-5)
+    assert general.call_count == 1  # only (3, 3), an int value not seen before
+
+
 def test_a_float_computed_from_sizes_in_a_backward_matches_eager() -> None:
     def unbiased_var(x: torch.Tensor) -> torch.Tensor:  # its backward scales by 2 / (n - 1), a SymFloat
         return torch.var(x, dim=1) * 3

@@ -332,10 +332,12 @@ class DynamicGraph:
         self._placements: dict[torch.device | None, Placement] = {}
         # Input shapes -> what a call with them runs: for CPU calls padded in the runtime with
         # unpadded layouts; forgotten whenever a bucket is added (a new bucket can change the choice).
-        self._routes: dict[tuple[tuple[int, ...], ...], _Route] | None = (
+        # With SymInt arguments the key also holds their values (a symbol only they carry, e.g. a
+        # `logits_to_keep`, changes the bucket and the outputs without changing any input shape).
+        self._routes: dict[tuple[Any, ...], _Route] | None = (
             {} if self.options["input_layout"] != "padded" and self.options["output_layout"] != "padded"
-            and self.options["pad_on_device"] and not ctx.keep_cpu_outputs_on_device
-            and not self.value_symbols else None)
+            and self.options["pad_on_device"] and not ctx.keep_cpu_outputs_on_device else None)
+        self._size_indices = tuple(sorted(self.size_args))
         # Neuron target: weights stay in device memory across calls (device_call.ResidentWeights); not
         # inputs with a symbolic size (padded per bucket) nor int64 ones (narrowed on the host).
         self._resident: ResidentWeights | None = None
@@ -467,7 +469,12 @@ class DynamicGraph:
             except (TypeError, AttributeError, RuntimeError, BufferError, IndexError):
                 pass  # "nkipy" tensors and anything unusual: the general path says what is wrong
             else:
-                route = self._routes.get(tuple(a.shape for a in arrays))
+                key: tuple[Any, ...] = tuple(a.shape for a in arrays)
+                if self._size_indices:
+                    values = tuple(args[i] for i in self._size_indices)
+                    # exactly ints (a bool or a tensor there is the general path's error to report)
+                    key = (*key, values) if all(type(v) is int for v in values) else ()
+                route = self._routes.get(key) if key else None
                 if route is not None:
                     args.clear()
                     return self._run_route(route, arrays)
@@ -553,7 +560,10 @@ class DynamicGraph:
                 _set_real_shape(tensor, real)
         returned = self._slots(outs, sizes)
         if self._routes is not None and device is None and all(self.runtime_unpads):
-            self._remember_route(shapes, bucket, lengths, sizes)
+            key: tuple[Any, ...] = tuple(shapes)
+            if self._size_indices:
+                key = (*key, tuple(int(size_values[i]) for i in self._size_indices))
+            self._remember_route(key, bucket, lengths, sizes)
         return returned
 
     def _bind_size_args(self, sizes: dict[str, int], values: Mapping[int, Any]) -> None:
@@ -586,7 +596,7 @@ class DynamicGraph:
         padded[tuple(slice(0, n) for n in array.shape)] = array
         return padded
 
-    def _remember_route(self, shapes: list[tuple[int, ...]], bucket: _Bucket, lengths: list[np.ndarray[Any, Any]],
+    def _remember_route(self, key: tuple[Any, ...], bucket: _Bucket, lengths: list[np.ndarray[Any, Any]],
                         sizes: Mapping[str, int]) -> None:
         routes = self._routes
         assert routes is not None
@@ -613,8 +623,7 @@ class DynamicGraph:
         run: Callable[[list[Any]], list[np.ndarray[Any, Any]]] = (
             bundle_run if loaded.profiler is None and loaded.int64 is None
             else partial(pipeline.execute, loaded, bucket.bundle))
-        routes[tuple(shapes)] = _Route(bucket.key, run, tuple(lengths), real, padded,
-                                       None if identity else tuple(slots))
+        routes[key] = _Route(bucket.key, run, tuple(lengths), real, padded, None if identity else tuple(slots))
 
     def _slots(self, outs: list[torch.Tensor], sizes: Mapping[str, int]) -> list[Any]:
         """Results in FX output order (tensors, sizes of SymInt outputs, Nones)."""
