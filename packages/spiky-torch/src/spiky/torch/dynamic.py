@@ -560,10 +560,10 @@ class DynamicGraph:
                 _set_real_shape(tensor, real)
         returned = self._slots(outs, sizes)
         if self._routes is not None and device is None and all(self.runtime_unpads):
-            key: tuple[Any, ...] = tuple(shapes)
+            route_key: tuple[Any, ...] = tuple(shapes)
             if self._size_indices:
-                key = (*key, tuple(int(size_values[i]) for i in self._size_indices))
-            self._remember_route(key, bucket, lengths, sizes)
+                route_key = (*route_key, tuple(int(size_values[i]) for i in self._size_indices))
+            self._remember_route(route_key, bucket, lengths, sizes)
         return returned
 
     def _bind_size_args(self, sizes: dict[str, int], values: Mapping[int, Any]) -> None:
