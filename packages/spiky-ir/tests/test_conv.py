@@ -10,6 +10,7 @@ which the padding pass can mask; those graphs run padded, with NaN in the paddin
 
 from __future__ import annotations
 
+import math
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -144,7 +145,9 @@ def test_convolution_forward_matches_eager(name: str, dtype: Any) -> None:
 
 # which gradients: every input, or the weight (and bias) alone (output_mask [False, True, True])
 HLO_FORMS = {"conv2d_large_map": "convolution", "conv2d_small_map_stride_dilation": "dot",
-             "conv2d_depthwise_multiplier": "multiply", "conv2d_grouped_1x1_stride": "dot"}
+             "conv2d_depthwise_multiplier": "multiply", "conv2d_grouped_1x1_stride": "dot",
+             # transposed: the input spread by the stride in one pad, then the plain convolution's forms
+             "conv_transpose2d": "dot", "conv_transpose2d_groups": "dot"}
 
 
 @pytest.mark.parametrize("name", sorted(HLO_FORMS))
@@ -157,6 +160,17 @@ def test_hlo_rule_picks_the_fast_form(name: str) -> None:
     form = HLO_FORMS[name]
     assert f" {form}(" in text
     assert (" convolution(" in text) == (form == "convolution")
+
+
+def test_the_weight_gradient_is_matmuls_per_kernel_tap() -> None:
+    """A static convolution's weight gradient is one GEMM per kernel tap, not XLA's convolution with the
+    whole output map as its kernel (400 -> 104 ms for resnet18's backward on XLA:CPU)."""
+    conv = CONVS["conv2d_large_map"]
+    x, w = (t.requires_grad_() for t in conv.inputs(F32, 0)[:2])
+    graph = lower_fx(make_fx(lambda x, w: torch.autograd.grad(conv.fn()(x, w, **conv.kw).sum(), [w]))(x, w))
+    text = emit_hlo(graph).text
+    # the forward's own convolution (a large map: XLA's form) and one dot per tap for the gradient
+    assert text.count(" convolution(") == 1 and text.count(" dot(") == math.prod(w.shape[2:])
 
 
 GRADS = {"all": (0, 1, 2), "weight_and_bias": (1, 2), "input": (0,)}

@@ -307,10 +307,11 @@ def _conv_hlo(ctx: HloContext, node: Node, xs: Sequence[HloValue]) -> list[HloVa
     stride, dilation = ctx.ints("stride"), ctx.ints("dilation")
     lo, hi = ctx.ints("pad_lo"), ctx.ints("pad_hi")
     window_stride, base = stride, (1,) * nd
-    if node.op in CONVS and conv_as_dot(x.dims, w.dims, dims, ctx.int_attr("groups")):
-        return [b.convert(_conv_as_dot(b, x, w, dims, stride, lo, hi, dilation, ctx.int_attr("groups")), out)]
+    groups = ctx.int_attr("groups")
+    if node.op in CONVS and conv_as_dot(x.dims, w.dims, dims, groups):
+        return [b.convert(_conv_as_dot(b, x, w, dims, stride, lo, hi, dilation, groups), out)]
     if node.op in TRANSPOSED:
-        groups, kernel = ctx.int_attr("groups"), w.dims[2:]
+        kernel = w.dims[2:]
         c_in, c_out_g = w.dims[0], w.dims[1]
         grouped = b.reshape(w, (groups, c_in // groups, c_out_g, *kernel))
         swapped = b.transpose(grouped, [0, 2, 1, *range(3, 3 + nd)])
@@ -319,6 +320,19 @@ def _conv_hlo(ctx: HloContext, node: Node, xs: Sequence[HloValue]) -> list[HloVa
         reach = [dilation[i] * (kernel[i] - 1) for i in range(nd)]
         lo = tuple(r - p for r, p in zip(reach, lo, strict=True))
         hi = tuple(r - p for r, p in zip(reach, hi, strict=True))
+        # The input spread by the stride (zeros between elements) and padded (negative: cropped) in
+        # one ``pad``: then a plain stride-1 convolution, which takes the fast form where that is
+        # faster (the input gradient of every strided convolution in a training step lands here).
+        spread = (*x.dims[:2], *(max((x.dims[2 + i] - 1) * stride[i] + 1, 0) + lo[i] + hi[i] for i in range(nd)))
+        if min(spread[2:], default=1) > 0 and conv_as_dot(spread, w.dims, dims, groups):
+            zero = b.constant(0, x.dtype)
+            keep = [s.PaddingConfigDimension(edge_padding_low=0, edge_padding_high=0)] * 2
+            config = s.PaddingConfig(dimensions=keep + [
+                s.PaddingConfigDimension(edge_padding_low=lo[i], edge_padding_high=hi[i],
+                                         interior_padding=stride[i] - 1) for i in range(nd)])
+            spread_x = b.op("pad", [x, zero], x.dtype, spread, padding_config=config)
+            ones, zeros = (1,) * nd, (0,) * nd
+            return [b.convert(_conv_as_dot(b, spread_x, w, dims, ones, zeros, zeros, dilation, groups), out)]
         window_stride, base = (1,) * nd, stride
     window = s.Window(dimensions=[
         s.WindowDimension(size=w.dims[2 + i], stride=window_stride[i], padding_low=lo[i], padding_high=hi[i],
@@ -332,7 +346,7 @@ def _conv_hlo(ctx: HloContext, node: Node, xs: Sequence[HloValue]) -> list[HloVa
         output_batch_dimension=0, output_feature_dimension=1, output_spatial_dimensions=spatial,
     )
     y = b.op("convolution", [x, w], x.dtype, dims, window=window, convolution_dimension_numbers=numbers,
-             feature_group_count=ctx.int_attr("groups"), batch_group_count=1)
+             feature_group_count=groups, batch_group_count=1)
     return [b.convert(y, out)]
 
 
