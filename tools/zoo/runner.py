@@ -180,7 +180,7 @@ def _train(case: Case, model: Any, inputs: Any, backend: str, options: dict[str,
     opt.step()
     opt.zero_grad()
     times = []
-    for _ in range(2):  # time a training step (forward + backward) after the first
+    for _ in range(max(2, _timed_calls)):  # time training steps (forward + backward) after the first
         t0 = time.perf_counter()
         step_loss = loss_of()
         step_loss.backward()

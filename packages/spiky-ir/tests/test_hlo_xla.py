@@ -12,6 +12,7 @@ case fails here, by name.
 from __future__ import annotations
 
 import itertools
+import threading
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -358,6 +359,39 @@ def test_inputs_at_one_address_reuse_their_xla_buffer_and_see_new_contents(offse
     b[...] = 3.0
     np.testing.assert_allclose(exe([b])[0], np.exp(b), rtol=1e-6)
     np.testing.assert_allclose(exe([a])[0], np.exp(a), rtol=1e-6)
+
+
+@pytest.mark.smoke
+def test_small_inputs_in_new_memory_go_through_the_executables_own_memory() -> None:
+    """A scalar arriving in new memory every call (Dynamo's float arguments) is copied into memory one
+    XLA buffer aliases; an array changed in place is read again, and concurrent calls keep their values."""
+    g = Graph()
+    x = g.add_input("x", TensorType((3,), F32))
+    k = g.add_input("k", TensorType((), F64))
+    g.set_outputs([g.add_op("multiply", [x, g.add_op("astype", [k], attrs={"dtype": F32})])])
+    exe = compile_hlo(emit_hlo(g).proto, [((3,), np.dtype(np.float32)), ((), np.dtype(np.float64))])
+    x_value = np.arange(3, dtype=np.float32)
+    for value in (2.0, -1.5, 7.0):
+        np.testing.assert_array_equal(exe([x_value, np.array(value)])[0], x_value * np.float32(value))
+    assert exe._scratch[1] is not None and exe._last[1] is None  # moved after the first call: copied
+    same = np.array(3.0)
+    exe([x_value, same])
+    same[...] = 5.0  # the same array object, changed in place: must be read again
+    np.testing.assert_array_equal(exe([x_value, same])[0], x_value * 5)
+    errors: list[str] = []
+
+    def worker(value: float) -> None:
+        for _ in range(200):
+            got = exe([x_value, np.array(value)])[0]
+            if not np.array_equal(got, x_value * np.float32(value)):
+                errors.append(f"{value}: {got}")
+
+    threads = [threading.Thread(target=worker, args=(float(v),)) for v in range(1, 5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
 
 
 # --- the neuron target's int64 narrowing ------------------------------------------------------------
