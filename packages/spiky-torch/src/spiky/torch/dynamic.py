@@ -469,12 +469,13 @@ class DynamicGraph:
             except (TypeError, AttributeError, RuntimeError, BufferError, IndexError):
                 pass  # "nkipy" tensors and anything unusual: the general path says what is wrong
             else:
-                key: tuple[Any, ...] = tuple(a.shape for a in arrays)
+                shapes = tuple(a.shape for a in arrays)
+                key: tuple[Any, ...] | None = shapes
                 if self._size_indices:
                     values = tuple(args[i] for i in self._size_indices)
                     # exactly ints (a bool or a tensor there is the general path's error to report)
-                    key = (*key, values) if all(type(v) is int for v in values) else ()
-                route = self._routes.get(key) if key else None
+                    key = (*shapes, values) if all(type(v) is int for v in values) else None
+                route = self._routes.get(key) if key is not None else None
                 if route is not None:
                     args.clear()
                     return self._run_route(route, arrays)
