@@ -49,9 +49,9 @@ SINGLE_THREAD_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_t
 """XLA_FLAGS that keep XLA:CPU's compute on the calling thread (see :func:`limit_threads`)."""
 
 ZERO_COPY_ALIGNMENT = 64
+"""XLA:CPU aliases host arrays whose data pointer is a multiple of this; others are copied in."""
 SCRATCH_BYTES = 64
 """Inputs up to this size in new memory are copied into the executable's own (see ``_scratch``)."""
-"""XLA:CPU aliases host arrays whose data pointer is a multiple of this; others are copied in."""
 
 
 def unavailable_reason() -> str | None:
