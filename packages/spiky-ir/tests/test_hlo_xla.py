@@ -361,6 +361,32 @@ def test_inputs_at_one_address_reuse_their_xla_buffer_and_see_new_contents(offse
     np.testing.assert_allclose(exe([a])[0], np.exp(a), rtol=1e-6)
 
 
+def test_a_buffer_xla_did_not_alias_is_never_reused() -> None:
+    """Whether XLA aliased an input is checked when a later call would reuse its buffer: a copy (here
+    a stand-in buffer at another address) is dropped and the input put again."""
+    g = Graph()
+    x = g.add_input("x", TensorType((4, 16), F32))
+    g.set_outputs([g.add_op("exp", [x])])
+    exe = compile_hlo(emit_hlo(g).proto, [((4, 16), np.dtype(np.float32))])
+    a = _at_offset((4, 16), 0)
+    a[...] = 1.0
+    exe([a])
+    entry = exe._last[0]
+    assert entry is not None and entry[3] is False  # not asked yet
+
+    class Copied:
+        def unsafe_buffer_pointer(self) -> int:
+            return 0
+
+    exe._last[0] = (entry[0], entry[1], Copied(), False)
+    a[...] = 2.0
+    np.testing.assert_allclose(exe([a])[0], np.exp(a), rtol=1e-6)  # put again, not the stand-in
+    again = exe._last[0]
+    assert again is not None and not isinstance(again[2], Copied)
+    np.testing.assert_allclose(exe([a])[0], np.exp(a), rtol=1e-6)
+    assert exe._last[0] is not None and exe._last[0][3] is True  # the real buffer, checked once
+
+
 @pytest.mark.smoke
 def test_small_inputs_in_new_memory_go_through_the_executables_own_memory() -> None:
     """A scalar arriving in new memory every call (Dynamo's float arguments) is copied into memory one

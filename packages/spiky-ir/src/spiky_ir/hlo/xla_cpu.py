@@ -161,12 +161,12 @@ class XlaCpuExecutable:
         self._put_one, self._zero_copy = lib.batched_device_put, lib.HostBufferSemantics.ZERO_COPY
         self.input_specs = None if input_specs is None else [(tuple(s), np.dtype(d)) for s, d in input_specs]
         self._avals = None if self.input_specs is None else [self._aval(s, d) for s, d in self.input_specs]
-        # Per input: (array, address, XLA buffer aliasing it) of the last call. A buffer made with
+        # Per input: (array, address, XLA buffer, checked to alias it) of the last call. A buffer made with
         # ZERO_COPY is only a view of host memory that XLA reads when it runs, so an input at
         # the same address (weights, pool blocks) reuses it: ~1.7 µs per input instead of ~3.5 µs.
         # The runtime hands a host model the same view object for an input at the same address
         # (and spec), so the array itself is checked first (30 ns; its address costs ~0.8 µs).
-        self._last: list[tuple[Array, int, Any] | None] = [None] * len(self.input_specs or ())
+        self._last: list[tuple[Array, int, Any, bool] | None] = [None] * len(self.input_specs or ())
         # Small inputs that arrive in new memory at every call (Dynamo's float arguments under
         # dynamic=True, a decode step's token) are copied into memory of our own that one XLA
         # buffer aliases for good: a 30 ns copy instead of a ~3 µs device put. That memory is
@@ -196,11 +196,13 @@ class XlaCpuExecutable:
                               f"{a.flags.c_contiguous}), expected C-contiguous {dtype}{list(shape)}")
             seen = last[index]
             if seen is not None and seen[0] is a:  # the very array of the last call: same memory
-                buffers.append(seen[2])
-                continue
+                if seen[3] or self._aliases(index, seen):
+                    buffers.append(seen[2])
+                    continue
+                seen = None
             address = a.ctypes.data
-            if seen is not None and seen[1] == address:
-                last[index] = (a, address, seen[2])
+            if seen is not None and seen[1] == address and (seen[3] or self._aliases(index, seen)):
+                last[index] = (a, address, seen[2], True)
                 buffers.append(seen[2])
                 continue
             if a.nbytes <= SCRATCH_BYTES and self._called:  # not where the last call had it
@@ -213,11 +215,21 @@ class XlaCpuExecutable:
                     continue
             buffer = put(aval, sharding, [a], devices, True, False, zero_copy, True)
             # Only an alias of this very memory can be reused; a copied (unaligned) input cannot.
-            aliased = address % ZERO_COPY_ALIGNMENT == 0 and buffer.unsafe_buffer_pointer() == address
-            last[index] = (a, address, buffer) if aliased else None
+            # Whether XLA aliased it is asked (1.7 µs) only when a later call would reuse it: most
+            # inputs in new memory (a backward's saved activations) never come back.
+            last[index] = (a, address, buffer, False) if address % ZERO_COPY_ALIGNMENT == 0 else None
             buffers.append(buffer)
         self._called = True
         return buffers
+
+    def _aliases(self, index: int, seen: tuple[Array, int, Any, bool]) -> bool:
+        """Whether the XLA buffer of ``seen`` (input ``index``'s last call) is a view of its memory, so
+        it may serve again; remembered as checked, or forgotten when XLA had copied the input."""
+        if seen[2].unsafe_buffer_pointer() == seen[1]:
+            self._last[index] = (seen[0], seen[1], seen[2], True)
+            return True
+        self._last[index] = None
+        return False
 
     def _make_scratch(self, index: int, aval: Any, shape: tuple[int, ...],
                       dtype: np.dtype[Any]) -> tuple[Array, Any] | None:
