@@ -61,15 +61,15 @@ def test_troubleshooting_covers_every_error_class() -> None:
 ROOT = DOCS.parent
 # Built from pieces so that this file does not match its own patterns.
 _OUTSIDE = [
-    re.escape("../" + "shared"),  # the sibling folder of a development checkout
-    re.escape("/work/" + "shared"),
-    re.escape("shared/" + "docs"),
+    re.escape("/" + "work" + "/"),  # absolute paths of a development machine
     # Names of pages that live outside the repository (ours are docs/architecture.md and
     # docs/neuron-interfaces.md).
     r"\b" + re.escape("NEURON_" + "INTERFACES") + r"\b",
     r"\b" + re.escape("HLO_SCHEMA_" + "FACTS") + r"\b",
     r"\b" + re.escape("ARCHITECTURE" + ".md"),
 ]
+_UP = re.compile(r"(?:\.\./)+[\w.-]+")
+"""A relative path climbing out of its file's folder: it must still land inside the repository."""
 _PARENTS = re.compile(r"Path\(__file__\)(?:\.resolve\(\))?\.parents\[(\d+)\]((?:\s*/\s*\"\.\.\")*)")
 _MD_LINK = re.compile(r"\]\(([^)\s]+)\)")
 
@@ -96,6 +96,11 @@ def _texts() -> list[tuple[Path, str]]:
     return out
 
 
+def _leaves(path: Path, relative: str) -> bool:
+    """Whether ``relative``, read from ``path``'s folder, ends outside the repository."""
+    return not (path.parent / relative).resolve().is_relative_to(ROOT.resolve())
+
+
 def test_nothing_in_the_repository_points_outside_it() -> None:
     problems = []
     for path, text in _texts():
@@ -104,6 +109,10 @@ def test_nothing_in_the_repository_points_outside_it() -> None:
             for match in re.finditer(pattern, text):
                 line = text.count("\n", 0, match.start()) + 1
                 problems.append(f"{rel}:{line}: {match.group(0)!r}")
+        for match in _UP.finditer(text):
+            if _leaves(path, match.group(0)):
+                line = text.count("\n", 0, match.start()) + 1
+                problems.append(f"{rel}:{line}: {match.group(0)!r} leaves the repository")
         if path.suffix == ".py":
             # Path(__file__).parents[n] (/ "..")*: parents[n] is n levels above the file's folder, each
             # ".." one more; the file's folder is len(rel.parts) - 1 levels below the root.
@@ -131,12 +140,16 @@ def test_relative_links_in_markdown_resolve_inside_the_repository() -> None:
 
 def test_the_outside_patterns_catch_what_they_should() -> None:
     samples = {
-        "see " + "../" + "shared/" + "docs/FINDINGS.md": True,
+        "see " + "/" + "work/notes/FINDINGS.md": True,
         "declared from " + "NEURON_" + "INTERFACES.md": True,
-        "our docs/neuron-interfaces.md and the shared nkipy_cache": False,
+        "our docs/neuron-interfaces.md and the common nkipy_cache": False,
     }
     for text, caught in samples.items():
         assert any(re.search(p, text) for p in _OUTSIDE) == caught, text
+    readme = ROOT / "README.md"  # at the root: one level up is outside; a package's README reaches docs/
+    assert [_leaves(readme, m.group(0)) for m in _UP.finditer("see " + "../" + "notes/FINDINGS.md")] == [True]
+    package_readme = ROOT / "packages" / "spiky-ir" / "README.md"
+    assert [_leaves(package_readme, m.group(0)) for m in _UP.finditer("(" + "../" + "../docs/options.md)")] == [False]
     line = "X = Path(__file__)" + '.resolve().parents[3] / ".." / "y"'  # 4 levels up: outside from depth 3
     match = _PARENTS.search(line)
     assert match is not None and (match.group(1), match.group(2).count('".."')) == ("3", 1)
