@@ -148,11 +148,12 @@ def section_torch(rounds: int, dynamic: bool) -> None:
               "(= H2D + D2H), 100 distinct CPU inputs")
         xs = [torch.from_numpy(x) for x in _inputs(n)]
         keep = {"keep_outputs_on_device": True}
-        rows = [("synchronous", {}), ("pipelined", {"pipelined": True}),
-                ("keep_outputs_on_device", keep),
-                ("pipelined + keep_outputs_on_device", {"pipelined": True, **keep}),
-                ("pipelined + keep, read 1 call behind", {"pipelined": True, **keep, "_behind": 1}),
-                ("pipelined + keep, read 2 calls behind", {"pipelined": True, **keep, "_behind": 2})]
+        # (label, options, read each result this many calls behind; 0: all calls, then all reads)
+        rows: list[tuple[str, dict[str, Any], int]] = [
+            ("synchronous", {}, 0), ("pipelined", {"pipelined": True}, 0), ("keep_outputs_on_device", keep, 0),
+            ("pipelined + keep_outputs_on_device", {"pipelined": True, **keep}, 0),
+            ("pipelined + keep, read 1 call behind", {"pipelined": True, **keep}, 1),
+            ("pipelined + keep, read 2 calls behind", {"pipelined": True, **keep}, 2)]
     else:
         print("\n3. dynamic=True on fake_neuron, lengths 1..4096 of (L, 64) float32, 2 GB/s link, "
               "execute 0.5 ms, 100 calls")
@@ -160,13 +161,12 @@ def section_torch(rounds: int, dynamic: bool) -> None:
         lengths = rng.integers(1, 4097, CALLS)
         xs = [torch.randn(int(length), 64) for length in lengths]
         timing = TimingModel(h2d_gbps=gbps, d2h_gbps=gbps, execute_ms=0.5)
-        rows = [("pad on device", {"pad_on_device": True}), ("pad on host", {"pad_on_device": False}),
-                ("pad on device, pipelined", {"pad_on_device": True, "pipelined": True}),
+        rows = [("pad on device", {"pad_on_device": True}, 0), ("pad on host", {"pad_on_device": False}, 0),
+                ("pad on device, pipelined", {"pad_on_device": True, "pipelined": True}, 0),
                 ("pad on device, pipelined + keep, 2 behind",
-                 {"pad_on_device": True, "pipelined": True, "keep_outputs_on_device": True, "_behind": 2})]
+                 {"pad_on_device": True, "pipelined": True, "keep_outputs_on_device": True}, 2)]
     with tempfile.TemporaryDirectory() as tmp:
-        for label, options in rows:
-            behind = int(options.pop("_behind", 0))
+        for label, options, behind in rows:
             with fake_neuron(Path(tmp) / "cache", timing=timing), torch.no_grad():
                 fn = torch.compile(Net(), backend="nkipy", options=options, dynamic=dynamic or None)
                 want = [torch.tanh(x * 2 + 1) for x in xs]
