@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import fx
 from torch._dynamo.backends.common import aot_autograd
+from torch._functorch.partitioners import min_cut_rematerialization_partition
 from torch._library.fake_class_registry import FakeScriptObject
 
 from spiky.torch.decompositions import spiky_decompositions
@@ -59,8 +60,21 @@ def nkipy_backend(
         bw_compiler=compile_training,
         inference_compiler=compile_inference,
         decompositions=spiky_decompositions(),
+        partition_fn=_min_cut_partition,
     )
     return backend(gm, example_inputs)
+
+
+def _min_cut_partition(joint: fx.GraphModule, inputs: Any, **kwargs: Any) -> tuple[fx.GraphModule, fx.GraphModule]:
+    """Split a training graph into forward and backward as Inductor does: cheap ops whose inputs
+    the backward has anyway are recomputed there instead of saved by the forward.
+
+    Every saved activation is a forward output and a backward input, and on the host target each
+    crosses the XLA boundary twice (~5 µs per tensor): llama_train's forward saved 86 tensors with
+    aot_autograd's default split. Recomputing runs the forward's own ops again in the backward
+    graph (no random ops: torch never recomputes those), so values and gradients are unchanged.
+    """
+    return min_cut_rematerialization_partition(joint, inputs, compiler="inductor", **kwargs)
 
 
 def compile_one(gm: fx.GraphModule, ctx: Context) -> Any:
