@@ -39,6 +39,21 @@ def _concat_tail(g: Graph, x: Value) -> Value:  # [zeros(4, 2), x] along the pad
     return g.add_op("max", [cat], {"axes": (1,), "keepdims": False})
 
 
+def _concat_grow(g: Graph, x: Value) -> Value:  # a KV cache: [x, new(4, 1)] along the padded axis, itself an output
+    new = g.add_op("full", [], {"shape": (4, 1), "value": 7.0, "dtype": F32})
+    return g.add_op("concatenate", [x, new], {"axis": 1})
+
+
+def _concat_middle(g: Graph, x: Value) -> Value:  # [zeros(4, 2), x, ones(4, 3)] along the padded axis, then softmax
+    z = g.add_op("zeros", [], {"shape": (4, 2), "dtype": F32})
+    o = g.add_op("full", [], {"shape": (4, 3), "value": 1.0, "dtype": F32})
+    return g.add_op("softmax", [g.add_op("concatenate", [z, x, o], {"axis": 1})], {"axis": 1})
+
+
+def _concat_two_padded(g: Graph, x: Value) -> Value:  # [x, x]: two padded parts
+    return g.add_op("concatenate", [x, x], {"axis": 1})
+
+
 def _slice_tail(g: Graph, x: Value) -> Value:  # x[:, 1:] then mean
     s = g.add_op("slice", [x], {"start": (0, 1), "stop": (4, "s0"), "step": (1, 1)})
     return g.add_op("mean", [s], {"axes": (1,), "keepdims": False})
@@ -85,6 +100,9 @@ CASES: dict[str, tuple[Build, bool]] = {
     "matmul_contraction": (_matmul_contract, True),
     "reshape_merge": (_merge_rows, True),
     "concat_tail": (_concat_tail, True),
+    "concat_grow": (_concat_grow, True),
+    "concat_middle": (_concat_middle, True),
+    "concat_two_padded_exact": (_concat_two_padded, False),
     "slice_tail": (_slice_tail, True),
     "log_sum": (_log_then_sum, True),
     "exp2_sum": (lambda g, x: g.add_op("sum", [g.add_op("exp2", [x])], {"axes": (1,), "keepdims": False}), True),

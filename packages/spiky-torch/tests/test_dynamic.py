@@ -16,7 +16,7 @@ from torch import nn
 import spiky
 import spiky.torch
 from spiky.testing import FakeNeuron
-from spiky.torch.dynamic import BucketStats, bucket_stats, real_shape, reset_bucket_stats
+from spiky.torch.dynamic import BucketStats, DynamicGraph, bucket_stats, real_shape, reset_bucket_stats
 
 RTOL, ATOL = 1e-5, 1e-5  # fp32, bucket-padded vs eager
 BLOCK_RTOL, BLOCK_ATOL = 1e-4, 1e-5  # attention + two layer norms accumulate more rounding
@@ -237,6 +237,58 @@ def test_options_change_compiles_again() -> None:
         torch.compile(model, backend="nkipy", dynamic=True, options={"buckets": [8]})(x)
     # buckets [16] did not reuse the [8] code; the same options again reuse it (Dynamo compares them)
     assert sorted((dict(s.bucket_hits) for s in bucket_stats()), key=str) == [{(16,): 1}, {(8,): 2}]
+
+
+def _decode_step(past_k: torch.Tensor, past_v: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
+                 v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One decode step with a growing KV cache, as transformers' DynamicCache does it: the new key
+    and value are concatenated after the past ones (padded: the past's padding sits in the middle)."""
+    keys, values = torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)
+    return F.scaled_dot_product_attention(q, keys, values), keys, values
+
+
+def _decode_steps_share_a_bucket(monkeypatch: pytest.MonkeyPatch, routes: bool) -> None:
+    general = []
+    original = DynamicGraph._call_general
+
+    def counted(self: DynamicGraph, args: list[object]) -> list[object]:
+        general.append(1)
+        return original(self, args)
+
+    monkeypatch.setattr(DynamicGraph, "_call_general", counted)
+    compiled = torch.compile(_decode_step, backend="nkipy", options={"buckets": {"s0": [16]}})
+    torch.manual_seed(0)
+    new = [torch.randn(2, 4, 1, 8) for _ in range(3)]
+    with torch.no_grad():
+        for rounds in range(2):
+            for past in range(3, 10):  # every cache length of 8 decode steps: one padded graph
+                cache = torch.randn(2, 4, past, 8), torch.randn(2, 4, past, 8)
+                for tensor in cache:
+                    torch._dynamo.mark_dynamic(tensor, 2)  # the cache length only, as generate() leads Dynamo to
+                got, want = compiled(*cache, *new), _decode_step(*cache, *new)
+                for g, w in zip(got, want, strict=True):
+                    assert g.shape == w.shape
+                    torch.testing.assert_close(g, w, rtol=RTOL, atol=ATOL)
+            if rounds == 0:
+                general.clear()
+    stats = _stats()
+    assert stats.padded == ("s0",) and not stats.exact, stats.exact
+    assert stats.compiles == 1 and dict(stats.bucket_hits) == {(16,): 14}
+    if routes:  # the second round of lengths took the remembered routes (outputs cropped there)
+        assert not general
+    else:  # neuron: resident weights go the general way
+        assert len(general) == 7
+
+
+@pytest.mark.smoke
+def test_decode_steps_with_a_growing_kv_cache_share_one_padded_graph(monkeypatch: pytest.MonkeyPatch) -> None:
+    _decode_steps_share_a_bucket(monkeypatch, routes=True)
+
+
+def test_decode_steps_with_a_growing_kv_cache_share_one_neff(monkeypatch: pytest.MonkeyPatch,
+                                                             neuron_target: FakeNeuron) -> None:
+    _decode_steps_share_a_bucket(monkeypatch, routes=False)
+    assert len(neuron_target.neffs) == 1
 
 
 @pytest.mark.smoke

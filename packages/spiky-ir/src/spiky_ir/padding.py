@@ -310,7 +310,7 @@ class PadContext:
         """Real positions (int64 tensor ``index``, each below the real count) → bucket positions."""
         return self._convert_positions(factors, index, False) if self.reorders(factors) else index
 
-    def _axis_iota(self, value: Value, axis: int) -> tuple[Value, tuple[int | str, ...]]:
+    def axis_iota(self, value: Value, axis: int) -> tuple[Value, tuple[int | str, ...]]:
         """Positions 0..n-1 along ``axis`` (1-D int64) and the shape that broadcasts a vector
         along ``axis`` against ``value``."""
         dim = value.type.shape[axis]
@@ -327,7 +327,7 @@ class PadContext:
         factors = self.layout(value)[axis]
         if not self.reorders(factors):
             return self.masked(value, (axis,), fill)
-        iota, shape = self._axis_iota(value, axis)
+        iota, shape = self.axis_iota(value, axis)
         count = self.real_count(factors)
         last = self.op("subtract", count, self.const(1, DType.int64))
         source = self.bucket_position(factors, self.op("minimum", iota, last))
@@ -341,7 +341,7 @@ class PadContext:
         take some element; they are padding)."""
         if not self.reorders(factors):
             return value
-        iota, _shape = self._axis_iota(value, axis)
+        iota, _shape = self.axis_iota(value, axis)
         return self.op("take", value, self.real_position(factors, iota), attrs={"axis": axis})
 
 

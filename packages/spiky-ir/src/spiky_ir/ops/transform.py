@@ -296,23 +296,45 @@ def _concatenate_hlo(ctx: HloContext, node: Node, xs: Sequence[HloValue]) -> lis
 
 @pad_rule("concatenate")
 def _concatenate_pad(ctx: PadContext, node: Node, inputs: list[Value]) -> PadResult:
-    """Along a padded axis only the last operand may be padded (its garbage stays at the end)."""
+    """Along a padded axis one operand may be padded, its axis one padded factor ``s+c``.
+
+    Last, its garbage simply stays at the end. Anywhere else (a KV cache grows as
+    ``cat([past, new])``), the operands after it are moved back to where its real part ends,
+    one ``take`` along the axis: the result's real part is again a prefix, of length
+    ``len(s) + c`` plus the other operands' sizes, and what follows it is padding."""
     axis = axis_attr(node)
     outs = ctx.copy(node, inputs)
     out = outs[0].type
     layouts = [ctx.layout(v) for v in inputs]
     along = [lay[axis] for lay in layouts]
     syms = {s for lay in layouts for s in padded_syms(lay, ctx.padded, [axis])}
-    if syms and (any(has_padded(f, ctx.padded) for f in along[:-1]) or not single_padded(along[-1], ctx.padded)):
-        raise UnpaddableError(syms, f"concatenate along padded axis {axis} would put padding in the middle")
+    padded_at = [i for i, factors in enumerate(along) if has_padded(factors, ctx.padded)]
     axes: list[Factors] = []
     for i in range(out.rank):
         if i == axis:
-            axes.append((out.shape[i],))
+            axes.append(axis_factors(out.shape[i], ctx.padded) if padded_at else (out.shape[i],))
             continue
         cands = [(v.type.shape[i], lay[i]) for v, lay in zip(inputs, layouts, strict=True)]
         axes.append(merge_axis(cands, out.shape[i], ctx.padded, node.op))
-    return outs, [tuple(axes)]
+    if not padded_at:
+        return outs, [tuple(axes)]
+    k = padded_at[0]
+    if len(padded_at) > 1 or not single_padded(along[k], ctx.padded) or not single_padded(axes[axis], ctx.padded):
+        raise UnpaddableError(syms, f"concatenate along padded axis {axis} would put padding in the middle")
+    if k == len(inputs) - 1:
+        return outs, [tuple(axes)]
+    # Bucket position j of the result takes: j itself up to the end of the real part of operand k;
+    # then j - len + bucket (the operands after k, concatenated after its padding); then padding.
+    before: Dim = 0
+    for v in inputs[:k]:
+        before = dim_add(before, v.type.shape[axis])
+    length = ctx.length(along[k][0])
+    iota, _shape = ctx.axis_iota(outs[0], axis)
+    real_end = ctx.op("add", ctx.size(before), length)
+    shifted = ctx.op("add", ctx.op("subtract", iota, length), ctx.size(along[k][0]))
+    last = ctx.op("subtract", ctx.size(out.shape[axis]), ctx.const(1, DType.int64))
+    source = ctx.op("where", ctx.op("less", iota, real_end), iota, ctx.op("minimum", shifted, last))
+    return [ctx.op("take", outs[0], source, attrs={"axis": axis})], [tuple(axes)]
 
 
 @kernel_rule("concatenate")

@@ -59,7 +59,7 @@ from spiky.torch.options import Options
 from spiky_ir import DType, Graph, TensorType, Value, print_graph, specialize
 from spiky_ir.errors import ShapeError
 from spiky_ir.fx import sym_dim
-from spiky_ir.padding import PaddedGraph, pad_graph, unpad
+from spiky_ir.padding import PaddedGraph, has_padded, pad_graph, unpad
 from spiky_ir.specialize import bindings_for, rename_symbols
 from spiky_ir.symbolic import Dim, base_symbols, dim_eval, dim_rename, dim_symbols, is_derived, solve_binding
 
@@ -231,6 +231,9 @@ class _Route:
     slots: tuple[tuple[int, int], ...] | None
     """Per FX output: (_TENSOR, output index), (_VALUE, a SymInt's value) or (_NONE, 0); None: the
     runtime's outputs as they are."""
+    crops: tuple[tuple[int, tuple[slice, ...]], ...] = ()
+    """Outputs the runtime leaves bucket-sized (an axis of ``s+1``: a grown KV cache), with the
+    prefix that is their real region."""
 
 
 class DynamicGraph:
@@ -321,6 +324,10 @@ class DynamicGraph:
                     simple = False
             self.output_dims.append(dims if simple else None)
             self.runtime_unpads.append(simple)
+        # Outputs whose real region is a prefix of the bucket-sized result (every padded axis one
+        # factor, ``s`` or ``s+c``): the runtime or a slice unpads them, so their calls may take a route.
+        self._prefix_unpads = [all(len(factors) == 1 for factors in layout if has_padded(factors, self.plan.padded))
+                               for layout in self.plan.output_layouts]
         if self.options["dump_ir_dir"] is not None:  # the symbolic graph every bucket specialises
             pipeline.dump_ir(self.bucket_graph, self.name, self.options["dump_ir_dir"])
         self.buckets: dict[BucketKey, _Bucket] = {}
@@ -488,7 +495,12 @@ class DynamicGraph:
         stats.real_elements += route.real_elements
         stats.padded_elements += route.padded_elements
         from_array = self._from_array
-        outs = [from_array(out) for out in route.run([*arrays, *route.lengths])]
+        results = route.run([*arrays, *route.lengths])
+        if route.crops:
+            results = list(results)
+            for index, crop in route.crops:
+                results[index] = np.ascontiguousarray(results[index][crop])
+        outs = [from_array(out) for out in results]
         if route.slots is None:
             return outs
         return [outs[slot] if kind == _TENSOR else slot if kind == _VALUE else None for kind, slot in route.slots]
@@ -560,7 +572,7 @@ class DynamicGraph:
             for tensor, real in zip(outs, reals, strict=True):
                 _set_real_shape(tensor, real)
         returned = self._slots(outs, sizes)
-        if self._routes is not None and device is None and all(self.runtime_unpads):
+        if self._routes is not None and device is None and all(self._prefix_unpads):
             route_key: tuple[Any, ...] = tuple(shapes)
             if self._size_indices:
                 route_key = (*route_key, tuple(int(size_values[i]) for i in self._size_indices))
@@ -620,11 +632,13 @@ class DynamicGraph:
         for array in lengths:
             array.flags.writeable = False  # shared by every call of the route
         identity = slots == [(_TENSOR, i) for i in range(len(slots))]
+        crops = tuple((index, tuple(slice(0, n) for n in self.plan.output_real_shape(index, sizes, bucket_sizes)[0]))
+                      for index, by_runtime in enumerate(self.runtime_unpads) if not by_runtime)
         loaded, bundle_run = bucket.loaded, bucket.bundle.run
         run: Callable[[list[Any]], list[np.ndarray[Any, Any]]] = (
             bundle_run if loaded.profiler is None and loaded.int64 is None
             else partial(pipeline.execute, loaded, bucket.bundle))
-        routes[key] = _Route(bucket.key, run, tuple(lengths), real, padded, None if identity else tuple(slots))
+        routes[key] = _Route(bucket.key, run, tuple(lengths), real, padded, None if identity else tuple(slots), crops)
 
     def _slots(self, outs: list[torch.Tensor], sizes: Mapping[str, int]) -> list[Any]:
         """Results in FX output order (tensors, sizes of SymInt outputs, Nones)."""
