@@ -25,7 +25,7 @@ import pytest
 from spiky_ir import DType, Graph, ShapeError, TensorType, all_ops, compile_plan, execute
 from spiky_ir.hlo import emit_hlo, missing_rules
 from spiky_ir.hlo.narrow import INT32_MAX, INT32_MIN, has_int64, narrow_int64
-from spiky_ir.hlo.xla_cpu import compile_hlo, run_hlo
+from spiky_ir.hlo.xla_cpu import SCRATCH_BYTES, compile_hlo, run_hlo
 from spiky_ir.types import DenseArray
 
 F32, F16, BF16, F64 = DType.float32, DType.float16, DType.bfloat16, DType.float64
@@ -363,12 +363,14 @@ def test_inputs_at_one_address_reuse_their_xla_buffer_and_see_new_contents(offse
 
 def test_a_buffer_xla_did_not_alias_is_never_reused() -> None:
     """Whether XLA aliased an input is checked when a later call would reuse its buffer: a copy (here
-    a stand-in buffer at another address) is dropped and the input put again."""
+    a stand-in buffer at another address) is dropped and the input put again (an input too large to be
+    copied into the executable's own memory)."""
+    shape = (SCRATCH_BYTES // 256 + 1, 64)
     g = Graph()
-    x = g.add_input("x", TensorType((4, 16), F32))
+    x = g.add_input("x", TensorType(shape, F32))
     g.set_outputs([g.add_op("exp", [x])])
-    exe = compile_hlo(emit_hlo(g).proto, [((4, 16), np.dtype(np.float32))])
-    a = _at_offset((4, 16), 0)
+    exe = compile_hlo(emit_hlo(g).proto, [(shape, np.dtype(np.float32))])
+    a = _at_offset(shape, 0)
     a[...] = 1.0
     exe([a])
     entry = exe._last[0]
@@ -385,6 +387,21 @@ def test_a_buffer_xla_did_not_alias_is_never_reused() -> None:
     assert again is not None and not isinstance(again[2], Copied)
     np.testing.assert_allclose(exe([a])[0], np.exp(a), rtol=1e-6)
     assert exe._last[0] is not None and exe._last[0][3] is True  # the real buffer, checked once
+
+
+def test_saved_activations_in_new_memory_are_copied_not_put() -> None:
+    """A 16 KiB input in new memory every call (a backward's saved activation) goes through the
+    executable's own memory (a copy, cheaper than a device put), with each call's own values."""
+    g = Graph()
+    x = g.add_input("x", TensorType((64, 64), F32))
+    g.set_outputs([g.add_op("exp", [x])])
+    exe = compile_hlo(emit_hlo(g).proto, [((64, 64), np.dtype(np.float32))])
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        a = _at_offset((64, 64), 0)
+        a[...] = rng.standard_normal((64, 64))
+        np.testing.assert_allclose(exe([a])[0], np.exp(a), rtol=1e-6)
+    assert exe._scratch[0] is not None and exe._last[0] is None
 
 
 @pytest.mark.smoke
