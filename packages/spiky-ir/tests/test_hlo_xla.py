@@ -22,10 +22,11 @@ import jax  # noqa: F401  a pinned dev dependency: a missing jax must fail colle
 import numpy as np
 import pytest
 
-from spiky_ir import DType, Graph, ShapeError, TensorType, all_ops, compile_plan, execute
+from spiky_ir import DType, Graph, IRError, ShapeError, TensorType, all_ops, compile_plan, execute
 from spiky_ir.hlo import emit_hlo, missing_rules
+from spiky_ir.hlo.emit import pack_layout
 from spiky_ir.hlo.narrow import INT32_MAX, INT32_MIN, has_int64, narrow_int64
-from spiky_ir.hlo.xla_cpu import SCRATCH_BYTES, compile_hlo, run_hlo
+from spiky_ir.hlo.xla_cpu import SCRATCH_BYTES, OutputLayout, compile_hlo, run_hlo
 from spiky_ir.types import DenseArray
 
 F32, F16, BF16, F64 = DType.float32, DType.float16, DType.bfloat16, DType.float64
@@ -300,7 +301,6 @@ def test_every_registered_op_is_in_the_table() -> None:
 @pytest.mark.smoke
 @pytest.mark.parametrize("op", ["subtract"])
 def test_bool_ops_numpy_rejects_are_rejected(op: str) -> None:
-    from spiky_ir import IRError
 
     g = Graph()
     x = g.add_input("x", TensorType((2,), BOOL))
@@ -480,3 +480,49 @@ def test_int64_narrowing_saturates_literals_and_keeps_the_rest() -> None:
     got = run_hlo(narrowed.proto, [np.array([-(2**31), 5, 2**30], np.int32)])
     np.testing.assert_array_equal(got[0], [-(2**31), 5, 2**30])
     np.testing.assert_array_equal(got[1], np.array([0, 10, -(2**31)], np.int32))  # 2**31 wraps, as on hardware
+
+
+# --- packed outputs: small outputs leave XLA:CPU as bytes of one buffer -------------------------------
+
+PACKED_TYPES = [DType.float32, DType.bfloat16, DType.float16, DType.float64, DType.int64, DType.int32,
+                DType.int16, DType.int8, DType.uint8]
+
+
+def _many_outputs() -> Graph:
+    """One output per packable type (odd sizes, a scalar), a bare input, a repeated output, a bool one."""
+    g = Graph()
+    x = g.add_input("x", TensorType((3, 5), F32))
+    outs = [g.add_op("astype", [g.add_op("multiply", [x, x])], attrs={"dtype": d}) for d in PACKED_TYPES]
+    total = g.add_op("sum", [x], {"axes": (0, 1), "keepdims": False})
+    positive = g.add_op("greater", [x, g.add_op("constant", [], {"value": 0.0, "dtype": F32})])
+    g.set_outputs([*outs, total, x, outs[0], positive])
+    return g
+
+
+@pytest.mark.smoke
+@pytest.mark.parametrize("packed", [list(range(12)), [0, 3, 9], [1, 10], [10, 11], [9]])
+def test_packed_outputs_are_the_unpacked_bits(packed: list[int]) -> None:
+    g = _many_outputs()
+    x = np.random.default_rng(3).uniform(-4, 4, (3, 5)).astype(np.float32)
+    want = compile_hlo(emit_hlo(g).proto)([x])
+    types = [v.type for v in g.outputs]
+    layout = OutputLayout(len(types), tuple(
+        (i, offset, tuple(types[i].static_shape()), np.dtype(types[i].dtype.to_numpy()))
+        for i, offset, _ in pack_layout(types, packed)))
+    spec = [((3, 5), np.dtype(np.float32))]
+    exe = compile_hlo(emit_hlo(g, packed_outputs=packed).proto, spec, layout)
+    got = exe([x])
+    assert len(got) == len(want) == len(g.outputs)
+    for index, (a, b) in enumerate(zip(got, want, strict=True)):
+        assert a.dtype == b.dtype and a.shape == b.shape, index
+        assert a.tobytes() == b.tobytes(), index  # bit for bit
+        if index in packed:
+            assert a.ctypes.data % 64 == 0  # each packed output starts on a 64-byte boundary
+
+
+def test_packing_names_what_it_cannot_pack() -> None:
+    g = _many_outputs()
+    with pytest.raises(IRError, match=r"output 12 .*bool.* cannot be packed"):
+        emit_hlo(g, packed_outputs=[0, 12])
+    with pytest.raises(IRError, match="packed output 13 is not an output"):
+        emit_hlo(g, packed_outputs=[13])

@@ -253,3 +253,37 @@ def test_the_fast_call_path_takes_every_kind_of_cpu_tensor(executor: str, make: 
     compiled = torch.compile(fn, backend="nkipy", dynamic=False)
     for _ in range(2):
         torch.testing.assert_close(compiled(x), fn(x), rtol=1e-5, atol=1e-5)
+
+
+def _two_output_graph() -> Graph:
+    g = Graph()
+    x = g.add_input("x", TensorType((4, 16), DType.float32))
+    big = g.add_input("big", TensorType((160, 128), DType.float32))  # 80 KiB: above PACK_OUTPUT_BYTES
+    g.set_outputs([g.add_op("tanh", [x]), g.add_op("exp", [x]), g.add_op("negative", [big])])
+    return g
+
+
+@xla
+def test_small_outputs_leave_xla_packed_and_the_layout_names_the_stored_executable(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    g = _two_output_graph()
+    packed, layout = he.output_layout(g)
+    assert packed == [0, 1] and [p[0] for p in layout.packed] == [0, 1]  # the 80 KiB output stays on its own
+    cache = spiky.cache.CompileCache(tmp_path / "c")
+    key = spiky.cache.CacheKey(ir_text="x2", target="host", compiler="t", compiler_version="0", compiler_args="",
+                               options=(), buckets=(), spiky_version="0")
+    entry, _ = cache.get_or_build(key, lambda d: {}, kernel_name="k")
+    rng = np.random.default_rng(1)
+    inputs = [rng.standard_normal((4, 16)).astype(np.float32), rng.standard_normal((160, 128)).astype(np.float32)]
+    for got, want in zip(he.xla_executable(g, "k", entry)(inputs), execute(g, inputs), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    (stored,) = entry.path.glob(he.XLA_EXECUTABLE_PREFIX + "*.bin")
+    # Another layout (nothing packed) is another program: it never loads this file.
+    monkeypatch.setattr(he, "PACK_OUTPUT_BYTES", 0)
+    he.clear_xla_executables()
+    with caplog.at_level(logging.INFO, logger="spiky.compile"):
+        exe = he.xla_executable(g, "k", entry)
+    assert any("compiled and stored" in r.getMessage() for r in caplog.records)
+    assert len(list(entry.path.glob(he.XLA_EXECUTABLE_PREFIX + "*.bin"))) == 2 and stored.exists()
+    for got, want in zip(exe(inputs), execute(g, inputs), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)

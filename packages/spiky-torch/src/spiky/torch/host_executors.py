@@ -54,6 +54,7 @@ from spiky.errors import SpikyConfigError
 from spiky.torch.collectives import collective_groups
 from spiky_ir import Graph, IRError, compile_plan, print_graph
 from spiky_ir.hlo import emit_hlo, xla_cpu
+from spiky_ir.hlo.emit import PACKABLE, pack_layout
 
 log = logging.getLogger("spiky.compile")
 
@@ -65,6 +66,8 @@ TINY_GRAPH_NODES = 16
 TINY_GRAPH_ELEMENTS = 65_536
 """``auto`` runs graphs up to these sizes on the numpy plan (crossover measured in docs/PERFORMANCE.md)."""
 AUTO_MARGIN = 1.25
+PACK_OUTPUT_BYTES = 64 * 1024
+"""Outputs up to this size leave XLA:CPU packed into one buffer (see :func:`output_layout`)."""
 """``auto`` keeps XLA unless the numpy plan measured at least this much faster: XLA runs with
 the GIL released (the pipelined executor overlaps it) and one timing on a busy host is noisy."""
 AUTO_TIMING_LIMIT_S = 0.01
@@ -175,8 +178,28 @@ def _hlo_proto(graph: Graph, kernel_name: str, entry: CacheEntry | None) -> byte
     return emit_hlo(graph, name=kernel_name).proto
 
 
-def _disk_path(entry: CacheEntry) -> Path:
-    return entry.path / f"{XLA_EXECUTABLE_PREFIX}{xla_cpu.host_fingerprint()}.bin"
+def _disk_path(entry: CacheEntry, outputs: xla_cpu.OutputLayout) -> Path:
+    # Which outputs are packed is part of the program: executables of another layout never load.
+    layout = "" if not outputs.packed else "." + hashlib.sha256(
+        repr([(i, offset, shape, dtype.str) for i, offset, shape, dtype in outputs.packed]).encode()).hexdigest()[:12]
+    return entry.path / f"{XLA_EXECUTABLE_PREFIX}{xla_cpu.host_fingerprint()}{layout}.bin"
+
+
+def output_layout(graph: Graph) -> tuple[list[int], xla_cpu.OutputLayout]:
+    """The outputs XLA:CPU returns packed into one byte buffer (``emit_hlo``'s ``packed_outputs``):
+    every output of at most :data:`PACK_OUTPUT_BYTES` of a packable type, when there are two or more.
+
+    Each output buffer jaxlib hands back costs ~3 µs (its single-device array, then its numpy view);
+    a packed output is a numpy view into the one buffer (0.6 µs) after XLA copied its bytes there.
+    A training forward returns every saved activation: llama_train's returns 65."""
+    types = [v.type for v in graph.outputs]
+    small = [i for i, t in enumerate(types) if t.dtype in PACKABLE
+             and 0 < math.prod(t.static_shape()) * t.dtype.itemsize <= PACK_OUTPUT_BYTES]
+    if len(small) < 2:
+        return [], xla_cpu.OutputLayout(len(types))
+    packed = tuple((index, offset, tuple(types[index].static_shape()), np.dtype(types[index].dtype.to_numpy()))
+                   for index, offset, _nbytes in pack_layout(types, small))
+    return small, xla_cpu.OutputLayout(len(types), packed)
 
 
 def _read_serialized(path: Path) -> bytes | None:
@@ -211,23 +234,26 @@ def xla_executable(graph: Graph, kernel_name: str, entry: CacheEntry | None = No
     """
     proto = _hlo_proto(graph, kernel_name, entry)
     specs = _specs(graph)
-    key = hashlib.sha256(proto).hexdigest() + repr(specs)
+    packed, outputs = output_layout(graph)
+    key = hashlib.sha256(proto).hexdigest() + repr(specs) + repr(packed)
     with _lock:
         exe = _in_memory.get(key)
         if exe is not None:
             return exe
         start = time.perf_counter()
-        path = _disk_path(entry) if entry is not None else None
+        path = _disk_path(entry, outputs) if entry is not None else None
         payload = _read_serialized(path) if path is not None else None
         how = "loaded from the cache entry"
         if payload is not None:
             try:
-                exe = xla_cpu.deserialize(payload, specs)
+                exe = xla_cpu.deserialize(payload, specs, outputs)
             except IRError as exc:
                 log.warning("%s; compiling again", exc)
         if exe is None:
             how = "compiled"
-            exe = xla_cpu.compile_hlo(proto, specs)
+            if packed:  # the stored module returns every output on its own (as a NEFF does)
+                proto = emit_hlo(graph, name=kernel_name, packed_outputs=packed).proto
+            exe = xla_cpu.compile_hlo(proto, specs, outputs)
             if path is not None:
                 try:
                     _write_serialized(path, exe.serialize())
