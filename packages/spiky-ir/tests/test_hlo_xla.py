@@ -404,6 +404,26 @@ def test_saved_activations_in_new_memory_are_copied_not_put() -> None:
     assert exe._scratch[0] is not None and exe._last[0] is None
 
 
+def test_an_input_that_moved_once_and_stays_is_aliased_again() -> None:
+    """Weights staged at a new address once (a first call through another path) are copied that once;
+    from the next call at the same address on they are aliased, not copied every call."""
+    g = Graph()
+    x = g.add_input("x", TensorType((8, 8), F32))
+    g.set_outputs([g.add_op("exp", [x])])
+    exe = compile_hlo(emit_hlo(g).proto, [((8, 8), np.dtype(np.float32))])
+    first, moved = _at_offset((8, 8), 0), _at_offset((8, 8), 0)
+    first[...], moved[...] = 1.0, 2.0
+    exe([first])
+    np.testing.assert_allclose(exe([moved])[0], np.exp(moved), rtol=1e-6)  # new memory: copied
+    assert exe._last[0] is None
+    np.testing.assert_allclose(exe([moved])[0], np.exp(moved), rtol=1e-6)  # stayed: aliased from now on
+    entry = exe._last[0]
+    assert entry is not None and entry[0] is moved
+    moved[...] = 3.0  # changed in place: XLA reads the memory it aliases
+    np.testing.assert_allclose(exe([moved])[0], np.exp(moved), rtol=1e-6)
+    assert exe._last[0] is entry or exe._last[0][2] is entry[2]
+
+
 @pytest.mark.smoke
 def test_small_inputs_in_new_memory_go_through_the_executables_own_memory() -> None:
     """A scalar arriving in new memory every call (Dynamo's float arguments) is copied into memory one
@@ -414,8 +434,9 @@ def test_small_inputs_in_new_memory_go_through_the_executables_own_memory() -> N
     g.set_outputs([g.add_op("multiply", [x, g.add_op("astype", [k], attrs={"dtype": F32})])])
     exe = compile_hlo(emit_hlo(g).proto, [((3,), np.dtype(np.float32)), ((), np.dtype(np.float64))])
     x_value = np.arange(3, dtype=np.float32)
-    for value in (2.0, -1.5, 7.0):
-        np.testing.assert_array_equal(exe([x_value, np.array(value)])[0], x_value * np.float32(value))
+    scalars = [np.array(value) for value in (2.0, -1.5, 7.0)]  # all alive: three addresses
+    for scalar in scalars:
+        np.testing.assert_array_equal(exe([x_value, scalar])[0], x_value * np.float32(scalar))
     assert exe._scratch[1] is not None and exe._last[1] is None  # moved after the first call: copied
     same = np.array(3.0)
     exe([x_value, same])

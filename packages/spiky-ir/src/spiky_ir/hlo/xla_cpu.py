@@ -201,6 +201,7 @@ class XlaCpuExecutable:
         # that one XLA buffer aliases for good: a 0.4-1 µs copy instead of a ~3 µs device put. That memory
         # is shared by the calls, so a call holds the lock from the copy to the end of the execution.
         self._scratch: dict[int, tuple[Array, Any] | None] = {}  # None: XLA would not alias it
+        self._copied_from: list[int] = [-1] * len(self.input_specs or ())  # address of the last copy
         self._lock = threading.Lock()
         self._called = False
 
@@ -234,12 +235,15 @@ class XlaCpuExecutable:
                 last[index] = (a, address, seen[2], True)
                 buffers.append(seen[2])
                 continue
-            if a.nbytes <= SCRATCH_BYTES and self._called:  # not where the last call had it
+            # Not where the last call had it: copied, unless the last call copied it from this very
+            # address (it stays put, as weights do after a first move): then aliased from now on.
+            if a.nbytes <= SCRATCH_BYTES and self._called and self._copied_from[index] != address:
                 scratch = (self._scratch[index] if index in self._scratch
                            else self._make_scratch(index, aval, shape, dtype))
                 if scratch is not None:
                     np.copyto(scratch[0], a)
                     last[index] = None  # never reused by identity: the array may change in place
+                    self._copied_from[index] = address
                     buffers.append(scratch[1])
                     continue
             buffer = put(aval, sharding, [a], devices, True, False, zero_copy, True)
