@@ -54,6 +54,13 @@ def _concat_two_padded(g: Graph, x: Value) -> Value:  # [x, x]: two padded parts
     return g.add_op("concatenate", [x, x], {"axis": 1})
 
 
+def _gather_from_table(g: Graph, x: Value) -> Value:  # a static table gathered at indices derived from x
+    table = g.add_op("iota", [], {"shape": (4, 6), "axis": 1, "dtype": F32})
+    index = g.add_op("astype", [g.add_op("floor", [g.add_op("multiply", [x, g.add_op("constant", [], {
+        "value": 2.9, "dtype": F32})])])], {"dtype": DType.int64})  # x in [0.5, 2): indices 1..5, garbage anywhere
+    return g.add_op("take_along_axis", [table, index], {"axis": 1})
+
+
 def _slice_tail(g: Graph, x: Value) -> Value:  # x[:, 1:] then mean
     s = g.add_op("slice", [x], {"start": (0, 1), "stop": (4, "s0"), "step": (1, 1)})
     return g.add_op("mean", [s], {"axes": (1,), "keepdims": False})
@@ -110,6 +117,7 @@ CASES: dict[str, tuple[Build, bool]] = {
     "flip_exact": (_flip, False),
     "gather_exact": (lambda g, x: g.add_op("take_along_axis", [x, g.add_op("zeros", [], {
         "shape": (4, "s0"), "dtype": DType.int64})], {"axis": 1}), False),
+    "gather_from_static_table": (_gather_from_table, True),
 }
 
 

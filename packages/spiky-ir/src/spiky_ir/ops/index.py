@@ -19,7 +19,16 @@ from spiky_ir.hlo.builder import ComputationBuilder, HloValue
 from spiky_ir.hlo.rules import I64, HloContext, HloRule, hlo_rule, widen, zero
 from spiky_ir.ir import Node, Value
 from spiky_ir.kernel_source import KernelEmitter, input_types, kernel_helper, kernel_rule, lit
-from spiky_ir.padding import Layout, PadContext, axis_attr, not_along_padded, pad_rule, positionwise
+from spiky_ir.padding import (
+    Layout,
+    PadContext,
+    UnpaddableError,
+    axis_attr,
+    not_along_padded,
+    pad_rule,
+    padded_syms,
+    positionwise,
+)
 from spiky_ir.registry import (
     Array,
     attr_int,
@@ -191,8 +200,22 @@ def _take_along_reference(xs: Sequence[Array], attrs: Mapping[str, Attr]) -> lis
 
 
 define_op("take_along_axis", "indexing", 2, {"axis": "int"}, _along_type, _take_along_reference,
-          "torch.gather: ``out[i][j] = x[i][idx[i][j]]`` for axis 1 (result has the indices' shape)",
-          no_rule={"padding": _GATHERS_PADDING})
+          "torch.gather: ``out[i][j] = x[i][idx[i][j]]`` for axis 1 (result has the indices' shape)")
+
+
+@pad_rule("take_along_axis")
+def _take_along_pad(ctx: PadContext, node: Node, inputs: list[Value]) -> tuple[Sequence[Value], Sequence[Layout]]:
+    """An operand without padding, gathered by indices padded along ``axis`` only (BERT's
+    ``token_type_ids`` buffer gathered at ``position_ids``): the indices' garbage rows become 0, so
+    every gather stays in range, and the result has the indices' layout (its padded rows are padding)."""
+    x, idx = inputs
+    axis = axis_attr(node)
+    x_padded = padded_syms(ctx.layout(x), ctx.padded)
+    idx_elsewhere = padded_syms(ctx.layout(idx), ctx.padded, [a for a in range(idx.type.rank) if a != axis])
+    if x_padded or idx_elsewhere:
+        raise UnpaddableError(x_padded | idx_elsewhere, _GATHERS_PADDING)
+    safe = ctx.masked(idx, [axis], 0)
+    return ctx.copy(node, [x, safe]), [ctx.layout(idx)]
 
 
 @hlo_rule("take_along_axis")
