@@ -16,8 +16,11 @@ differ by far more than the tolerance (torchvision resnet18: 2.35e-2 on one Batc
 eager's own two kernel sets). An output passes when its error is within the tolerance or within
 twice eager's own spread on that output; the row reports the spread (``eager_spread``).
 
-Each backend gets a fresh copy of the same seeded model, a ``torch._dynamo.reset()`` and (for
-nkipy) ``spiky.torch.reset_nkipy_backend()``.
+Each backend gets a fresh copy of the same seeded model; nkipy gets a ``torch._dynamo.reset()`` and
+``spiky.torch.reset_nkipy_backend()`` first, and Inductor compiles last (a reset would drop nkipy's
+compiled frames). Warm calls (or training steps) are then timed with the backends interleaved, in
+rounds of five calls each, and each backend's time is the median of its calls: these VMs drift by
+tens of per cent within seconds, and interleaving puts a slow spell on every backend alike.
 
 ``target``: nkipy runs on the ``host`` target, or on ``neuron`` through the fake Neuron stack
 (``spiky.testing.fake_neuron``: HLO → fake neuronx-cc → NEFF → fake libnrt, executed on XLA:CPU),
@@ -122,47 +125,57 @@ def _reset() -> None:
     spiky.torch.reset_nkipy_backend()
 
 
-# -- one mode each: returns (reference-comparable values, per-call seconds, first-call seconds)
+# -- one mode each: returns (reference-comparable values, first-call seconds, one more call)
+#
+# The warm calls are timed by run_case, interleaved across the backends (see _interleaved).
 
-Runner = Callable[[Case, Any, Any, str, "dict[str, Any] | None"], tuple[list[torch.Tensor], float, float]]
+Again = Callable[[], object]
+Ran = tuple[list[torch.Tensor], float, Again]
 
 
-def _timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
+def _first(fn: Callable[[], Any]) -> tuple[Any, float]:
     t0 = time.perf_counter()
     out = fn()
-    first = time.perf_counter() - t0
-    times = []
-    for _ in range(_timed_calls):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return out, statistics.median(times), first
+    return out, time.perf_counter() - t0
 
 
-def _infer(case: Case, model: Any, inputs: Any, backend: str, options: dict[str, Any] | None) -> Any:
+def _no_grad(fn: Callable[[], Any]) -> Again:
+    def again() -> object:
+        with torch.no_grad():
+            return fn()
+    return again
+
+
+def _infer(case: Case, model: Any, inputs: Any, backend: str, options: dict[str, Any] | None) -> Ran:
     fn = model if backend == "eager" else _compile(model, backend, case, options)
-    with torch.no_grad():
-        out, per_call, first = _timed(lambda: _call(fn, inputs))
-    return _tensors(out), per_call, first
+    call = _no_grad(lambda: _call(fn, inputs))
+    out, first = _first(call)
+    return _tensors(out), first, call
 
 
-def _dynamic(case: Case, model: Any, inputs: Any, backend: str, options: dict[str, Any] | None) -> Any:
+def _dynamic(case: Case, model: Any, inputs: Any, backend: str, options: dict[str, Any] | None) -> Ran:
     fn = model if backend == "eager" else _compile(model, backend, case, options)
-    outs, per_call, first = [], [], 0.0
-    with torch.no_grad():
-        for i, length in enumerate(DYNAMIC_LENGTHS):
-            ids = _ids(length)
-            if case.dynamic == "mark_dynamic" and backend != "eager":
-                torch._dynamo.mark_dynamic(ids, 1)
-            out, t, f = _timed(lambda ids=ids: _call(fn, (ids,)))
-            outs += _tensors(out)
-            per_call.append(t)
-            if i == 0:
-                first = f
-    return outs, statistics.median(per_call), first
+    outs, first, all_ids = [], 0.0, []
+    for i, length in enumerate(DYNAMIC_LENGTHS):
+        ids = _ids(length)
+        if case.dynamic == "mark_dynamic" and backend != "eager":
+            torch._dynamo.mark_dynamic(ids, 1)
+        out, f = _first(_no_grad(lambda ids=ids: _call(fn, (ids,))))
+        outs += _tensors(out)
+        all_ids.append(ids)
+        if i == 0:
+            first = f
+    turn = iter(range(1 << 62))
+
+    def again() -> object:  # one call per timing, the lengths in turn
+        ids = all_ids[next(turn) % len(all_ids)]
+        with torch.no_grad():
+            return _call(fn, (ids,))
+
+    return outs, first, again
 
 
-def _train(case: Case, model: Any, inputs: Any, backend: str, options: dict[str, Any] | None) -> Any:
+def _train(case: Case, model: Any, inputs: Any, backend: str, options: dict[str, Any] | None) -> Ran:
     fn = model if backend == "eager" else _compile(model, backend, case, options)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
 
@@ -172,33 +185,48 @@ def _train(case: Case, model: Any, inputs: Any, backend: str, options: dict[str,
         x, target = inputs
         return torch.nn.functional.cross_entropy(fn(x), target)
 
-    t0 = time.perf_counter()
-    loss = loss_of()
-    loss.backward()
-    first = time.perf_counter() - t0
+    def step() -> torch.Tensor:  # forward and backward; the optimizer steps once, after the first
+        loss = loss_of()
+        loss.backward()
+        return loss
+
+    loss, first = _first(step)
     grads = [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in model.parameters()]
     opt.step()
     opt.zero_grad()
-    times = []
-    for _ in range(max(2, _timed_calls)):  # time training steps (forward + backward) after the first
-        t0 = time.perf_counter()
-        step_loss = loss_of()
-        step_loss.backward()
-        times.append(time.perf_counter() - t0)
-        if len(times) == 1:
-            after = step_loss.detach().clone()
+    after = step().detach().clone()  # the loss after one SGD step
+    opt.zero_grad()
+
+    def again() -> object:
+        out = step()
         opt.zero_grad()
-    return [loss.detach().reshape(1), *grads, after.reshape(1)], statistics.median(times), first
+        return out
+
+    return [loss.detach().reshape(1), *grads, after.reshape(1)], first, again
 
 
-def _generate(case: Case, model: Any, inputs: Any, backend: str, options: dict[str, Any] | None) -> Any:
+def _generate(case: Case, model: Any, inputs: Any, backend: str, options: dict[str, Any] | None) -> Ran:
     (ids,) = inputs
     kwargs = {"max_new_tokens": case.extra.get("max_new_tokens", 8), "do_sample": False}
     if backend != "eager":
         model.forward = _compile(model.forward, backend, case, options)
-    with torch.no_grad():
-        out, per_call, first = _timed(lambda: model.generate(ids, **kwargs))
-    return [out], per_call, first
+    call = _no_grad(lambda: model.generate(ids, **kwargs))
+    out, first = _first(call)
+    return [out], first, call
+
+
+def _interleaved(calls: dict[str, Again], timed: int, block: int = 5) -> dict[str, float]:
+    """Median seconds per call of each backend: ``timed`` calls each, in rounds of ``block`` calls per
+    backend in turn, so that a slow spell of a shared machine (these VMs drift by tens of per cent
+    within seconds) falls on every backend alike instead of on whichever ran then."""
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    while any(len(t) < timed for t in times.values()):
+        for name, again in calls.items():
+            for _ in range(min(block, timed - len(times[name]))):
+                t0 = time.perf_counter()
+                again()
+                times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items() if t}
 
 
 MODES: dict[str, Any] = {"infer": _infer, "dynamic": _dynamic, "train": _train, "generate": _generate}
@@ -269,45 +297,53 @@ def run_case(case: Case, inductor: bool = True, timed_calls: int = TIMED_CALLS, 
         return copy.deepcopy(base_model)
 
     torch._dynamo.reset()
-    want, res.eager_ms, _ = run(case, fresh(), inputs, "eager", None)
-    res.eager_ms *= 1e3
+    want, _, eager_again = run(case, fresh(), inputs, "eager", None)
+    calls: dict[str, Again] = {"eager": eager_again}
     spread = _eager_spread(case, fresh(), inputs, want) if case.mode == "train" else None
     res.eager_spread = max(spread, default=0.0) if spread is not None else None
 
-    torch._dynamo.reset()
-    try:
-        if not inductor:
-            raise RuntimeError("not run")
-        _ind, t, f = run(case, fresh(), inputs, "inductor", None)
-        res.inductor_ms, res.inductor_first_s = t * 1e3, f
-    except Exception as exc:
-        res.inductor_error = _first_line(exc)
+    with contextlib.ExitStack() as keep:  # nkipy's target stays set up while its calls are timed
+        first_error = ""
+        for status, options in (("ok", None), ("fallback", {"fallback": "eager"})):
+            _reset()
+            counter = torch._dynamo.utils.counters
+            counter.clear()
+            attempt = contextlib.ExitStack()
+            try:
+                attempt.enter_context(on_target(target))
+                got, res.nkipy_first_s, calls["nkipy"] = run(case, fresh(), inputs, "nkipy", options)
+            except Exception as exc:
+                attempt.close()
+                first_error = first_error or _first_line(exc)
+                if status == "ok":
+                    import logging
 
-    first_error = ""
-    for status, options in (("ok", None), ("fallback", {"fallback": "eager"})):
-        _reset()
-        counter = torch._dynamo.utils.counters
-        counter.clear()
+                    logging.getLogger("spiky.zoo").debug("%s", traceback.format_exc())
+                continue
+            keep.callback(attempt.close)
+            res.graphs = int(counter["stats"]["unique_graphs"]) if case.mode == "generate" else None
+            try:
+                res.max_err = _compare(case, got, want)
+            except MismatchError as exc:
+                res.status, res.error = "WRONG", str(exc)
+                break
+            within = _within(case, res.max_err) or (spread is not None and _within_spread(case, got, want, spread))
+            res.status = status if within else "WRONG"
+            res.error = first_error if status == "fallback" else ""
+            break
+        else:
+            res.error = first_error
+
+        # Inductor last: torch._dynamo.reset() (before each nkipy attempt) drops every compiled frame.
         try:
-            with on_target(target):
-                got, t, f = run(case, fresh(), inputs, "nkipy", options)
+            if not inductor:
+                raise RuntimeError("not run")
+            _ind, res.inductor_first_s, calls["inductor"] = run(case, fresh(), inputs, "inductor", None)
         except Exception as exc:
-            first_error = first_error or _first_line(exc)
-            if status == "ok":
-                import logging
+            res.inductor_error = _first_line(exc)
 
-                logging.getLogger("spiky.zoo").debug("%s", traceback.format_exc())
-            continue
-        res.nkipy_ms, res.nkipy_first_s = t * 1e3, f
-        res.graphs = int(counter["stats"]["unique_graphs"]) if case.mode == "generate" else None
-        try:
-            res.max_err = _compare(case, got, want)
-        except MismatchError as exc:
-            res.status, res.error = "WRONG", str(exc)
-            return res
-        within = _within(case, res.max_err) or (spread is not None and _within_spread(case, got, want, spread))
-        res.status = status if within else "WRONG"
-        res.error = first_error if status == "fallback" else ""
-        return res
-    res.error = first_error
+        per_call = _interleaved(calls, _timed_calls)
+    res.eager_ms = per_call["eager"] * 1e3
+    res.inductor_ms = per_call["inductor"] * 1e3 if "inductor" in per_call else None
+    res.nkipy_ms = per_call["nkipy"] * 1e3 if "nkipy" in per_call else None
     return res
