@@ -255,20 +255,22 @@ def test_the_fast_call_path_takes_every_kind_of_cpu_tensor(executor: str, make: 
         torch.testing.assert_close(compiled(x), fn(x), rtol=1e-5, atol=1e-5)
 
 
-def _two_output_graph() -> Graph:
+def _many_output_graph() -> Graph:
     g = Graph()
     x = g.add_input("x", TensorType((4, 16), DType.float32))
     big = g.add_input("big", TensorType((160, 128), DType.float32))  # 80 KiB: above PACK_OUTPUT_BYTES
-    g.set_outputs([g.add_op("tanh", [x]), g.add_op("exp", [x]), g.add_op("negative", [big])])
+    small = [g.add_op(op, [x]) for op in ("tanh", "exp", "sin", "cos", "negative", "abs", "sqrt", "sigmoid")]
+    g.set_outputs([*small, g.add_op("negative", [big])])
     return g
 
 
 @xla
 def test_small_outputs_leave_xla_packed_and_the_layout_names_the_stored_executable(
         tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
-    g = _two_output_graph()
+    g = _many_output_graph()
     packed, layout = he.output_layout(g)
-    assert packed == [0, 1] and [p[0] for p in layout.packed] == [0, 1]  # the 80 KiB output stays on its own
+    assert packed == list(range(8)) and [p[0] for p in layout.packed] == packed  # the 80 KiB one stays on its own
+    assert he.output_layout(_mlp_graph())[0] == []  # one output: nothing to pack
     cache = spiky.cache.CompileCache(tmp_path / "c")
     key = spiky.cache.CacheKey(ir_text="x2", target="host", compiler="t", compiler_version="0", compiler_args="",
                                options=(), buckets=(), spiky_version="0")
