@@ -4,12 +4,14 @@
                                               [--target host|neuron] [--cpu N] [--calls K]
 
 Issue 18's measurement: ``--cpu 1 --calls 20`` (each case pinned to one core, median of 20 warm
-calls); the summary then gives nkipy / Inductor per call (geomean, worst, how many above 1.5x) and
-the cases whose first call (the compile) is slower than Inductor's.
+calls per backend, the backends interleaved five calls at a time); the summary then gives
+nkipy / Inductor per call (geomean, worst, how many above 1.5x) and the cases whose first call
+(the compile) is slower than Inductor's.
 
 Each case (tools/zoo/cases.py) runs in its own subprocess with a timeout, so a crash or a hang
-stops only that case. A case runs eager, then Inductor, then nkipy (host target) with default
-options and, if that raises, with options={"fallback": "eager"}; the row gives the status
+stops only that case. A case runs eager, then nkipy (host target) with default options and, if
+that raises, with options={"fallback": "eager"}, then Inductor, and times their warm calls in turn
+(tools/zoo/runner.py); the row gives the status
 (ok / fallback / WRONG / error), the worst relative error against eager, the time per call of
 each backend, the first-call (compile) time of Inductor and nkipy, and the first line of the
 nkipy error. The summary counts the statuses and compares them with the expected-status table
