@@ -371,6 +371,25 @@ def test_ranking_along_padded_axes_on_xla(view: str, rank: str) -> None:
         np.testing.assert_array_equal(g_out, e_out)
 
 
+@pytest.mark.parametrize("name", ["concat_grow", "concat_middle", "gather_from_static_table"])
+@pytest.mark.parametrize(("real", "bucket"), [(3, 8), (1, 4), (5, 5)])
+def test_moved_and_masked_padding_on_xla(name: str, real: int, bucket: int) -> None:
+    """The take that moves a concatenation's later operands back, and the masked gather indices,
+    as HLO on XLA:CPU (what neuronx-cc compiles), against the unpadded reference."""
+    graph = _graph(CASES[name][0])
+    plan = pad_graph(graph, {"s0"})
+    rng = np.random.default_rng(real * 7 + bucket)
+    x = rng.uniform(0.5, 2.0, (4, real)).astype(np.float32)
+    garbage = rng.uniform(-1e6, 1e6, (4, bucket)).astype(np.float32)
+    garbage[:, :real] = x
+    static = specialize(plan.graph, {"s0": bucket})
+    (out,) = run_hlo(emit_hlo(static).proto, [garbage, *(np.array(real, np.int64) for _ in plan.length_symbols)])
+    out = unpad(out, plan.output_layouts[0], plan.padded, {"s0": real}, {"s0": bucket})
+    (expected,) = execute(graph, [x])
+    assert out.shape == expected.shape
+    np.testing.assert_allclose(out, expected, rtol=2e-6, atol=1e-6)
+
+
 @pytest.mark.smoke
 def test_flattened_argmax_counts_real_positions() -> None:
     """The bug this guards against: argmax of a flattened (s0, s1) returned 106 for real index 61."""

@@ -48,6 +48,7 @@ Array = np.ndarray[Any, np.dtype[Any]]
 Spec = tuple[tuple[int, ...], np.dtype[Any]]
 """(shape, dtype) of one input."""
 
+
 @dataclass(frozen=True)
 class OutputLayout:
     """Where a module's outputs are: ``count`` outputs, of which ``packed`` (output index, byte offset,
@@ -304,7 +305,8 @@ def compile_hlo(proto: bytes, input_specs: Sequence[Spec] | None = None,
     """Convert a serialized ``HloModuleProto`` to StableHLO with XLA's own importer and compile it.
 
     ``outputs``: how the module's results map to the graph's outputs when some are packed (emitted
-    with ``emit_hlo(..., packed_outputs=...)``). Raises :class:`IRError` with XLA's message when XLA rejects the module.
+    with ``emit_hlo(..., packed_outputs=...)``). Raises :class:`IRError` with XLA's message when
+    XLA rejects the module.
     """
     client = _client()
     xla = importlib.import_module("jax._src.lib").xla_client._xla
