@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
 import os
 import statistics
 import tempfile
@@ -165,14 +166,8 @@ def _dynamic(case: Case, model: Any, inputs: Any, backend: str, options: dict[st
         all_ids.append(ids)
         if i == 0:
             first = f
-    turn = iter(range(1 << 62))
-
-    def again() -> object:  # one call per timing, the lengths in turn
-        ids = all_ids[next(turn) % len(all_ids)]
-        with torch.no_grad():
-            return _call(fn, (ids,))
-
-    return outs, first, again
+    turn = itertools.cycle(all_ids)  # one call per timing, the lengths in turn
+    return outs, first, _no_grad(lambda: _call(fn, (next(turn),)))
 
 
 def _train(case: Case, model: Any, inputs: Any, backend: str, options: dict[str, Any] | None) -> Ran:
