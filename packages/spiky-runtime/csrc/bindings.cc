@@ -49,6 +49,7 @@ void bind_nrt(py::module_& m);  // nrt_bindings.cc: Device.load_neff, NTFF profi
 
 namespace spiky::runtime {
 void bind_c_abi(py::module_& m);  // c_abi.cc: the C allocator ABI for foreign tensors
+void bind_host_kernels(py::module_& m);  // host_kernels.cc: fused kernels for the numpy plan
 }  // namespace spiky::runtime
 
 namespace {
@@ -960,4 +961,5 @@ PYBIND11_MODULE(_core, m) {
 
   bind_nrt(m);
   bind_c_abi(m);
+  bind_host_kernels(m);
 }

@@ -13,7 +13,9 @@ million times: ~50 µs for one ``exp``. :func:`compile_plan` does that work once
   reductions, softmax, convolutions) get a kernel prepared from the node's static types and
   attributes; the rest run their reference as it is;
 - nodes without operands (constants, iota, full, dim_value) are computed once;
-- one ``np.errstate`` covers the whole call.
+- one ``np.errstate`` covers the whole call;
+- with ``native`` kernels (:mod:`spiky_ir.fusion`; spiky-runtime's ``host_kernels``), float32 and
+  float64 layer norms, eval batch norms, softmax and erf run as one native call each.
 
 Outputs keep ``execute``'s contract: fresh C-contiguous arrays the caller owns. An output
 that is a graph input, a precomputed constant or repeated is copied; any other output is
@@ -38,6 +40,7 @@ import numpy as np
 
 from spiky_ir.dtypes import DType
 from spiky_ir.errors import IRError
+from spiky_ir.fusion import Fused, NativeKernels, find_fusions
 from spiky_ir.ir import Graph, Node, Value
 from spiky_ir.registry import elementwise_compute_type, get_op
 from spiky_ir.types import Attr
@@ -132,7 +135,7 @@ class Plan:
     (shape and dtype); a mismatch raises :class:`IRError` naming the input.
     """
 
-    def __init__(self, graph: Graph) -> None:
+    def __init__(self, graph: Graph, native: NativeKernels | None = None) -> None:
         for value in graph.inputs:
             if not value.type.is_static:
                 raise IRError(f"compile_plan needs static shapes; input %{value.name} is {value.type} "
@@ -149,7 +152,20 @@ class Plan:
         self._env: list[Any] = [None] * len(graph.inputs)
         self._steps: list[Step] = []
         fixed: set[int] = set(range(len(graph.inputs)))  # inputs and precomputed values: outputs copy them
+        fused: dict[int, Fused | None] = {}  # node -> the fused step it is part of (run at its last node)
+        for group in find_fusions(graph, native) if native is not None else []:
+            fused.update((id(n), None) for n in group.nodes)
+            fused[id(max(group.nodes, key=graph.nodes.index))] = group
+        self.fused = sum(1 for group in fused.values() if group is not None)
+        """How many native fused steps the plan runs."""
         for node in graph.nodes:
+            if id(node) in fused:
+                step = fused[id(node)]
+                if step is not None:
+                    outs = tuple(slot(v) for v in step.outputs)
+                    self._env.extend([None] * len(outs))
+                    self._steps.append((step.kernel, {}, tuple(slot(v) for v in step.inputs), outs))
+                continue
             opdef = get_op(node.op)
             prepared = PLAN_RULES[node.op](node) if node.op in PLAN_RULES else None
             kernel: Kernel = (_elementwise_kernel(node) if opdef.elementwise
@@ -204,6 +220,7 @@ class Plan:
         return [r if type(r := env[index]) is np.ndarray else np.asarray(r) for index, _copy in self._outputs]
 
 
-def compile_plan(graph: Graph) -> Plan:
-    """Prepare ``graph`` (static shapes) for fast repeated numpy execution; same results as :func:`spiky_ir.execute`."""
-    return Plan(graph)
+def compile_plan(graph: Graph, native: NativeKernels | None = None) -> Plan:
+    """Prepare ``graph`` (static shapes) for fast repeated numpy execution; same results as
+    :func:`spiky_ir.execute` (with ``native`` kernels: to float rounding, see :mod:`spiky_ir.fusion`)."""
+    return Plan(graph, native)

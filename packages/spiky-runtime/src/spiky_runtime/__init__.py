@@ -12,6 +12,9 @@ Python callables, so everything works on any machine::
     model = dev.load_host_model(lambda xs: [xs[0] + 1], [spec], [spec], name="inc")
     (out,) = model.run([np.zeros((2, 2), np.float32)])
 
+``host_kernels`` holds the fused native kernels (layer norm, eval batch norm, softmax, erf) that
+``spiky_ir.compile_plan(graph, native=host_kernels)`` runs instead of several numpy steps each.
+
 ``Device("host", 0)`` returns the process-wide device for that (driver, index): every
 Device object for it shares one pool and one set of statistics.
 
@@ -35,6 +38,7 @@ from spiky_runtime._core import (
     TensorSpec,
     device_count,
     driver_names,
+    host_kernels,
 )
 from spiky_runtime.errors import (
     InvalidArgumentError,
@@ -74,6 +78,7 @@ __all__ = [
     "DeviceTensor",
     "RuntimeStats",
     "profile",
+    "host_kernels",
     # errors
     "SpikyRuntimeError",
     "OutOfMemoryError",

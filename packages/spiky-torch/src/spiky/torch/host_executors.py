@@ -2,7 +2,9 @@
 
 - ``numpy``: spiky-ir's reference semantics (:func:`spiky_ir.execute`), run as a plan
   prepared once per graph (:func:`spiky_ir.compile_plan`: the same numpy code per op, with
-  the lookups, type promotion and checks done at load time). A 1-op call costs ~2 µs.
+  the lookups, type promotion and checks done at load time). A 1-op call costs ~2 µs. Layer
+  norms, eval batch norms, softmax and erf of float32/float64 run as one call each of the
+  runtime's native kernels (``spiky_runtime.host_kernels``, :mod:`spiky_ir.fusion`).
 - ``xla``: the graph's HLO module (the same artefact the Neuron target hands to
   ``neuronx-cc``) compiled by XLA:CPU into fused native code (:mod:`spiky_ir.hlo.xla_cpu`,
   needs ``pip install spiky-torch[xla]``). Compiled once per graph (bucket), kept in memory
@@ -302,7 +304,17 @@ def host_function(
     elif executor != "numpy":
         raise SpikyConfigError(f"host_function needs a resolved executor ('numpy' or 'xla'), got {executor!r}")
 
-    return compile_plan(graph).run_unchecked, "numpy"  # the runtime checks inputs and copies outputs
+    return numpy_plan(graph), "numpy"
+
+
+NATIVE_FUSION = True
+"""Whether numpy plans run fused native steps (the runtime's host_kernels); off only to measure them."""
+
+
+def numpy_plan(graph: Graph) -> HostFn:
+    """The numpy plan of ``graph``, with the runtime's native fused steps; unchecked, as the runtime
+    checks the inputs and copies the outputs."""
+    return compile_plan(graph, native=rt.host_kernels if NATIVE_FUSION else None).run_unchecked
 
 
 def tiny_graph(graph: Graph) -> str | None:
@@ -356,7 +368,7 @@ def measure_choice(graph: Graph, xla_fn: HostFn) -> tuple[str, str]:
     if known is not None:
         return known
     arrays = _sample_inputs(graph)
-    plan = compile_plan(graph).run_unchecked
+    plan = numpy_plan(graph)
     try:
         xla_fn(arrays)  # warm
         xla_s = _best_of(xla_fn, arrays, 3, AUTO_TIMING_LIMIT_S)
@@ -394,7 +406,7 @@ def load_host_graph(
         chosen, reason = measure_choice(graph, fn)
         why = f" ({reason})"
         if chosen == "numpy":
-            fn, used = compile_plan(graph).run_unchecked, "numpy"
+            fn, used = numpy_plan(graph), "numpy"
     log.info("%s: host executor %s%s", kernel_name, used, why)
     return device.load_host_model(
         fn,
