@@ -133,3 +133,30 @@ def test_prepared_kernels_match_the_reference(op: str, operands: list[tuple[tupl
     got, want = compile_plan(g)(arrays)[0], execute(g, arrays)[0]
     assert got.dtype == want.dtype and got.shape == want.shape
     assert got.tobytes() == want.tobytes()
+
+
+@pytest.mark.smoke
+@pytest.mark.parametrize("numpy_keeps_a_context_variable", [True, False])
+def test_floating_point_errors_are_ignored_for_the_call_only(monkeypatch: pytest.MonkeyPatch,
+                                                             numpy_keeps_a_context_variable: bool) -> None:
+    """Inside a call numpy warns about nothing; after it, the caller's error state is back. Without
+    numpy 2's context variable (older numpy), the plan falls back to ``np.errstate``."""
+    from spiky_ir import plan as plan_module
+
+    if not numpy_keeps_a_context_variable:
+        monkeypatch.delattr(np._core.umath, "_extobj_contextvar")
+    ignore, restore = plan_module._fp_error_switch()
+    before = np.geterr()
+    token = ignore()
+    try:
+        assert set(np.geterr().values()) == {"ignore"}
+    finally:
+        restore(token)
+    assert np.geterr() == before
+    g = Graph()
+    x = g.add_input("x", TensorType((2,), F32))
+    g.set_outputs([g.add_op("log", [x])])
+    with np.errstate(all="raise"):
+        out = compile_plan(g)([np.array([0.0, -1.0], np.float32)])[0]
+        assert np.geterr()["invalid"] == "raise"
+    assert out[0] == -np.inf and np.isnan(out[1])
