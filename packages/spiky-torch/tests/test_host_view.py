@@ -97,3 +97,65 @@ def test_training_step_leaves_parameters_resizable() -> None:
     compiled(torch.randn(4, 8)).sum().backward()
     for param in model.parameters():
         assert param.grad is not None and _resizable(param)
+
+
+# -- InputViews: the views of inputs that stay put are kept -----------------------------------------
+
+
+@pytest.mark.smoke
+def test_input_views_keep_a_tensor_seen_twice_and_drop_it_when_it_changes() -> None:
+    import gc
+    import weakref
+
+    from spiky.torch.arrays import InputViews
+
+    views = InputViews(2, bf16=False)
+    weight = torch.randn(3, 4)
+    first = views([weight, torch.randn(2)])
+    second = views([weight, torch.randn(2)])
+    third = views([weight, torch.randn(2)])
+    assert third[0] is second[0] and first[0] is not second[0]  # kept from its second call on
+    weight.mul_(2)  # in place: the kept view shares the memory
+    np.testing.assert_array_equal(views([weight, torch.randn(2)])[0], weight.numpy())
+    swapped = torch.randn(3, 4)
+    weight.data = swapped  # the same Parameter-like object over other memory
+    np.testing.assert_array_equal(views([weight, torch.randn(2)])[0], swapped.numpy())
+    # An input that changes every call is not kept alive by the views beyond the next call.
+    activation = torch.randn(2)
+    gone = weakref.ref(activation)
+    views([weight, activation])
+    del activation
+    views([weight, torch.randn(2)])
+    gc.collect()
+    assert gone() is None
+
+
+@pytest.mark.smoke
+def test_input_views_of_a_tensor_resized_in_place_follow_its_shape() -> None:
+    from spiky.torch.arrays import InputViews
+
+    views = InputViews(1, bf16=False, check_shapes=True)
+    t = torch.arange(12.0).reshape(3, 4)
+    for _ in range(3):
+        assert views([t])[0].shape == (3, 4)
+    t.resize_(2, 4)  # the same memory, a smaller shape: only the shape tells
+    got = views([t])[0]
+    assert got.shape == (2, 4) and got.ctypes.data == t.data_ptr()
+
+
+@pytest.mark.smoke
+@pytest.mark.parametrize("kind", sorted(CALLS))
+def test_parameters_changed_between_calls_are_read_again(kind: str) -> None:
+    """In place, swapped with ``.data``, or a new storage: every call reads the parameter's current values."""
+    model = torch.nn.Linear(8, 3)
+    compiled = torch.compile(model, backend="nkipy", **CALLS[kind]())
+    x = torch.randn(5, 8)
+    with torch.no_grad():
+        for _ in range(3):
+            torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
+        model.weight.mul_(-2)
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
+        model.weight.data = torch.randn(3, 8)
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
+        model.bias.set_(torch.randn(3))
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)

@@ -13,6 +13,9 @@ call. The view costs what ``numpy()`` costs (~1 µs per tensor, ``tools/bench/be
 The array must not outlive the call it is made for: the storage stays resizable, so its owner may
 free the memory under it.
 
+A compiled graph's parameters are the same tensors at every call; :class:`InputViews` keeps their
+views (a 40-parameter model: ~35 µs of views per call become ~3 µs of checks).
+
 Per-call code that knows its dtypes ahead (a compiled graph's inputs and outputs) decides once
 whether it needs these (:func:`array_reader`), so a float32 call costs what ``t.numpy()`` /
 ``torch.from_numpy`` cost.
@@ -20,7 +23,7 @@ whether it needs these (:func:`array_reader`), so a float32 call costs what ``t.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -91,3 +94,43 @@ def array_reader(bf16: bool) -> Callable[[np.ndarray[Any, Any]], torch.Tensor]:
     """The array -> tensor converter for a call's results: ``torch.from_numpy`` (the cheapest)
     unless ``bf16`` says some result is bfloat16."""
     return from_array if bf16 else torch.from_numpy
+
+
+class InputViews:
+    """The numpy views of a compiled graph's tensor inputs, kept for the inputs that stay put.
+
+    A slot whose tensor is the same object at the same data pointer in two calls in a row (a
+    parameter, a buffer) keeps its view; from then on a call checks identity and pointer (~0.1 µs)
+    instead of making a view (~0.9 µs). Anything else gets a new view, and a slot's kept view is
+    dropped as soon as its tensor changes, so a tensor that changes every call (an activation) is not
+    kept alive by this beyond one call. The data pointer covers storage swaps (``p.data = ...``,
+    ``set_``, FSDP's freed and reallocated storage); the layout of the memory is what Dynamo's guards
+    hold fixed (sizes, strides, dtype) for the graph, and ``check_shapes`` compares the shape too,
+    for graphs whose sizes change between calls (a tensor resized in place keeps its pointer).
+    """
+
+    __slots__ = ("_check_shapes", "_convert", "_kept", "_seen")
+
+    def __init__(self, count: int, bf16: bool, check_shapes: bool = False) -> None:
+        self._convert = to_array if bf16 else host_view
+        self._kept: list[tuple[torch.Tensor, int, np.ndarray[Any, Any]] | None] = [None] * count
+        self._seen: list[tuple[int, int]] = [(0, 0)] * count  # (id, data pointer) of the last call's tensor
+        self._check_shapes = check_shapes
+
+    def __call__(self, tensors: Sequence[torch.Tensor]) -> list[np.ndarray[Any, Any]]:
+        kept, convert, out = self._kept, self._convert, []
+        for i, t in enumerate(tensors):
+            k = kept[i]
+            if k is not None and k[0] is t and t.data_ptr() == k[1] and (
+                    not self._check_shapes or t.shape == k[2].shape):
+                out.append(k[2])
+                continue
+            array = convert(t)
+            pointer = t.data_ptr()
+            if self._seen[i] == (id(t), pointer):
+                kept[i] = (t, pointer, array)
+            else:
+                kept[i] = None
+                self._seen[i] = (id(t), pointer)
+            out.append(array)
+        return out

@@ -44,7 +44,7 @@ from torch import fx
 import spiky_runtime as rt
 from spiky.errors import SpikyOptionError, SpikyShapeError
 from spiky.torch import pipeline
-from spiky.torch.arrays import array_reader, host_view, to_array
+from spiky.torch.arrays import InputViews, array_reader
 from spiky.torch.buckets import BucketPolicy
 from spiky.torch.device_call import (
     Placement,
@@ -335,6 +335,7 @@ class DynamicGraph:
         # numpy has no bfloat16: bfloat16 inputs and results cross as views of their bits
         # (spiky.torch.arrays). Decided once, so float32 calls keep numpy's own conversions.
         self._bf16_inputs = any(v.type.dtype is DType.bfloat16 for v in self.graph.inputs)
+        self._views = InputViews(len(self._tensor_indices), self._bf16_inputs, check_shapes=True)
         self._from_array = array_reader(any(v.type.dtype is DType.bfloat16 for v in self.graph.outputs))
         self._placements: dict[torch.device | None, Placement] = {}
         # Input shapes -> what a call with them runs: for CPU calls padded in the runtime with
@@ -469,10 +470,7 @@ class DynamicGraph:
         # output slots); only the runtime call and the tensor views are left per call.
         if self._routes is not None:
             try:
-                if self._bf16_inputs:
-                    arrays = [to_array(args[i]) for i in self._tensor_indices]
-                else:
-                    arrays = [host_view(args[i]) for i in self._tensor_indices]
+                arrays = self._views([args[i] for i in self._tensor_indices])
             except (TypeError, AttributeError, RuntimeError, BufferError, IndexError):
                 pass  # "nkipy" tensors and anything unusual: the general path says what is wrong
             else:

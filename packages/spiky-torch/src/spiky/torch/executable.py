@@ -14,7 +14,7 @@ from torch import fx
 
 import spiky_runtime as rt
 from spiky.torch import pipeline
-from spiky.torch.arrays import array_reader, host_view, to_array
+from spiky.torch.arrays import InputViews, array_reader
 from spiky.torch.device_call import (
     Placement,
     ResidentWeights,
@@ -64,6 +64,7 @@ class CompiledGraph:
         # (spiky.torch.arrays). Decided once, so float32 calls keep numpy's own conversions.
         self._bf16_inputs = any(v.type.dtype is DType.bfloat16 for v in self.graph.inputs)
         self._from_array = array_reader(any(v.type.dtype is DType.bfloat16 for v in self.graph.outputs))
+        self._views = InputViews(len(self.graph.inputs), self._bf16_inputs)
 
     def __call__(self, args: list[Any]) -> list[Any]:
         # The plain path is kept to a few attribute reads: CPU tensors become numpy views (no copy;
@@ -71,8 +72,8 @@ class CompiledGraph:
         # numpy cannot view, non-tensors, the options above) takes the general path.
         if self._plain:
             try:
-                arrays = [to_array(a) for a in args] if self._bf16_inputs else [host_view(a) for a in args]
-            except (TypeError, AttributeError, RuntimeError, BufferError):
+                arrays = self._views(args)
+            except (TypeError, AttributeError, RuntimeError, BufferError, IndexError):
                 return self._call_general(args)
             args.clear()  # boxed convention: drop our references to the inputs early
             from_array = self._from_array
