@@ -134,7 +134,7 @@ def test_input_views_keep_a_tensor_seen_twice_and_drop_it_when_it_changes() -> N
 def test_input_views_of_a_tensor_resized_in_place_follow_its_shape() -> None:
     from spiky.torch.arrays import InputViews
 
-    views = InputViews(1, bf16=False, check_shapes=True)
+    views = InputViews(1, bf16=False, check_shapes=[True])
     t = torch.arange(12.0).reshape(3, 4)
     for _ in range(3):
         assert views([t])[0].shape == (3, 4)

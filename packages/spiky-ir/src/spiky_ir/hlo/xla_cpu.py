@@ -222,15 +222,15 @@ class XlaCpuExecutable:
         buffers: list[Any] = []
         last = self._last
         for index, (a, (shape, dtype), aval) in enumerate(zip(inputs, self.input_specs, self._avals, strict=True)):
-            if a.shape != shape or a.dtype != dtype or not a.flags.c_contiguous:
-                raise IRError(f"XLA:CPU input is {a.dtype}{list(a.shape)} (C-contiguous: "
-                              f"{a.flags.c_contiguous}), expected C-contiguous {dtype}{list(shape)}")
             seen = last[index]
-            if seen is not None and seen[0] is a:  # the very array of the last call: same memory
+            if seen is not None and seen[0] is a:  # the very array of the last call: same memory, checked then
                 if seen[3] or self._aliases(index, seen):
                     buffers.append(seen[2])
                     continue
                 seen = None
+            if a.shape != shape or a.dtype != dtype or not a.flags.c_contiguous:
+                raise IRError(f"XLA:CPU input is {a.dtype}{list(a.shape)} (C-contiguous: "
+                              f"{a.flags.c_contiguous}), expected C-contiguous {dtype}{list(shape)}")
             address = a.ctypes.data
             if seen is not None and seen[1] == address and (seen[3] or self._aliases(index, seen)):
                 last[index] = (a, address, seen[2], True)

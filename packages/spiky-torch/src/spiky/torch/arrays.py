@@ -105,24 +105,24 @@ class InputViews:
     dropped as soon as its tensor changes, so a tensor that changes every call (an activation) is not
     kept alive by this beyond one call. The data pointer covers storage swaps (``p.data = ...``,
     ``set_``, FSDP's freed and reallocated storage); the layout of the memory is what Dynamo's guards
-    hold fixed (sizes, strides, dtype) for the graph, and ``check_shapes`` compares the shape too,
-    for graphs whose sizes change between calls (a tensor resized in place keeps its pointer).
+    hold fixed (sizes, strides, dtype) for the graph, and ``check_shapes`` (per slot) compares the
+    shape too for inputs whose sizes may change between calls (a tensor resized in place keeps its
+    pointer).
     """
 
     __slots__ = ("_check_shapes", "_convert", "_kept", "_seen")
 
-    def __init__(self, count: int, bf16: bool, check_shapes: bool = False) -> None:
+    def __init__(self, count: int, bf16: bool, check_shapes: Sequence[bool] = ()) -> None:
         self._convert = to_array if bf16 else host_view
         self._kept: list[tuple[torch.Tensor, int, np.ndarray[Any, Any]] | None] = [None] * count
         self._seen: list[tuple[int, int]] = [(0, 0)] * count  # (id, data pointer) of the last call's tensor
-        self._check_shapes = check_shapes
+        self._check_shapes = list(check_shapes) or [False] * count
 
     def __call__(self, tensors: Sequence[torch.Tensor]) -> list[np.ndarray[Any, Any]]:
-        kept, convert, out = self._kept, self._convert, []
+        kept, convert, check, out = self._kept, self._convert, self._check_shapes, []
         for i, t in enumerate(tensors):
             k = kept[i]
-            if k is not None and k[0] is t and t.data_ptr() == k[1] and (
-                    not self._check_shapes or t.shape == k[2].shape):
+            if k is not None and k[0] is t and t.data_ptr() == k[1] and (not check[i] or t.shape == k[2].shape):
                 out.append(k[2])
                 continue
             array = convert(t)
