@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from spiky_ir import Graph, compile_plan, parse_graph
-from spiky_ir.fusion import NUMPY_KERNELS
+from spiky_ir.testing import NUMPY_KERNELS
 
 LAYER_NORM = """spiky-ir v1
 graph main(%w: f32[32], %b: f32[32], %x: f32[4,32]) {

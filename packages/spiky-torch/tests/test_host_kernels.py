@@ -23,7 +23,7 @@ import spiky.torch
 import spiky_runtime as rt
 from spiky.torch import host_executors as he
 from spiky_ir import Plan, compile_plan
-from spiky_ir.fusion import NUMPY_KERNELS
+from spiky_ir.testing import NUMPY_KERNELS
 
 K = rt.host_kernels
 

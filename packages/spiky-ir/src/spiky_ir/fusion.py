@@ -22,8 +22,8 @@ make a plan faster but never changes which graphs it runs.
 The fused results agree with the unfused plan to float rounding, not bit for bit: the layer norm
 sums in double (the plan's float32 pairwise sums differ by an ULP or so), softmax uses the C
 library's exp. The batch norm does the unfused plan's float arithmetic in its order.
-:data:`NUMPY_KERNELS` implements the protocol with numpy, for tests of the matching without
-native code.
+:data:`spiky_ir.testing.NUMPY_KERNELS` implements the protocol with numpy, for tests of the
+matching without native code and as the reference the native kernels are tested against.
 """
 
 from __future__ import annotations
@@ -62,47 +62,6 @@ class NativeKernels(Protocol):
     def erf(self, x: Array) -> Array:
         """erf computed in double, rounded to ``x``'s type."""
         ...
-
-
-class _NumpyKernels:
-    """:class:`NativeKernels` in numpy (the reference the native ones are tested against)."""
-
-    def layer_norm(self, x: Array, axes: int, weight: Array | None, bias: Array | None,
-                   eps: float) -> tuple[Array, Array, Array]:
-        dims = tuple(range(x.ndim - axes, x.ndim))
-        wide = x.astype(np.float64)
-        mean = wide.mean(axis=dims, keepdims=True)
-        var = ((wide - mean) ** 2).mean(axis=dims, keepdims=True)
-        mean_t, t = mean.astype(x.dtype), x.dtype.type
-        rstd = (t(1) / np.sqrt(var.astype(x.dtype) + t(eps))).astype(x.dtype)
-        y = (x - mean_t) * rstd
-        if weight is not None:
-            y = y * weight.reshape(x.shape[x.ndim - axes:])
-        if bias is not None:
-            y = y + bias.reshape(x.shape[x.ndim - axes:])
-        return y.astype(x.dtype), mean_t, rstd
-
-    def channel_norm(self, x: Array, mean: Array, var: Array, weight: Array | None, bias: Array | None,
-                     eps: float) -> Array:
-        shape, t = (x.shape[1],) + (1,) * (x.ndim - 2), x.dtype.type
-        y = (x - mean.reshape(shape)) * (t(1) / np.sqrt(var.reshape(shape) + t(eps)))
-        if weight is not None:
-            y = y * weight.reshape(shape)
-        if bias is not None:
-            y = y + bias.reshape(shape)
-        return y.astype(x.dtype)  # type: ignore[no-any-return]
-
-    def softmax(self, x: Array, axis: int) -> Array:
-        e = np.exp(x - np.max(x, axis=axis, keepdims=True))
-        return e / np.sum(e, axis=axis, keepdims=True)  # type: ignore[no-any-return]
-
-    def erf(self, x: Array) -> Array:
-        from spiky_ir.ops.elementwise import erf  # the ops import the plan, which imports this module
-
-        return erf(x).astype(x.dtype)
-
-
-NUMPY_KERNELS: NativeKernels = _NumpyKernels()
 
 
 @dataclass
