@@ -144,6 +144,7 @@ def _fp_error_switch() -> tuple[Callable[[], Any], Callable[[Any], None]]:
             ignore = None
         if ignore is not None:
             return (lambda: var.set(ignore)), var.reset
+
     def enter() -> Any:
         state = np.errstate(all="ignore")
         state.__enter__()
@@ -179,9 +180,10 @@ class Plan:
         self._steps: list[Step] = []
         fixed: set[int] = set(range(len(graph.inputs)))  # inputs and precomputed values: outputs copy them
         fused: dict[int, Fused | None] = {}  # node -> the fused step it is part of (run at its last node)
+        position = {id(node): index for index, node in enumerate(graph.nodes)}
         for group in find_fusions(graph, native) if native is not None else []:
             fused.update((id(n), None) for n in group.nodes)
-            fused[id(max(group.nodes, key=graph.nodes.index))] = group
+            fused[id(max(group.nodes, key=lambda n: position[id(n)]))] = group
         self.fused = sum(1 for group in fused.values() if group is not None)
         """How many native fused steps the plan runs."""
         for node in graph.nodes:
