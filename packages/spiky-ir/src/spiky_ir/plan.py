@@ -181,10 +181,11 @@ class Plan:
         fixed: set[int] = set(range(len(graph.inputs)))  # inputs and precomputed values: outputs copy them
         fused: dict[int, Fused | None] = {}  # node -> the fused step it is part of (run at its last node)
         position = {id(node): index for index, node in enumerate(graph.nodes)}
-        for group in find_fusions(graph, native) if native is not None else []:
+        groups = find_fusions(graph, native) if native is not None else []
+        for group in groups:
             fused.update((id(n), None) for n in group.nodes)
             fused[id(max(group.nodes, key=lambda n: position[id(n)]))] = group
-        self.fused = sum(1 for group in fused.values() if group is not None)
+        self.fused = len(groups)
         """How many native fused steps the plan runs."""
         for node in graph.nodes:
             if id(node) in fused:

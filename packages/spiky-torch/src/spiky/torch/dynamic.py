@@ -335,11 +335,10 @@ class DynamicGraph:
         # numpy has no bfloat16: bfloat16 inputs and results cross as views of their bits
         # (spiky.torch.arrays). Decided once, so float32 calls keep numpy's own conversions.
         self._bf16_inputs = any(v.type.dtype is DType.bfloat16 for v in self.graph.inputs)
-        # Only inputs with symbolic sizes can change shape under an unchanged pointer (Dynamo guards the rest).
-        symbolic = [not v.type.is_static for v in self.graph.inputs]
-        self._views = InputViews(len(self._tensor_indices), self._bf16_inputs,
-                                 check_shapes=symbolic if len(symbolic) == len(self._tensor_indices)
-                                 else [True] * len(self._tensor_indices))
+        # The tensor arguments are the graph's inputs, in order. Only inputs with symbolic sizes can change
+        # shape under an unchanged pointer (Dynamo guards the rest).
+        self._views = InputViews(len(self.graph.inputs), self._bf16_inputs,
+                                 check_shapes=[not v.type.is_static for v in self.graph.inputs])
         self._from_array = array_reader(any(v.type.dtype is DType.bfloat16 for v in self.graph.outputs))
         self._placements: dict[torch.device | None, Placement] = {}
         # Input shapes -> what a call with them runs: for CPU calls padded in the runtime with
