@@ -328,8 +328,9 @@ class GateGuard {
   ExitGate& gate_;
 };
 
-// Per host executable: the last view of each input (see make_host_executable). Its Python
-// objects are dropped with the GIL held, or leaked at interpreter exit (as PyRef does).
+// Per host executable: the last view of each input (see make_host_executable), and the staging
+// memory of inputs copied into memory of the model's own. Its Python objects are dropped with the
+// GIL held, or leaked at interpreter exit (as PyRef does).
 struct ViewCache {
   ViewCache() = default;
   ViewCache(const ViewCache&) = delete;
@@ -337,37 +338,86 @@ struct ViewCache {
   ~ViewCache() {
     if (views.empty()) return;
     if (!Py_IsInitialized() || python_finalizing()) {
-      for (auto& entry : views) entry.view.release();  // the interpreter is going: leak
+      for (auto& entry : views) {  // the interpreter is going: leak
+        entry.view.release();
+        entry.staged_view.release();
+      }
       return;
     }
     py::gil_scoped_acquire gil;
     views.clear();
   }
+  struct FreeDeleter {
+    void operator()(void* p) const noexcept { std::free(p); }
+  };
   struct Entry {
-    const void* data = nullptr;
+    const void* data = nullptr;  // where the input was at the last call
     std::optional<TensorSpec> spec;
-    py::object view;
+    py::object view;  // a view of `data`, or None
+    // Staging (stage_bytes): a copy of the input in memory of our own, 64-byte aligned, and
+    // the one view of it, handed to fn whenever the input was copied there.
+    std::unique_ptr<void, FreeDeleter> staging;
+    std::size_t staging_bytes = 0;
+    py::object staged_view;
+    bool staged = false;     // the last call passed staged_view
+    int calls_in_place = 0;  // calls in a row that found the input at `data`
   };
   std::vector<Entry> views;
+  // Held from the staging copies until the outputs are copied out, so that a concurrent call of
+  // the same model (fn releases the GIL) never overwrites memory fn is reading. A call that finds
+  // it taken does not stage.
+  std::mutex staging_mutex;
 };
+
+// The view to hand fn for input `t` when it sits at a new address and is small: a copy in the
+// entry's staging memory, always the same view object (fn may keep per-address state, such as
+// XLA:CPU's buffer aliasing that memory). Null when it cannot be staged.
+py::object staged_view(ViewCache::Entry& entry, const ConstTensor& t) {
+  const std::size_t nbytes = t.spec.nbytes();
+  if (!entry.staging || entry.staging_bytes != nbytes || !entry.staged_view ||
+      !entry.spec || !(*entry.spec == t.spec)) {
+    constexpr std::size_t kAlignment = 64;
+    const std::size_t padded = (nbytes + kAlignment - 1) / kAlignment * kAlignment;
+    entry.staging.reset(std::aligned_alloc(kAlignment, padded ? padded : kAlignment));
+    if (!entry.staging) return py::object();
+    entry.staging_bytes = nbytes;
+    py::array view(to_numpy(t.spec.dtype()), np_shape(t.spec), entry.staging.get(), py::none());
+    py::detail::array_proxy(view.ptr())->flags &= ~py::detail::npy_api::NPY_ARRAY_WRITEABLE_;
+    entry.staged_view = std::move(view);
+  }
+  if (nbytes) std::memcpy(entry.staging.get(), t.data, nbytes);
+  return entry.staged_view;
+}
 
 // Runs fn(list of read-only input views) and copies its outputs into the output memory
 // after checking count, shape and dtype against the model's output specs.
+//
+// stage_bytes > 0: an input of at most that many bytes that is not where it was at the last call
+// is copied into memory of the model's own (one block per input, reused), and fn gets the same
+// view of that memory at every such call. For fns that keep state per input address: XLA:CPU
+// aliases an input's memory once and reuses that buffer while the input stays there, where an
+// input in new memory costs a device put (~3 µs in Python) -- a backward's saved activations
+// arrive in new memory at every step. An input found where the last call had it is passed as
+// itself (weights stay put).
 HostExecutable make_host_executable(py::object fn, std::string name,
-                                   std::shared_ptr<ExitGate> gate) {
+                                   std::shared_ptr<ExitGate> gate, std::size_t stage_bytes) {
   auto ref = std::make_shared<PyRef>(std::move(fn));
   // The view made for each input at the last call, with its address: an input at the same
   // address (weights, reused pool blocks) gets the same view object again, so a host fn can
   // tell an unchanged input by identity (XlaCpuExecutable reuses its XLA buffer) and no view
   // is built. Touched only with the GIL held; released with the executable.
   auto views_cache = std::make_shared<ViewCache>();
-  return [ref, gate, views_cache, name = std::move(name)](const std::vector<ConstTensor>& inputs,
-                                                          const std::vector<MutableTensor>& outputs) {
+  return [ref, gate, views_cache, stage_bytes, name = std::move(name)](
+             const std::vector<ConstTensor>& inputs, const std::vector<MutableTensor>& outputs) {
     const std::string ctx = "model '" + name + "': ";
     if (!gate->enter()) {
       throw Error(ctx + "the Python interpreter is exiting; host models no longer run");
     }
     GateGuard guard(*gate);  // declared before the GIL: leaves after releasing it
+    // Taken before the GIL (never waited for while holding it), released after it.
+    std::unique_lock<std::mutex> staging_lock;
+    if (stage_bytes) staging_lock = std::unique_lock<std::mutex>(views_cache->staging_mutex, std::try_to_lock);
+    const bool may_stage = staging_lock.owns_lock();
     py::gil_scoped_acquire gil;
     py::list views;
     auto& cached = views_cache->views;
@@ -375,13 +425,33 @@ HostExecutable make_host_executable(py::object fn, std::string name,
     for (std::size_t i = 0; i < inputs.size(); ++i) {
       const auto& t = inputs[i];
       auto& entry = cached[i];
-      if (entry.data != t.data || !entry.view || !entry.spec || !(*entry.spec == t.spec)) {
+      const bool moved = entry.data != t.data || !entry.spec || !(*entry.spec == t.spec);
+      entry.calls_in_place = moved ? 0 : entry.calls_in_place + 1;
+      // Staged when it moved, and kept staged until it has stayed in place for kSettle calls:
+      // memory that alternates between a few places (pool blocks) stays staged.
+      constexpr int kSettle = 3;
+      if (may_stage && entry.spec && t.spec.nbytes() <= stage_bytes &&
+          (moved || (entry.staged && entry.calls_in_place < kSettle))) {
+        py::object view = staged_view(entry, t);
+        if (view) {
+          entry.data = t.data;
+          entry.spec = t.spec;
+          entry.view = py::object();  // made when the input settles at this address
+          entry.staged = true;
+          views.append(view);
+          continue;
+        }
+      }
+      if (moved || !entry.view) {
         // Zero-copy view of device memory; valid only during a call that passes this address
         // (the buffer returns to the pool afterwards), hence read-only and not to be kept by fn.
         py::array view(to_numpy(t.spec.dtype()), np_shape(t.spec), t.data, py::none());
         py::detail::array_proxy(view.ptr())->flags &= ~py::detail::npy_api::NPY_ARRAY_WRITEABLE_;
-        entry = {t.data, t.spec, std::move(view)};
+        entry.data = t.data;
+        entry.spec = t.spec;
+        entry.view = std::move(view);
       }
+      entry.staged = false;
       views.append(entry.view);
     }
     // Raw C API call: a thread ended by CPython's finalization (forced unwind while
@@ -703,7 +773,7 @@ PYBIND11_MODULE(_core, m) {
       .def(
           "load_host_model",
           [gate](Device& d, py::object fn, std::vector<TensorSpec> inputs,
-             std::vector<TensorSpec> outputs, std::string name) {
+             std::vector<TensorSpec> outputs, std::string name, std::int64_t stage_bytes) {
             if (!PyCallable_Check(fn.ptr())) {
               throw InvalidArgument("load_host_model: fn of model '" + name +
                                     "' must be callable, got " + type_name(fn));
@@ -713,10 +783,12 @@ PYBIND11_MODULE(_core, m) {
             desc.inputs = std::move(inputs);
             desc.outputs = std::move(outputs);
             desc.host_executable =
-                std::make_shared<const HostExecutable>(make_host_executable(std::move(fn), name, gate));
+                std::make_shared<const HostExecutable>(make_host_executable(
+                    std::move(fn), name, gate, to_size(stage_bytes, "load_host_model: stage_bytes")));
             return d.load_model(std::move(desc));
           },
-          py::arg("fn"), py::arg("inputs"), py::arg("outputs"), py::arg("name"))
+          py::arg("fn"), py::arg("inputs"), py::arg("outputs"), py::arg("name"), py::kw_only(),
+          py::arg("stage_bytes") = 0)
       .def("stats", [](Device& d) { return d.stats_snapshot(); })
       .def("record_compile", [](Device& d) { d.stats().record_compile(); })
       .def("reset_stats", &Device::reset_stats)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import textwrap
@@ -123,6 +124,84 @@ def test_an_input_at_the_same_address_is_the_same_view_object(dev: rt.Device) ->
     assert views[1] is views[0] and views[2] is not views[0] and views[3] is not views[2]
     for got, want in zip(results, [1, 6, 2, 6], strict=True):
         np.testing.assert_array_equal(got, np.full(4, want, F32))
+
+
+STAGE_BYTES = 64
+
+
+def test_staging_hands_an_input_in_new_memory_over_in_memory_of_the_models_own(dev: rt.Device) -> None:
+    """stage_bytes: a small input at a new address is copied into the model's own memory, always the same
+    view object (a host fn that keeps state per address, as XLA:CPU does, finds it again), until it has
+    stayed in one place for a few calls; bigger inputs and the first call are never staged. Every call reads
+    the values of its own input."""
+    seen: list[tuple[np.ndarray, np.ndarray, int, int]] = []
+
+    def fn(xs: list[np.ndarray]) -> list[np.ndarray]:
+        seen.append((xs[0], xs[1], xs[0].ctypes.data, xs[1].ctypes.data))
+        return [xs[0] * 2, xs[1] + 1]
+
+    small, big = rt.TensorSpec((4,), F32), rt.TensorSpec((32,), F32)  # 16 and 128 bytes
+    model = dev.load_host_model(fn, [small, big], [small, big], name="staged", stage_bytes=STAGE_BYTES)
+    # The calls of a training loop: activations in fresh memory, step after step.
+    inputs = [(np.full(4, i, F32), np.full(32, i, F32)) for i in range(6)]
+    for i, (a, b) in enumerate(inputs):
+        y, z = model.run([a, b])
+        np.testing.assert_array_equal(y, np.full(4, 2 * i, F32))
+        np.testing.assert_array_equal(z, np.full(32, i + 1, F32))
+    small_views = [s[0] for s in seen]
+    assert seen[0][2] == inputs[0][0].ctypes.data  # first call: the input itself
+    assert all(v is small_views[1] for v in small_views[1:])  # then one staged view
+    assert all(s[2] != a.ctypes.data for s, (a, _) in zip(seen[1:], inputs[1:], strict=True))
+    assert all(s[3] == b.ctypes.data for s, (_, b) in zip(seen, inputs, strict=True))  # 128 bytes: itself
+
+    # An input that stays put settles: staged for a few calls, then its own memory, one view object.
+    a, b = inputs[0]
+    seen.clear()
+    for _ in range(6):
+        y, _z = model.run([a, b])
+        np.testing.assert_array_equal(y, a * 2)
+    assert seen[0][0] is small_views[1] and seen[-1][2] == a.ctypes.data and seen[-1][0] is seen[-2][0]
+    # Changed in place at the settled address: read again, not a stale staged copy.
+    a += 10
+    np.testing.assert_array_equal(model.run([a, b])[0], a * 2)
+
+
+def test_staging_is_never_shared_by_concurrent_calls(dev: rt.Device) -> None:
+    """Two threads call one staged model whose fn releases the GIL while it reads its inputs: each call's
+    result is computed from its own inputs (a call that finds the staging memory in use is not staged)."""
+    spec = rt.TensorSpec((8,), F32)
+    barrier = threading.Barrier(2)
+
+    def fn(xs: list[np.ndarray]) -> list[np.ndarray]:
+        first = xs[0].copy()
+        with contextlib.suppress(threading.BrokenBarrierError):
+            barrier.wait(timeout=0.2)  # both calls inside fn at once (GIL released while waiting)
+        return [first + xs[0]]  # read again after the other call had its chance to overwrite
+
+    model = dev.load_host_model(fn, [spec], [spec], name="staged2", stage_bytes=STAGE_BYTES)
+    model.run([np.zeros(8, F32)])  # the first call is never staged
+    errors: list[str] = []
+
+    def worker(value: float) -> None:
+        for i in range(20):
+            x = np.full(8, value + i, F32)  # new memory at every call: staged when the lock is free
+            y = model.run([x])[0]
+            if not np.array_equal(y, 2 * x):
+                errors.append(f"input {value + i}: got {y[0]}")
+            barrier.reset()
+
+    threads = [threading.Thread(target=worker, args=(v,)) for v in (100.0, 200.0)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+
+def test_staging_bytes_must_not_be_negative(dev: rt.Device) -> None:
+    with pytest.raises(rt.errors.InvalidArgumentError, match="stage_bytes"):
+        dev.load_host_model(lambda xs: xs, [rt.TensorSpec((4,), F32)], [rt.TensorSpec((4,), F32)],
+                            name="bad", stage_bytes=-1)
 
 
 def test_non_contiguous_input_accepted(dev: rt.Device) -> None:

@@ -94,6 +94,8 @@ class Device:
         inputs: Sequence[TensorSpec],
         outputs: Sequence[TensorSpec],
         name: str,
+        *,
+        stage_bytes: int = 0,
     ) -> Model: ...
     def load_neff(
         self,

@@ -413,4 +413,7 @@ def load_host_graph(
         [rt.TensorSpec(v.type.static_shape(), v.type.dtype.to_numpy()) for v in graph.inputs],
         [rt.TensorSpec(v.type.static_shape(), v.type.dtype.to_numpy()) for v in graph.outputs],
         kernel_name,
+        # XLA:CPU keeps a buffer per input address: small inputs in new memory at every call (a
+        # backward's saved activations) are staged by the runtime into memory that stays put.
+        stage_bytes=xla_cpu.SCRATCH_BYTES if used == "xla" else 0,
     )
