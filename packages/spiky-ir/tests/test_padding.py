@@ -194,6 +194,54 @@ def test_two_symbols_merged_axis_unpads_through_factors() -> None:
         np.testing.assert_allclose(got, exp, rtol=1e-5, atol=1e-6)
 
 
+# Reshapes of a padded tensor whose other axes split or merge exact symbols: (input shape, output shape,
+# reduced output axis). The padded symbol is s0; s1 is exact (not a candidate), e.g. attention heads
+# split off a batch*heads axis while the sequence axis is padded.
+REGROUP_CASES: dict[str, tuple[tuple[Any, ...], tuple[Any, ...], int]] = {
+    "split_exact_composite": (("4*s1", "s0", 3), ("s1", 4, "s0", 3), 2),
+    "merge_exact_then_padded": (("s1", 4, "s0"), ("4*s1", "s0"), 1),
+    "split_static_around_padded": ((6, "s0", "2*s1"), (2, 3, "s0", "s1", 2), 2),
+    "merge_trailing_statics": (("s0", 2, 3, "s1"), ("s0", "6*s1"), 0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REGROUP_CASES))
+@pytest.mark.parametrize(("real", "bucket"), [(3, 8), (5, 5)])
+def test_reshape_regrouping_exact_axes_beside_a_padded_one_pads(name: str, real: int, bucket: int) -> None:
+    """The padded axis keeps its own factor while exact and static axes around it split or merge: s0
+    stays padded and the result matches the unpadded graph (garbage, NaN included, in the padding)."""
+    src, dst, axis = REGROUP_CASES[name]
+    g = Graph()
+    x = g.add_input("x", TensorType(src, F32))
+    y = g.add_op("reshape", [x], {"shape": dst})
+    g.set_outputs([g.add_op("softmax", [y], {"axis": axis}),
+                   g.add_op("sum", [y], {"axes": (axis,), "keepdims": False})])
+    plan = pad_graph(g, {"s0"})
+    assert plan.padded == {"s0"}, plan.exact
+    exact = {"s0": real, "s1": 2}
+    rng = np.random.default_rng(real)
+    data = rng.standard_normal(_static(src, exact)).astype(np.float32)
+    big = rng.uniform(-1e6, 1e6, _static(src, {"s0": bucket, "s1": 2})).astype(np.float32)
+    if bucket > real:
+        big[tuple(slice(None) if d != "s0" else slice(real, None) for d in src)] = np.nan
+    big[tuple(slice(0, n) for n in data.shape)] = data
+    expected = execute(g, [data])
+    outs = execute(specialize(plan.graph, {"s0": bucket, "s1": 2}),
+                   [big, *(np.array(real, np.int64) for _ in plan.length_symbols)])
+    for out, exp, layout in zip(outs, expected, plan.output_layouts, strict=True):
+        got = unpad(out, layout, plan.padded, exact, {"s0": bucket, "s1": 2})
+        np.testing.assert_allclose(got, exp, rtol=1e-5, atol=1e-5)
+
+
+def test_reshape_mixing_a_padded_axis_with_an_exact_one_stays_exact() -> None:
+    """(s1, s0) -> (s0, s1) reorders the padded rows among real ones: not paddable, s0 compiles exact."""
+    g = Graph()
+    x = g.add_input("x", TensorType(("s1", "s0"), F32))
+    g.set_outputs([g.add_op("reshape", [x], {"shape": ("s0", "s1")})])
+    plan = pad_graph(g, {"s0"})
+    assert plan.padded == set() and "regroups" in plan.exact["s0"]
+
+
 def test_rename_symbols() -> None:
     g = Graph()
     x = g.add_input("x", TensorType(("s77", "s27"), F32))

@@ -7,7 +7,7 @@ Each op with all of its rules side by side: shape/dtype rule and numpy reference
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
 
@@ -139,23 +139,50 @@ def _reshape_hlo(ctx: HloContext, node: Node, xs: Sequence[HloValue]) -> list[Hl
 
 @pad_rule("reshape")
 def _reshape_pad(ctx: PadContext, node: Node, inputs: list[Value]) -> PadResult:
-    """Regroup the row-major factors of the input into the output dims (merge, or split static)."""
+    """Regroup the row-major factors of the input into the output dims (merge, or split static).
+
+    Where that fails, the reshape is cut into runs of input factors and output dims with equal
+    products (:func:`_reshape_runs`): each run reshapes on its own, so a run without a padded factor
+    may regroup freely (``4*s0 -> (s0, 4)`` with ``s0`` exact next to a padded axis, as attention
+    heads are split off a merged batch*heads axis) and the others follow the rule above."""
     (x,) = inputs
     outs = ctx.copy(node, inputs)
     flat = [f for axis in ctx.layout(x) for f in axis if f != 1]
     syms = padded_syms(ctx.layout(x), ctx.padded)
     if not syms:  # nothing padded flows through: any regrouping is fine, symbolic splits included
         return outs, [fresh_layout(outs[0].type, ctx.padded)]
+    shape = outs[0].type.shape
+    try:
+        return outs, [_regroup(flat, shape, ctx.padded, syms, x.type, outs[0].type)]
+    except UnpaddableError:
+        runs = _reshape_runs(flat, shape)
+        if runs is None or len(runs) < 2:
+            raise
+    layout: list[Factors] = [(1,)] * len(shape)
+    for factors, axes in runs:
+        if has_padded(tuple(factors), ctx.padded):
+            groups = _regroup(factors, [shape[a] for a in axes], ctx.padded, syms, x.type, outs[0].type)
+        else:
+            groups = tuple((shape[a],) for a in axes)
+        for axis, group in zip(axes, groups, strict=True):
+            layout[axis] = group
+    return outs, [tuple(layout)]
+
+
+def _regroup(flat: list[Dim], shape: Sequence[Dim], padded: Collection[str], syms: set[str],
+             src: TensorType, dst: TensorType) -> tuple[Factors, ...]:
+    """The factors of each output dim of ``shape``, taken in order from ``flat`` (merges, static splits)."""
+    flat = list(flat)
     out_layout: list[Factors] = []
     pos = 0
-    for dim in outs[0].type.shape:
+    for dim in shape:
         if dim == 1:
             out_layout.append((1,))
             continue
         group: list[Dim] = []
         while dims_product(group) != dim:
             if pos >= len(flat):
-                raise UnpaddableError(syms, f"reshape {x.type} -> {outs[0].type} regroups a padded axis")
+                raise UnpaddableError(syms, f"reshape {src} -> {dst} regroups a padded axis")
             f = flat[pos]
             rest = dim_eval(dims_product(group), {})
             if isinstance(f, int) and isinstance(rest, int) and isinstance(dim, int) and f * rest > dim \
@@ -169,14 +196,59 @@ def _reshape_pad(ctx: PadContext, node: Node, inputs: list[Value]) -> PadResult:
             pos += 1
             total = dims_product(group)
             if isinstance(total, int) and isinstance(dim, int) and total > dim:
-                raise UnpaddableError(syms, f"reshape {x.type} -> {outs[0].type} splits a padded axis")
-        if has_padded(tuple(group), ctx.padded) or len(group) > 1:
+                raise UnpaddableError(syms, f"reshape {src} -> {dst} splits a padded axis")
+        if has_padded(tuple(group), padded) or len(group) > 1:
             out_layout.append(tuple(group))
         else:
             out_layout.append((dim,))
     if pos != len(flat) and any(f != 1 for f in flat[pos:]):
-        raise UnpaddableError(syms, f"reshape {x.type} -> {outs[0].type} regroups a padded axis")
-    return outs, [tuple(out_layout)]
+        raise UnpaddableError(syms, f"reshape {src} -> {dst} regroups a padded axis")
+    return tuple(out_layout)
+
+
+def _reshape_runs(flat: list[Dim], shape: Sequence[Dim]) -> list[tuple[list[Dim], list[int]]] | None:
+    """A row-major reshape of the factors ``flat`` to ``shape`` cut into independent runs: consecutive
+    factors and consecutive output axes (size-1 axes left out) whose products are equal, so that each
+    run is a reshape of its own. None when the products never line up or a size is a floor division.
+
+    The walk compares sizes under one binding of large distinct values (where a product falls short, it
+    takes more); every run it closes is checked equal as polynomials, so a coincidence of that binding
+    cannot cut a run wrongly."""
+    axes = [a for a, d in enumerate(shape) if d != 1]
+    names = sorted({sym for d in [*flat, *(shape[a] for a in axes)] for sym in dim_symbols(d)})
+    if any(is_derived(sym) for sym in names):
+        return None
+    probe = {sym: 1009 + 2 * k for k, sym in enumerate(names)}
+
+    def size(dims: Sequence[Dim]) -> int:
+        value = dim_eval(dims_product(dims), probe)
+        assert isinstance(value, int)
+        return value
+
+    runs: list[tuple[list[Dim], list[int]]] = []
+    factors: list[Dim] = []
+    run_axes: list[int] = []
+    i = j = 0
+    while i < len(flat) or j < len(axes):
+        left, right = size(factors), size([shape[a] for a in run_axes])
+        if factors and run_axes and left == right:
+            if dims_product(factors) != dims_product([shape[a] for a in run_axes]):
+                return None
+            runs.append((factors, run_axes))
+            factors, run_axes = [], []
+        elif (left <= right or j >= len(axes)) and i < len(flat):
+            factors.append(flat[i])
+            i += 1
+        elif j < len(axes):
+            run_axes.append(axes[j])
+            j += 1
+        else:
+            return None
+    if factors or run_axes:
+        if not (factors and run_axes) or dims_product(factors) != dims_product([shape[a] for a in run_axes]):
+            return None
+        runs.append((factors, run_axes))
+    return runs
 
 
 def _expand_dims_type(types: Sequence[TensorType], attrs: Mapping[str, Attr]) -> list[TensorType]:
