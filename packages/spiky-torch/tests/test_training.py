@@ -127,6 +127,33 @@ def test_backward_through_compiled_model_gives_eager_gradients_on_cpu() -> None:
         torch.testing.assert_close(q.grad, p.grad, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.smoke
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_parameters_saved_for_backward_are_the_parameters_not_copies(dynamic: bool) -> None:
+    """A training forward returns the weights its backward needs; the compiled call hands back the
+    parameters themselves (as eager autograd saves them), not copies the program made; gradients
+    stay eager's. ``dynamic``: the same through the bucketed graph (its first and its routed calls)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.Tanh(), nn.Linear(32, 8))
+    twin = copy.deepcopy(model)
+    compiled = torch.compile(twin, backend="nkipy", dynamic=dynamic)
+    weights = {p.data_ptr() for p in twin.parameters()}
+    for batch in (5, 6, 6) if dynamic else (5, 5):
+        x = torch.randn(batch, 16)
+        saved: list[torch.Tensor] = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t, saved=saved: saved.append(t) or t, lambda t: t):
+            loss = _mse(compiled(x), torch.ones(batch, 8))
+        loss.backward()
+        _mse(model(x), torch.ones(batch, 8)).backward()
+        # the second layer's weight carries the gradient back to the hidden layer (the first one's
+        # input needs no gradient, so its weight is not saved)
+        assert twin[2].weight.data_ptr() in {t.data_ptr() for t in saved}
+        assert all(t.data_ptr() not in weights or t.data_ptr() == twin[2].weight.data_ptr() for t in saved)
+        for p, q in zip(model.parameters(), twin.parameters(), strict=True):
+            assert q.grad is not None and p.grad is not None
+            torch.testing.assert_close(q.grad, p.grad, rtol=1e-5, atol=1e-5)
+
+
 @needs_device
 @pytest.mark.smoke
 def test_mlp_sgd_three_steps_on_device() -> None:

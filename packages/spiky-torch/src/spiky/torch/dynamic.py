@@ -255,6 +255,8 @@ class DynamicGraph:
         self.tensor_args = list(lowered.tensor_args)
         self._tensor_indices = tuple(i for i, is_tensor in enumerate(self.tensor_args) if is_tensor)
         self.output_slots = list(lowered.output_slots)
+        # FX outputs that are inputs (parameters a forward saves): (output index, argument index).
+        self._passthrough = tuple(sorted(lowered.passthrough.items()))
         # Symbols of the input shapes first (the names options use), then those only SymInt inputs carry
         # (Python ints Dynamo made dynamic): each call reads their values off those arguments.
         order = _symbol_order(lowered.graph)
@@ -485,9 +487,15 @@ class DynamicGraph:
                     key = (*shapes, values) if all(type(v) is int for v in values) else None
                 route = self._routes.get(key) if key is not None else None
                 if route is not None:
+                    passed = [args[j] for _, j in self._passthrough]
                     args.clear()
-                    return self._run_route(route, arrays)
+                    return self._pass(self._run_route(route, arrays), passed)
         return self._call_general(args)
+
+    def _pass(self, results: list[Any], passed: list[Any]) -> list[Any]:
+        for (index, _), tensor in zip(self._passthrough, passed, strict=True):
+            results[index] = tensor
+        return results
 
     def _run_route(self, route: _Route, arrays: list[np.ndarray[Any, Any]]) -> list[Any]:
         stats = self.stats
@@ -507,6 +515,7 @@ class DynamicGraph:
         return [outs[slot] if kind == _TENSOR else slot if kind == _VALUE else None for kind, slot in route.slots]
 
     def _call_general(self, args: list[Any]) -> list[Any]:
+        passed = [args[j] for _, j in self._passthrough]
         tensors = [a for a, is_tensor in zip(args, self.tensor_args, strict=True) if is_tensor]
         size_values = {i: args[i] for i in self.size_args}
         args.clear()
@@ -572,7 +581,7 @@ class DynamicGraph:
         if keep_padded:
             for tensor, real in zip(outs, reals, strict=True):
                 _set_real_shape(tensor, real)
-        returned = self._slots(outs, sizes)
+        returned = self._pass(self._slots(outs, sizes), passed)
         if self._routes is not None and device is None and all(self._prefix_unpads):
             route_key: tuple[Any, ...] = tuple(shapes)
             if self._size_indices:

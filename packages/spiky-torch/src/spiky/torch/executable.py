@@ -49,6 +49,8 @@ class CompiledGraph:
         # tensors and the slots put the Nones back (None: the runtime's outputs as they are).
         slots = list(lowered.output_slots)
         self.output_slots: list[int | None] | None = None if slots == list(range(len(slots))) else slots
+        # FX outputs that are inputs (parameters a forward saves): (output index, argument index).
+        self._passthrough = tuple(sorted(lowered.passthrough.items()))
         self.bundle = rt.Bundle({0: loaded.model}, name=loaded.kernel_name, pipelined=ctx.options["pipelined"])
         self.keep_outputs_on_device = bool(ctx.options["keep_outputs_on_device"])
         self._placements: dict[torch.device | None, Placement] = {}
@@ -75,14 +77,23 @@ class CompiledGraph:
                 arrays = self._views(args)
             except (TypeError, AttributeError, RuntimeError, BufferError, IndexError):
                 return self._call_general(args)
+            passed = [args[j] for _, j in self._passthrough]
             args.clear()  # boxed convention: drop our references to the inputs early
             from_array = self._from_array
             outs = [from_array(out) for out in self.model.run(arrays)]
             slots = self.output_slots
-            return outs if slots is None else [None if slot is None else outs[slot] for slot in slots]
+            if slots is None:
+                return outs
+            return self._pass([None if slot is None else outs[slot] for slot in slots], passed)
         return self._call_general(args)
 
+    def _pass(self, results: list[Any], passed: list[Any]) -> list[Any]:
+        for (index, _), tensor in zip(self._passthrough, passed, strict=True):
+            results[index] = tensor
+        return results
+
     def _call_general(self, args: list[Any]) -> list[Any]:
+        passed = [args[j] for _, j in self._passthrough]
         device = input_device(args)
         where = self._placements.get(device)
         if where is None:
@@ -97,7 +108,7 @@ class CompiledGraph:
         del inputs
         outs: list[torch.Tensor | None] = list(torch_outputs(results, where))
         slots = self.output_slots
-        return outs if slots is None else [None if slot is None else outs[slot] for slot in slots]
+        return outs if slots is None else self._pass([None if slot is None else outs[slot] for slot in slots], passed)
 
 
 def compile_graph(gm: fx.GraphModule, ctx: Context) -> CompiledGraph:

@@ -121,16 +121,44 @@ class Lowered:
     tensor_args: Sequence[bool]
     """Per FX placeholder: whether it is a tensor (SymInt placeholders are not)."""
     seconds: float
+    passthrough: Mapping[int, int] = field(default_factory=dict)
+    """FX outputs that are one of the graph's tensor inputs, by FX output index: the FX placeholder
+    index whose tensor the call returns as it is (its slot is None; the IR graph does not output it)."""
 
 
 def lower(gm: fx.GraphModule) -> Lowered:
-    """FX → IR (spiky_ir.fx), then fold constants, CSE and DCE (``SPIKY_DUMP_PASSES`` dumps each pass)."""
+    """FX → IR (spiky_ir.fx), then fold constants, CSE and DCE (``SPIKY_DUMP_PASSES`` dumps each pass).
+
+    An FX output that is a tensor input itself (a training forward saves parameters for its backward)
+    is not an output of the IR graph: the call hands back the input tensor, as eager autograd saves it,
+    instead of a copy made by the program (a copy, a transfer and a view per parameter per step).
+    """
     start = time.perf_counter()
     lowered = lower_fx_graph(gm)
     graph = optimize(lowered.graph)
-    tensor_args = [isinstance(n.meta.get("val"), torch.Tensor) for n in gm.graph.nodes if n.op == "placeholder"]
-    return Lowered(graph, lowered.output_slots, dict(lowered.dim_outputs), fx_output_devices(gm), tensor_args,
-                   time.perf_counter() - start)
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    tensor_args = [isinstance(n.meta.get("val"), torch.Tensor) for n in placeholders]
+    slots, passthrough = _passthrough(gm, placeholders, tensor_args, graph, list(lowered.output_slots))
+    return Lowered(graph, slots, dict(lowered.dim_outputs), fx_output_devices(gm), tensor_args,
+                   time.perf_counter() - start, passthrough)
+
+
+def _passthrough(gm: fx.GraphModule, placeholders: list[fx.Node], tensor_args: list[bool], graph: Graph,
+                 slots: list[OutputSlot]) -> tuple[list[OutputSlot], dict[int, int]]:
+    """Take the FX outputs that are tensor inputs out of ``graph``'s outputs (in place): the new slots and
+    {FX output index: placeholder index}. Nothing changes when every output would go (a program needs one)."""
+    index_of = {node: i for i, node in enumerate(placeholders)}
+    outs = gm.graph.output_node().args[0]
+    outs = outs if isinstance(outs, list | tuple) else (outs,)
+    passthrough = {i: index_of[out] for i, out in enumerate(outs)
+                   if isinstance(out, fx.Node) and out in index_of and tensor_args[index_of[out]]
+                   and slots[i] is not None}
+    keep = sorted({slot for i, slot in enumerate(slots) if slot is not None and i not in passthrough})
+    if not passthrough or not keep:
+        return slots, {}
+    renumber = {old: new for new, old in enumerate(keep)}
+    graph.set_outputs([graph.outputs[old] for old in keep])
+    return [None if slot is None or i in passthrough else renumber[slot] for i, slot in enumerate(slots)], passthrough
 
 
 def kernel_name_of(ir_text: str) -> str:
