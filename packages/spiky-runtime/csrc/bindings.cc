@@ -17,6 +17,7 @@
 #include <thread>
 #include <type_traits>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -399,16 +400,24 @@ py::object staged_view(ViewCache::Entry& entry, const ConstTensor& t) {
 // input in new memory costs a device put (~3 µs in Python) -- a backward's saved activations
 // arrive in new memory at every step. An input found where the last call had it is passed as
 // itself (weights stay put).
+//
+// packed (output index -> byte offset): fn returns the other outputs in order, then one C-contiguous
+// uint8 buffer holding each packed output at its offset (XLA:CPU's packed results: one buffer for
+// dozens of small outputs instead of a numpy view each).
 HostExecutable make_host_executable(py::object fn, std::string name,
-                                   std::shared_ptr<ExitGate> gate, std::size_t stage_bytes) {
+                                   std::shared_ptr<ExitGate> gate, std::size_t stage_bytes,
+                                   std::vector<std::optional<std::size_t>> packed) {
   auto ref = std::make_shared<PyRef>(std::move(fn));
   // The view made for each input at the last call, with its address: an input at the same
   // address (weights, reused pool blocks) gets the same view object again, so a host fn can
   // tell an unchanged input by identity (XlaCpuExecutable reuses its XLA buffer) and no view
   // is built. Touched only with the GIL held; released with the executable.
   auto views_cache = std::make_shared<ViewCache>();
-  return [ref, gate, views_cache, stage_bytes, name = std::move(name)](
-             const std::vector<ConstTensor>& inputs, const std::vector<MutableTensor>& outputs) {
+  std::size_t packed_count = 0;
+  for (const auto& offset : packed) packed_count += offset.has_value();
+  return [ref, gate, views_cache, stage_bytes, packed = std::move(packed), packed_count,
+          name = std::move(name)](const std::vector<ConstTensor>& inputs,
+                                  const std::vector<MutableTensor>& outputs) {
     const std::string ctx = "model '" + name + "': ";
     if (!gate->enter()) {
       throw Error(ctx + "the Python interpreter is exiting; host models no longer run");
@@ -478,12 +487,44 @@ HostExecutable make_host_executable(py::object fn, std::string name,
                             "arrays, one per output; got " + type_name(result));
     }
     auto seq = result.cast<py::sequence>();
-    if (seq.size() != outputs.size()) {
-      throw InvalidArgument(ctx + "host fn returned " + std::to_string(seq.size()) +
-                            " outputs, expected " + std::to_string(outputs.size()));
+    const std::size_t expected = packed_count ? outputs.size() - packed_count + 1 : outputs.size();
+    if (seq.size() != expected) {
+      throw InvalidArgument(ctx + "host fn returned " + std::to_string(seq.size()) + " outputs, expected " +
+                            std::to_string(expected) +
+                            (packed_count ? " (" + std::to_string(outputs.size() - packed_count) +
+                                                " outputs, then the buffer of the " +
+                                                std::to_string(packed_count) + " packed ones)"
+                                          : std::string()));
     }
+    const std::byte* buffer = nullptr;
+    std::size_t buffer_bytes = 0;
+    py::array buffer_array;
+    if (packed_count) {
+      py::object last = seq[expected - 1];
+      if (!py::isinstance<py::array>(last) ||
+          !(last.cast<py::array>().flags() & py::array::c_style) ||
+          last.cast<py::array>().itemsize() != 1) {
+        throw InvalidArgument(ctx + "host fn's last result must be the packed outputs' buffer, a "
+                              "C-contiguous numpy array of bytes (uint8); got " + type_name(last));
+      }
+      buffer_array = last.cast<py::array>();
+      buffer = static_cast<const std::byte*>(buffer_array.data());
+      buffer_bytes = static_cast<std::size_t>(buffer_array.nbytes());
+    }
+    std::size_t position = 0;  // next unpacked result
     for (std::size_t i = 0; i < outputs.size(); ++i) {
-      py::object item = seq[i];
+      const std::size_t nbytes = outputs[i].spec.nbytes();
+      if (packed_count && packed[i].has_value()) {
+        const std::size_t offset = *packed[i];
+        if (offset > buffer_bytes || nbytes > buffer_bytes - offset) {
+          throw InvalidArgument(ctx + "output " + std::to_string(i) + ": packed at bytes [" +
+                                std::to_string(offset) + ", " + std::to_string(offset + nbytes) +
+                                ") of a buffer of " + std::to_string(buffer_bytes) + " bytes");
+        }
+        if (nbytes) std::memcpy(outputs[i].data, buffer + offset, nbytes);
+        continue;
+      }
+      py::object item = seq[position++];
       auto arr = py::isinstance<py::array>(item)
                      ? item.cast<py::array>()
                      : py::module_::import("numpy").attr("asarray")(item).cast<py::array>();
@@ -495,7 +536,6 @@ HostExecutable make_host_executable(py::object fn, std::string name,
       }
       arr = c_contiguous(arr);
       const void* src = arr.data();
-      const std::size_t nbytes = outputs[i].spec.nbytes();
       // Dropping the GIL costs more than copying a small output; only large copies let
       // other Python threads run meanwhile.
       constexpr std::size_t kReleaseGilBytes = 256 * 1024;
@@ -773,10 +813,20 @@ PYBIND11_MODULE(_core, m) {
       .def(
           "load_host_model",
           [gate](Device& d, py::object fn, std::vector<TensorSpec> inputs,
-             std::vector<TensorSpec> outputs, std::string name, std::int64_t stage_bytes) {
+             std::vector<TensorSpec> outputs, std::string name, std::int64_t stage_bytes,
+             std::map<std::int64_t, std::int64_t> packed) {
             if (!PyCallable_Check(fn.ptr())) {
               throw InvalidArgument("load_host_model: fn of model '" + name +
                                     "' must be callable, got " + type_name(fn));
+            }
+            std::vector<std::optional<std::size_t>> offsets(outputs.size());
+            for (const auto& [index, offset] : packed) {
+              if (index < 0 || static_cast<std::size_t>(index) >= outputs.size()) {
+                throw InvalidArgument("load_host_model: packed output " + std::to_string(index) +
+                                      " of model '" + name + "' is not one of its " +
+                                      std::to_string(outputs.size()) + " outputs");
+              }
+              offsets[static_cast<std::size_t>(index)] = to_size(offset, "load_host_model: packed offset");
             }
             ModelDescriptor desc;
             desc.name = name;
@@ -784,11 +834,12 @@ PYBIND11_MODULE(_core, m) {
             desc.outputs = std::move(outputs);
             desc.host_executable =
                 std::make_shared<const HostExecutable>(make_host_executable(
-                    std::move(fn), name, gate, to_size(stage_bytes, "load_host_model: stage_bytes")));
+                    std::move(fn), name, gate, to_size(stage_bytes, "load_host_model: stage_bytes"),
+                    std::move(offsets)));
             return d.load_model(std::move(desc));
           },
           py::arg("fn"), py::arg("inputs"), py::arg("outputs"), py::arg("name"), py::kw_only(),
-          py::arg("stage_bytes") = 0)
+          py::arg("stage_bytes") = 0, py::arg("packed") = std::map<std::int64_t, std::int64_t>())
       .def("stats", [](Device& d) { return d.stats_snapshot(); })
       .def("record_compile", [](Device& d) { d.stats().record_compile(); })
       .def("reset_stats", &Device::reset_stats)

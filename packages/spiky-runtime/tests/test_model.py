@@ -198,6 +198,47 @@ def test_staging_is_never_shared_by_concurrent_calls(dev: rt.Device) -> None:
     assert errors == []
 
 
+def packed_model(dev: rt.Device, fn: Any) -> rt.Model:
+    """Outputs 0 and 2 leave packed (offsets 8 and 0 of one byte buffer), output 1 on its own."""
+    specs = [rt.TensorSpec((2,), F32), rt.TensorSpec((3,), "int64"), rt.TensorSpec((2,), F32)]
+    return dev.load_host_model(fn, [rt.TensorSpec((2,), F32)], specs, name="packed", packed={0: 8, 2: 0})
+
+
+def test_packed_outputs_are_copied_out_of_one_byte_buffer(dev: rt.Device) -> None:
+    def fn(xs: list[np.ndarray]) -> list[np.ndarray]:
+        buffer = np.zeros(16, np.uint8)
+        buffer[8:16].view(F32)[:] = xs[0] * 2  # output 0
+        buffer[0:8].view(F32)[:] = xs[0] + 1  # output 2
+        return [np.arange(3, dtype=np.int64), buffer]
+
+    x = np.array([1.5, -2.0], F32)
+    a, b, c = packed_model(dev, fn).run([x])
+    np.testing.assert_array_equal(a, x * 2)
+    np.testing.assert_array_equal(b, np.arange(3))
+    np.testing.assert_array_equal(c, x + 1)
+
+
+I64 = np.int64
+
+
+@pytest.mark.parametrize(("result", "match"), [
+    (lambda: [np.arange(3, dtype=I64)], "returned 1 outputs, expected 2 .1 outputs, then the buffer of the 2 packed"),
+    (lambda: [np.arange(3, dtype=I64), np.zeros(4, F32)], "packed outputs' buffer, a C-contiguous numpy array of"),
+    (lambda: [np.arange(3, dtype=I64), np.zeros(12, np.uint8)], r"output 0: packed at bytes \[8, 16\) of a buffer"),
+    (lambda: [np.zeros(3, F32), np.zeros(16, np.uint8)], r"output 1: host fn returned shape \(3,\) dtype float32"),
+])
+def test_packed_outputs_bad_results_are_named(dev: rt.Device, result: Any, match: str) -> None:
+    model = packed_model(dev, lambda xs: result())
+    with pytest.raises(rt.errors.InvalidArgumentError, match=match):
+        model.run([np.zeros(2, F32)])
+
+
+def test_packed_output_index_must_be_an_output(dev: rt.Device) -> None:
+    spec = rt.TensorSpec((2,), F32)
+    with pytest.raises(rt.errors.InvalidArgumentError, match="packed output 3 of model 'p' is not one of its 1"):
+        dev.load_host_model(lambda xs: xs, [spec], [spec], name="p", packed={3: 0})
+
+
 def test_staging_bytes_must_not_be_negative(dev: rt.Device) -> None:
     with pytest.raises(rt.errors.InvalidArgumentError, match="stage_bytes"):
         dev.load_host_model(lambda xs: xs, [rt.TensorSpec((4,), F32)], [rt.TensorSpec((4,), F32)],

@@ -96,6 +96,7 @@ class Device:
         name: str,
         *,
         stage_bytes: int = 0,
+        packed: Mapping[int, int] = ...,
     ) -> Model: ...
     def load_neff(
         self,

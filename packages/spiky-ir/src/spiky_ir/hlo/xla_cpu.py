@@ -286,6 +286,19 @@ class XlaCpuExecutable:
         self._scratch[index] = made
         return made
 
+    @property
+    def packed_offsets(self) -> dict[int, int]:
+        """Output index → byte offset in the packed buffer, for the outputs that leave packed."""
+        return {} if self._unpack is None else {
+            index: where for index, (where, shape, _) in enumerate(self._unpack) if shape is not None}
+
+    def call_packed(self, inputs: Sequence[Array]) -> list[Array]:
+        """Like calling it, but the packed outputs stay in their one byte buffer: the other outputs in
+        order, then that buffer (see :attr:`packed_offsets`; a runtime host model copies each out)."""
+        with self._lock:
+            results = self._exe.execute_sharded(self._put(inputs))
+        return [np.asarray(per_device[0]) for per_device in results.disassemble_into_single_device_arrays()]
+
     def __call__(self, inputs: Sequence[Array]) -> list[Array]:
         with self._lock:
             results = self._exe.execute_sharded(self._put(inputs))
