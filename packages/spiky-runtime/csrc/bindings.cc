@@ -496,21 +496,18 @@ HostExecutable make_host_executable(py::object fn, std::string name,
                                                 std::to_string(packed_count) + " packed ones)"
                                           : std::string()));
     }
-    const std::byte* buffer = nullptr;
-    std::size_t buffer_bytes = 0;
-    py::array buffer_array;
+    py::array buffer_array;  // the packed outputs' buffer, kept alive while they are copied out
     if (packed_count) {
       py::object last = seq[expected - 1];
-      if (!py::isinstance<py::array>(last) ||
-          !(last.cast<py::array>().flags() & py::array::c_style) ||
-          last.cast<py::array>().itemsize() != 1) {
+      const bool is_array = py::isinstance<py::array>(last);
+      if (is_array) buffer_array = last.cast<py::array>();
+      if (!is_array || !(buffer_array.flags() & py::array::c_style) || buffer_array.itemsize() != 1) {
         throw InvalidArgument(ctx + "host fn's last result must be the packed outputs' buffer, a "
                               "C-contiguous numpy array of bytes (uint8); got " + type_name(last));
       }
-      buffer_array = last.cast<py::array>();
-      buffer = static_cast<const std::byte*>(buffer_array.data());
-      buffer_bytes = static_cast<std::size_t>(buffer_array.nbytes());
     }
+    const auto* buffer = packed_count ? static_cast<const std::byte*>(buffer_array.data()) : nullptr;
+    const std::size_t buffer_bytes = packed_count ? static_cast<std::size_t>(buffer_array.nbytes()) : 0;
     std::size_t position = 0;  // next unpacked result
     for (std::size_t i = 0; i < outputs.size(); ++i) {
       const std::size_t nbytes = outputs[i].spec.nbytes();

@@ -224,6 +224,7 @@ I64 = np.int64
 @pytest.mark.parametrize(("result", "match"), [
     (lambda: [np.arange(3, dtype=I64)], "returned 1 outputs, expected 2 .1 outputs, then the buffer of the 2 packed"),
     (lambda: [np.arange(3, dtype=I64), np.zeros(4, F32)], "packed outputs' buffer, a C-contiguous numpy array of"),
+    (lambda: [np.arange(3, dtype=I64), b"bytes"], "packed outputs' buffer, a C-contiguous numpy array of"),
     (lambda: [np.arange(3, dtype=I64), np.zeros(12, np.uint8)], r"output 0: packed at bytes \[8, 16\) of a buffer"),
     (lambda: [np.zeros(3, F32), np.zeros(16, np.uint8)], r"output 1: host fn returned shape \(3,\) dtype float32"),
 ])

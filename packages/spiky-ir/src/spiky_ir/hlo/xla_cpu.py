@@ -297,13 +297,11 @@ class XlaCpuExecutable:
         order, then that buffer (see :attr:`packed_offsets`; a runtime host model copies each out)."""
         with self._lock:
             results = self._exe.execute_sharded(self._put(inputs))
+        # Each output is a zero-copy, read-only view of XLA's result buffer.
         return [np.asarray(per_device[0]) for per_device in results.disassemble_into_single_device_arrays()]
 
     def __call__(self, inputs: Sequence[Array]) -> list[Array]:
-        with self._lock:
-            results = self._exe.execute_sharded(self._put(inputs))
-        # Each output is a zero-copy, read-only view of XLA's result buffer.
-        arrays = [np.asarray(per_device[0]) for per_device in results.disassemble_into_single_device_arrays()]
+        arrays = self.call_packed(inputs)
         if self._unpack is None:
             return arrays
         packed = arrays[-1]

@@ -489,13 +489,8 @@ class DynamicGraph:
                 if route is not None:
                     passed = [args[j] for _, j in self._passthrough]
                     args.clear()
-                    return self._pass(self._run_route(route, arrays), passed)
+                    return pipeline.return_inputs(self._run_route(route, arrays), self._passthrough, passed)
         return self._call_general(args)
-
-    def _pass(self, results: list[Any], passed: list[Any]) -> list[Any]:
-        for (index, _), tensor in zip(self._passthrough, passed, strict=True):
-            results[index] = tensor
-        return results
 
     def _run_route(self, route: _Route, arrays: list[np.ndarray[Any, Any]]) -> list[Any]:
         stats = self.stats
@@ -581,7 +576,7 @@ class DynamicGraph:
         if keep_padded:
             for tensor, real in zip(outs, reals, strict=True):
                 _set_real_shape(tensor, real)
-        returned = self._pass(self._slots(outs, sizes), passed)
+        returned = pipeline.return_inputs(self._slots(outs, sizes), self._passthrough, passed)
         if self._routes is not None and device is None and all(self._prefix_unpads):
             route_key: tuple[Any, ...] = tuple(shapes)
             if self._size_indices:

@@ -84,13 +84,9 @@ class CompiledGraph:
             slots = self.output_slots
             if slots is None:
                 return outs
-            return self._pass([None if slot is None else outs[slot] for slot in slots], passed)
+            results = [None if slot is None else outs[slot] for slot in slots]
+            return pipeline.return_inputs(results, self._passthrough, passed)
         return self._call_general(args)
-
-    def _pass(self, results: list[Any], passed: list[Any]) -> list[Any]:
-        for (index, _), tensor in zip(self._passthrough, passed, strict=True):
-            results[index] = tensor
-        return results
 
     def _call_general(self, args: list[Any]) -> list[Any]:
         passed = [args[j] for _, j in self._passthrough]
@@ -108,7 +104,10 @@ class CompiledGraph:
         del inputs
         outs: list[torch.Tensor | None] = list(torch_outputs(results, where))
         slots = self.output_slots
-        return outs if slots is None else self._pass([None if slot is None else outs[slot] for slot in slots], passed)
+        if slots is None:
+            return outs
+        returned = [None if slot is None else outs[slot] for slot in slots]
+        return pipeline.return_inputs(returned, self._passthrough, passed)
 
 
 def compile_graph(gm: fx.GraphModule, ctx: Context) -> CompiledGraph:

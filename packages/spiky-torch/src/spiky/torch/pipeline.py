@@ -161,6 +161,15 @@ def _passthrough(gm: fx.GraphModule, placeholders: list[fx.Node], tensor_args: l
     return [None if slot is None or i in passthrough else renumber[slot] for i, slot in enumerate(slots)], passthrough
 
 
+def return_inputs(results: list[Any], passthrough: Sequence[tuple[int, int]], passed: Sequence[Any]) -> list[Any]:
+    """Put the inputs a call returns as they are (``passed``, taken from its arguments at the
+    placeholder indices of ``passthrough``'s ``(output index, placeholder index)`` pairs) at their
+    output indices of ``results``; see :attr:`Lowered.passthrough`."""
+    for (index, _), tensor in zip(passthrough, passed, strict=True):
+        results[index] = tensor
+    return results
+
+
 def kernel_name_of(ir_text: str) -> str:
     return "kernel_" + hashlib.sha256(ir_text.encode()).hexdigest()[:12]
 
