@@ -418,9 +418,10 @@ HostExecutable make_host_executable(py::object fn, std::string name,
   return [ref, gate, views_cache, stage_bytes, packed = std::move(packed), packed_count,
           name = std::move(name)](const std::vector<ConstTensor>& inputs,
                                   const std::vector<MutableTensor>& outputs) {
-    const std::string ctx = "model '" + name + "': ";
+    // Error messages only: built when something is wrong, not on every call.
+    auto model_ctx = [&] { return "model '" + name + "': "; };
     if (!gate->enter()) {
-      throw Error(ctx + "the Python interpreter is exiting; host models no longer run");
+      throw Error(model_ctx() + "the Python interpreter is exiting; host models no longer run");
     }
     GateGuard guard(*gate);  // declared before the GIL: leaves after releasing it
     // Taken before the GIL (never waited for while holding it), released after it.
@@ -483,13 +484,13 @@ HostExecutable make_host_executable(py::object fn, std::string name,
     py::object result = py::reinterpret_steal<py::object>(raw);
     if (py::isinstance<py::array>(result) || !py::isinstance<py::sequence>(result) ||
         py::isinstance<py::str>(result)) {
-      throw InvalidArgument(ctx + "host fn must return a sequence (list or tuple) of numpy "
+      throw InvalidArgument(model_ctx() + "host fn must return a sequence (list or tuple) of numpy "
                             "arrays, one per output; got " + type_name(result));
     }
     auto seq = result.cast<py::sequence>();
     const std::size_t expected = packed_count ? outputs.size() - packed_count + 1 : outputs.size();
     if (seq.size() != expected) {
-      throw InvalidArgument(ctx + "host fn returned " + std::to_string(seq.size()) + " outputs, expected " +
+      throw InvalidArgument(model_ctx() + "host fn returned " + std::to_string(seq.size()) + " outputs, expected " +
                             std::to_string(expected) +
                             (packed_count ? " (" + std::to_string(outputs.size() - packed_count) +
                                                 " outputs, then the buffer of the " +
@@ -502,7 +503,7 @@ HostExecutable make_host_executable(py::object fn, std::string name,
       const bool is_array = py::isinstance<py::array>(last);
       if (is_array) buffer_array = last.cast<py::array>();
       if (!is_array || !(buffer_array.flags() & py::array::c_style) || buffer_array.itemsize() != 1) {
-        throw InvalidArgument(ctx + "host fn's last result must be the packed outputs' buffer, a "
+        throw InvalidArgument(model_ctx() + "host fn's last result must be the packed outputs' buffer, a "
                               "C-contiguous numpy array of bytes (uint8); got " + type_name(last));
       }
     }
@@ -514,7 +515,7 @@ HostExecutable make_host_executable(py::object fn, std::string name,
       if (packed_count && packed[i].has_value()) {
         const std::size_t offset = *packed[i];
         if (offset > buffer_bytes || nbytes > buffer_bytes - offset) {
-          throw InvalidArgument(ctx + "output " + std::to_string(i) + ": packed at bytes [" +
+          throw InvalidArgument(model_ctx() + "output " + std::to_string(i) + ": packed at bytes [" +
                                 std::to_string(offset) + ", " + std::to_string(offset + nbytes) +
                                 ") of a buffer of " + std::to_string(buffer_bytes) + " bytes");
         }
@@ -526,7 +527,7 @@ HostExecutable make_host_executable(py::object fn, std::string name,
                      ? item.cast<py::array>()
                      : py::module_::import("numpy").attr("asarray")(item).cast<py::array>();
       if (!matches(arr, outputs[i].spec)) {  // the slow path builds the message
-        const std::string out_ctx = ctx + "output " + std::to_string(i) + ": ";
+        const std::string out_ctx = model_ctx() + "output " + std::to_string(i) + ": ";
         const TensorSpec got = spec_of(arr, out_ctx + "host fn returned ");
         throw InvalidArgument(out_ctx + "host fn returned " + got.describe() + ", expected " +
                               outputs[i].spec.describe());
@@ -1049,17 +1050,22 @@ PYBIND11_MODULE(_core, m) {
             model.check_input_count(seq.size());
             std::vector<py::array> keep;
             std::vector<ConstTensor> inputs;
+            keep.reserve(seq.size());
+            inputs.reserve(seq.size());
             for (std::size_t i = 0; i < seq.size(); ++i) {
-              const std::string ctx = model.context() + "input " + std::to_string(i) + ": ";
+              // Error messages only: built when something is wrong, not on every call.
+              auto ctx = [&] { return model.context() + "input " + std::to_string(i) + ": "; };
+              const TensorSpec& want = model.inputs()[i];
               py::object item = seq[i];
               if (!py::isinstance<py::array>(item)) {
-                throw InvalidArgument(ctx + "expected a numpy.ndarray with " +
-                                      model.inputs()[i].describe() + ", got " + type_name(item));
+                throw InvalidArgument(ctx() + "expected a numpy.ndarray with " + want.describe() +
+                                      ", got " + type_name(item));
               }
               keep.push_back(c_contiguous(item.cast<py::array>()));
-              inputs.push_back(ConstTensor{spec_of(keep.back(), ctx), keep.back().data()});
+              // The model's spec when the array has it (Model::run checks the others).
+              inputs.push_back(ConstTensor{matches(keep.back(), want) ? want : spec_of(keep.back(), ctx()),
+                                           keep.back().data()});
             }
-            model.check_inputs(inputs);
             std::vector<HostArray> outs =
                 without_gil([&] { return model.run(inputs, bucket); });
             py::list results;

@@ -117,6 +117,16 @@ class Driver {
   }
   virtual void release_borrowed(MemHandle /*handle*/) {}
 
+  // The synchronous fast path of drivers whose device memory is host memory
+  // (executes_in_place): runs `model` with the caller's arrays as its inputs, read in place,
+  // and writes its outputs into `outputs` (host memory the caller owns), with no device
+  // handle in between. Each spec must be the model's. Others (nrt) throw InvalidArgument.
+  virtual bool executes_in_place() const { return false; }
+  virtual void execute_in_place(ModelId /*model*/, const std::vector<ConstTensor>& /*inputs*/,
+                                const std::vector<MutableTensor>& /*outputs*/) {
+    throw InvalidArgument(name() + " driver: models run on device memory only");
+  }
+
   virtual ModelId load_model(ModelDescriptor descriptor) = 0;
   virtual void unload_model(ModelId model) = 0;
   // Runs a loaded model on device buffers holding its inputs; fills its output buffers.

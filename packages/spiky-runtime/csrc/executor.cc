@@ -290,6 +290,34 @@ void Executor::run_sync(Call& call) {
   finish(call, nullptr);
 }
 
+std::optional<std::vector<HostArray>> Executor::run_in_place(
+    const Model& model, const std::vector<ConstTensor>& inputs, std::optional<std::int64_t> bucket) {
+  if (!driver_.executes_in_place()) return std::nullopt;
+  const Clock::time_point start = Clock::now();
+  const std::uint64_t id = next_call_++;
+  const std::int64_t label = bucket.value_or(-1);
+  ExecutionTimings timings;
+  std::vector<HostArray> results;
+  std::vector<MutableTensor> outputs;
+  results.reserve(model.outputs().size());
+  outputs.reserve(model.outputs().size());
+  {
+    TimelineSpan call_span(timeline_, "call", id, model.name(), label);
+    for (const TensorSpec& spec : model.outputs()) {
+      results.push_back(HostArray{spec, allocate_host(spec.nbytes())});
+      outputs.push_back(MutableTensor{spec, results.back().data.get()});
+    }
+    TimelineSpan span(timeline_, "execute", id, model.name(), label);
+    PhaseTimer timer(timings.exec_ms);
+    driver_.execute_in_place(model.id(), inputs, outputs);
+  }
+  for (const ConstTensor& t : inputs) timings.actual_elements += t.spec.numel();
+  timings.padded_elements = timings.actual_elements;
+  timings.total_ms = ms_between(start, Clock::now());
+  stats_.record_execution(timings, bucket);
+  return results;
+}
+
 // ---------------------------------------------------------------- pipelined
 
 void Executor::submit(const std::shared_ptr<Call>& call) {

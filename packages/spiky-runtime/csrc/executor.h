@@ -24,6 +24,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <vector>
 
 #include "call.h"
@@ -50,6 +51,14 @@ class Executor {
 
   // Runs every stage on this thread; throws the first error (the call is then done with it).
   void run_sync(Call& call);
+  // The synchronous path of drivers that execute in place (Driver::executes_in_place, the
+  // host driver), for unpadded host inputs and host outputs: the model reads `inputs` where
+  // they are and writes the arrays returned, with no Call, pool block or borrowed handle in
+  // between. Same stats as run_sync; timeline spans "call" and "execute". nullopt when the
+  // driver does not execute in place (the caller then takes run_sync).
+  std::optional<std::vector<HostArray>> run_in_place(const Model& model,
+                                                     const std::vector<ConstTensor>& inputs,
+                                                     std::optional<std::int64_t> bucket);
   // Queues the call on the stream and returns; call->done() fires when it finished.
   void submit(const std::shared_ptr<Call>& call);
   // Blocks until every submitted call has finished.

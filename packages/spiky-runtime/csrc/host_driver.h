@@ -43,10 +43,14 @@ class HostDriver final : public Driver {
 
   ModelId load_model(ModelDescriptor descriptor) override;
   void unload_model(ModelId model) override;
+  bool executes_in_place() const override { return true; }
+  void execute_in_place(ModelId model, const std::vector<ConstTensor>& inputs,
+                        const std::vector<MutableTensor>& outputs) override;
   void execute(ModelId model, const std::vector<DeviceRef>& inputs,
                const std::vector<DeviceRef>& outputs) override;
 
  private:
+  std::shared_ptr<const ModelDescriptor> find_model(ModelId model) const;
   struct FreeDeleter {
     void operator()(void* p) const noexcept;
   };

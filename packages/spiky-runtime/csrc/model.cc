@@ -43,6 +43,7 @@ void Model::check_inputs(const std::vector<ConstTensor>& inputs) const {
 std::vector<HostArray> Model::run(const std::vector<ConstTensor>& inputs,
                                   std::optional<std::int64_t> bucket) const {
   check_inputs(inputs);
+  if (auto in_place = device_->executor().run_in_place(*this, inputs, bucket)) return std::move(*in_place);
   std::vector<CallInput> call_inputs;
   std::vector<std::vector<std::byte>> fills(inputs.size());
   for (const auto& t : inputs) call_inputs.push_back(CallInput{t.spec, t.data, nullptr, nullptr});

@@ -96,16 +96,8 @@ TensorSpec::TensorSpec(std::vector<std::int64_t> shape, DType dtype)
     }
     numel *= shape_[i];
   }
-}
-
-std::int64_t TensorSpec::numel() const {
-  std::int64_t n = 1;
-  for (auto d : shape_) n *= d;
-  return n;
-}
-
-std::size_t TensorSpec::nbytes() const {
-  return static_cast<std::size_t>(numel()) * dtype_itemsize(dtype_);
+  numel_ = numel;
+  nbytes_ = static_cast<std::size_t>(numel) * dtype_itemsize(dtype_);
 }
 
 std::string TensorSpec::shape_to_string(const std::vector<std::int64_t>& shape) {

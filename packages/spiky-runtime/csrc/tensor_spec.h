@@ -49,8 +49,9 @@ class TensorSpec {
 
   const std::vector<std::int64_t>& shape() const { return shape_; }
   DType dtype() const { return dtype_; }
-  std::int64_t numel() const;
-  std::size_t nbytes() const;
+  // Computed once at construction: the call path asks for them per tensor, per stage.
+  std::int64_t numel() const { return numel_; }
+  std::size_t nbytes() const { return nbytes_; }
   // "(2, 3) float32"
   std::string to_string() const;
   // "shape (2, 3) dtype float32", for error messages
@@ -65,6 +66,8 @@ class TensorSpec {
  private:
   std::vector<std::int64_t> shape_;
   DType dtype_;
+  std::int64_t numel_ = 1;
+  std::size_t nbytes_ = 0;
 };
 
 // Host memory described by a spec: what the executor moves in and out of a model.

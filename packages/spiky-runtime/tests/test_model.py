@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import subprocess
 import sys
 import textwrap
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import ml_dtypes
@@ -386,6 +388,34 @@ def test_host_calls_touch_no_pool_memory_and_device_outputs_do(dev: rt.Device) -
     del on_device
     again = dev.memory_stats()
     assert again["used_bytes"] == 0 and again["cached_bytes"] - before["cached_bytes"] == 512
+
+
+def test_sync_host_calls_run_in_place_with_the_same_stats_and_spans(dev: rt.Device, tmp_path: Path) -> None:
+    # Model.run on the host driver skips the executor's stages (no Call, no borrowed handles): the
+    # stats and the trace must still say what happened, and a failing call must leave no trace in
+    # the stats and no memory behind.
+    model = matmul_model(dev)
+    a, b = ab()
+    path = tmp_path / "trace.json"
+    with rt.profile(path, dev):
+        (out,) = model.run([a, b], bucket=4)
+    np.testing.assert_allclose(out, a @ b, rtol=1e-6)
+    events = [e for e in json.loads(path.read_text())["traceEvents"] if e["ph"] == "X"]
+    assert sorted(e["name"] for e in events) == ["call", "execute"]
+    call, execute = sorted(events, key=lambda e: e["name"])
+    assert call["args"]["call"] == execute["args"]["call"] and call["ts"] <= execute["ts"]
+    s = dev.stats()
+    assert (s.total_executions, s.bucket_hits, s.call_h2d_bytes, s.call_d2h_bytes) == (1, {4: 1}, 0, 0)
+    assert 0.0 < s.total_exec_time_ms <= s.total_execution_time_ms and s.pad_ratio == 1.0
+
+    def fail(xs: list[np.ndarray]) -> list[np.ndarray]:
+        raise ValueError("no result today")
+
+    bad = dev.load_host_model(fail, model.inputs, model.outputs, "bad")
+    before = dev.memory_stats()
+    with pytest.raises(ValueError, match="no result today"):
+        bad.run([a, b])
+    assert dev.stats().total_executions == 1 and dev.memory_stats() == before
 
 
 def test_padded_inputs_still_go_through_the_pool(dev: rt.Device) -> None:
