@@ -272,8 +272,39 @@ void Executor::finish(Call& call, std::exception_ptr error) {
 
 // ---------------------------------------------------------------- synchronous
 
+// A call the driver can run in place: host outputs, and host inputs that are exactly the
+// model's (no padding), so the outputs are the model's too.
+bool Executor::runs_in_place(const Call& call) const {
+  if (!call.options_.to_host || !driver_.executes_in_place()) return false;
+  const Model& model = call.model();
+  for (std::size_t i = 0; i < call.inputs_.size(); ++i) {
+    if (call.inputs_[i].device || call.inputs_[i].spec != model.inputs()[i]) return false;
+  }
+  for (std::size_t j = 0; j < call.output_specs_.size(); ++j) {
+    if (call.output_specs_[j] != model.outputs()[j]) return false;
+  }
+  return true;
+}
+
 void Executor::run_sync(Call& call) {
   call.set_id(next_call_++);
+  if (runs_in_place(call)) {
+    std::vector<ConstTensor> inputs;
+    inputs.reserve(call.inputs_.size());
+    for (const CallInput& in : call.inputs_) inputs.push_back(ConstTensor{in.spec, in.host});
+    try {
+      call.host_outputs_ = execute_in_place(call.model(), inputs, call.bucket(), call.id());
+    }
+    SPIKY_RETHROW_FORCED_UNWIND
+    catch (...) {
+      release_inputs(call);
+      call.done_.set(std::current_exception());
+      throw;
+    }
+    release_inputs(call);
+    call.done_.set(nullptr);
+    return;
+  }
   call.first_start_ = Clock::now();
   try {
     TimelineSpan span(timeline_, "call", call.id(), call.model().name(), call.bucket().value_or(-1));
@@ -293,8 +324,14 @@ void Executor::run_sync(Call& call) {
 std::optional<std::vector<HostArray>> Executor::run_in_place(
     const Model& model, const std::vector<ConstTensor>& inputs, std::optional<std::int64_t> bucket) {
   if (!driver_.executes_in_place()) return std::nullopt;
+  return execute_in_place(model, inputs, bucket, next_call_++);
+}
+
+std::vector<HostArray> Executor::execute_in_place(const Model& model,
+                                                  const std::vector<ConstTensor>& inputs,
+                                                  std::optional<std::int64_t> bucket,
+                                                  std::uint64_t id) {
   const Clock::time_point start = Clock::now();
-  const std::uint64_t id = next_call_++;
   const std::int64_t label = bucket.value_or(-1);
   ExecutionTimings timings;
   std::vector<HostArray> results;

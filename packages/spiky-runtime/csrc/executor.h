@@ -67,6 +67,9 @@ class Executor {
   void shutdown();
 
  private:
+  bool runs_in_place(const Call& call) const;
+  std::vector<HostArray> execute_in_place(const Model& model, const std::vector<ConstTensor>& inputs,
+                                          std::optional<std::int64_t> bucket, std::uint64_t id);
   void upload(Call& call);
   void write_input(Call& call, TimelineSpan& span, const DeviceRef& dst, const CallInput& in);
   void execute(Call& call);

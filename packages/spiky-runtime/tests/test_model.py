@@ -396,17 +396,24 @@ def test_sync_host_calls_run_in_place_with_the_same_stats_and_spans(dev: rt.Devi
     # the stats and no memory behind.
     model = matmul_model(dev)
     a, b = ab()
+    bundle = rt.Bundle({3: model}, [{0: "s0"}, {}], [{0: "s0"}], name="mm")
     path = tmp_path / "trace.json"
     with rt.profile(path, dev):
-        (out,) = model.run([a, b], bucket=4)
+        (out,) = model.run([a, b], bucket=3)
+        (exact,) = bundle.run([a, b])  # a bundle call at its bucket's shape: in place too
     np.testing.assert_allclose(out, a @ b, rtol=1e-6)
+    np.testing.assert_array_equal(exact, out)
     events = [e for e in json.loads(path.read_text())["traceEvents"] if e["ph"] == "X"]
-    assert sorted(e["name"] for e in events) == ["call", "execute"]
-    call, execute = sorted(events, key=lambda e: e["name"])
-    assert call["args"]["call"] == execute["args"]["call"] and call["ts"] <= execute["ts"]
+    assert sorted(e["name"] for e in events) == ["call", "call", "execute", "execute"]
+    for call in (e for e in events if e["name"] == "call"):
+        (execute,) = (e for e in events if e["name"] == "execute" and e["args"]["call"] == call["args"]["call"])
+        assert call["ts"] <= execute["ts"]
     s = dev.stats()
-    assert (s.total_executions, s.bucket_hits, s.call_h2d_bytes, s.call_d2h_bytes) == (1, {4: 1}, 0, 0)
+    assert (s.total_executions, s.bucket_hits, s.call_h2d_bytes, s.call_d2h_bytes) == (2, {3: 2}, 0, 0)
     assert 0.0 < s.total_exec_time_ms <= s.total_execution_time_ms and s.pad_ratio == 1.0
+    (padded,) = bundle.run([a[:2], b])  # padding: the executor's stages
+    np.testing.assert_allclose(padded, a[:2] @ b, rtol=1e-6)
+    assert dev.stats().total_executions == 3 and dev.stats().pad_ratio > 1.0
 
     def fail(xs: list[np.ndarray]) -> list[np.ndarray]:
         raise ValueError("no result today")
@@ -415,7 +422,9 @@ def test_sync_host_calls_run_in_place_with_the_same_stats_and_spans(dev: rt.Devi
     before = dev.memory_stats()
     with pytest.raises(ValueError, match="no result today"):
         bad.run([a, b])
-    assert dev.stats().total_executions == 1 and dev.memory_stats() == before
+    with pytest.raises(ValueError, match="no result today"):
+        rt.Bundle({3: bad}, [{0: "s0"}, {}], [{0: "s0"}], name="bad").run([a, b])
+    assert dev.stats().total_executions == 3 and dev.memory_stats() == before
 
 
 def test_padded_inputs_still_go_through_the_pool(dev: rt.Device) -> None:
