@@ -14,6 +14,8 @@ million times: ~50 µs for one ``exp``. :func:`compile_plan` does that work once
   attributes; the rest run their reference as it is;
 - nodes without operands (constants, iota, full, dim_value) are computed once;
 - one ``np.errstate``-equivalent covers the whole call;
+- the steps become one generated Python function (straight-line code, a local variable per
+  value): no per-call environment list, step tuples or operand index lists to walk;
 - with ``native`` kernels (:mod:`spiky_ir.fusion`; spiky-runtime's ``host_kernels``), float32 and
   float64 layer norms, eval batch norms, softmax and erf run as one native call each.
 
@@ -215,6 +217,7 @@ class Plan:
             index = slot(value)
             self._outputs.append((index, index in fixed or index in seen))
             seen.add(index)
+        self._run = _straight_line(len(graph.inputs), self._env, self._steps, [i for i, _ in self._outputs])
 
     def __call__(self, inputs: Sequence[Array]) -> list[Array]:
         if len(inputs) != len(self._inputs):
@@ -235,21 +238,39 @@ class Plan:
         """
         return self._run(inputs)
 
-    def _run(self, inputs: Sequence[Array]) -> list[Array]:
-        env = self._env.copy()
-        env[: len(inputs)] = inputs
-        token = _ignore_fp_errors()
-        try:
-            for kernel, attrs, ins, outs in self._steps:
-                if len(outs) == 1:
-                    env[outs[0]] = kernel([env[i] for i in ins], attrs)[0]
-                else:
-                    for index, result in zip(outs, kernel([env[i] for i in ins], attrs), strict=True):
-                        env[index] = result
-        finally:
-            _restore_fp_errors(token)
-        # numpy gives scalars for some 0-d results; the IR's values are arrays
-        return [r if type(r := env[index]) is np.ndarray else np.asarray(r) for index, _copy in self._outputs]
+
+def _straight_line(n_inputs: int, env: list[Any], steps: list[Step],
+                   outputs: list[int]) -> Callable[[Sequence[Array]], list[Array]]:
+    """The steps as one Python function: ``v<slot>`` locals, one line per step.
+
+    The same work as walking the steps with an environment list, without the walking: ~0.5 µs a
+    step and ~1 µs a call less, which is most of what a tiny graph costs. Every name in the source
+    is generated here (slot and step numbers), nothing comes from the graph.
+    """
+    names: dict[str, Any] = {"_ignore": _ignore_fp_errors, "_restore": _restore_fp_errors,
+                             "_ndarray": np.ndarray, "_asarray": np.asarray}
+    for index in range(n_inputs, len(env)):
+        if env[index] is not None:  # computed at build time
+            names[f"v{index}"] = env[index]
+    lines = ["def run(inputs):"]
+    if n_inputs:
+        lines.append(f"    {''.join(f'v{i}, ' for i in range(n_inputs))}= inputs")
+    lines += ["    token = _ignore()", "    try:"]
+    for number, (kernel, attrs, ins, outs) in enumerate(steps):
+        names[f"k{number}"], names[f"a{number}"] = kernel, attrs
+        call = f"k{number}([{', '.join(f'v{i}' for i in ins)}], a{number})"
+        if len(outs) == 1:
+            lines.append(f"        v{outs[0]} = {call}[0]")
+        else:  # unpacking checks the count, as zip(strict=True) did
+            lines.append(f"        {''.join(f'v{i}, ' for i in outs)}= {call}")
+    if not steps:
+        lines.append("        pass")
+    lines += ["    finally:", "        _restore(token)"]
+    # numpy gives scalars for some 0-d results; the IR's values are arrays
+    lines.append(f"    return [{', '.join(f'v{i} if type(v{i}) is _ndarray else _asarray(v{i})' for i in outputs)}]")
+    exec(compile("\n".join(lines), "<spiky_ir plan>", "exec"), names)  # the names are all generated above
+    run: Callable[[Sequence[Array]], list[Array]] = names["run"]
+    return run
 
 
 def compile_plan(graph: Graph, native: NativeKernels | None = None) -> Plan:
