@@ -56,6 +56,23 @@ def test_zero_operand_nodes_run_once() -> None:
 
 
 @pytest.mark.smoke
+def test_generated_run_handles_multi_output_steps_and_graphs_without_inputs() -> None:
+    # The plan runs as generated straight-line code: a step with two results unpacks both, a
+    # graph without inputs still runs, and the results are execute's.
+    g = Graph()
+    x = g.add_input("x", TensorType((2, 5), F32))
+    values, indices = g.add_node("topk", [x], {"k": 2, "axis": 1, "largest": True}).outputs
+    g.set_outputs([indices, g.add_op("add", [values, values])])
+    x_in = np.array([[3, 1, 4, 1, 5], [9, 2, 6, 5, 3]], np.float32)
+    for got, want in zip(compile_plan(g)([x_in]), execute(g, [x_in]), strict=True):
+        assert got.tolist() == want.tolist() and got.dtype == want.dtype
+    empty = Graph()
+    empty.set_outputs([empty.add_op("full", [], {"shape": (2,), "value": 7.0, "dtype": F32})])
+    (seven,) = compile_plan(empty)([])
+    assert seven.tolist() == [7.0, 7.0]
+
+
+@pytest.mark.smoke
 @pytest.mark.parametrize(
     ("array", "message"),
     [
