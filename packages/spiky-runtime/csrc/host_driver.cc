@@ -182,18 +182,29 @@ void HostDriver::unload_model(ModelId model) {
   // The executable may own foreign resources (a Python callable): drop it outside the lock.
 }
 
-std::shared_ptr<const ModelDescriptor> HostDriver::find_model(ModelId model) const {
-  std::lock_guard<std::mutex> lock(mutex_);
-  auto it = models_.find(model);
-  if (it == models_.end()) {
-    throw InvalidArgument("host driver: execute of unknown model id " + std::to_string(model));
+std::shared_ptr<const ModelDescriptor> HostDriver::find_model(ModelId model, std::size_t inputs,
+                                                              std::size_t outputs) const {
+  std::shared_ptr<const ModelDescriptor> desc;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = models_.find(model);
+    if (it == models_.end()) {
+      throw InvalidArgument("host driver: execute of unknown model id " + std::to_string(model));
+    }
+    desc = it->second;
   }
-  return it->second;
+  if (inputs != desc->inputs.size() || outputs != desc->outputs.size()) {
+    throw InvalidArgument("host driver: model '" + desc->name + "' takes " +
+                          std::to_string(desc->inputs.size()) + " inputs and " +
+                          std::to_string(desc->outputs.size()) + " outputs, got " +
+                          std::to_string(inputs) + " and " + std::to_string(outputs));
+  }
+  return desc;
 }
 
 void HostDriver::execute_in_place(ModelId model, const std::vector<ConstTensor>& inputs,
                                   const std::vector<MutableTensor>& outputs) {
-  const std::shared_ptr<const ModelDescriptor> desc = find_model(model);
+  const std::shared_ptr<const ModelDescriptor> desc = find_model(model, inputs.size(), outputs.size());
   auto check = [&](const TensorSpec& got, const TensorSpec& want, const char* what, std::size_t i) {
     if (got != want) {
       throw InvalidArgument("host driver: model '" + desc->name + "' " + what + " " +
@@ -201,13 +212,6 @@ void HostDriver::execute_in_place(ModelId model, const std::vector<ConstTensor>&
                             got.describe());
     }
   };
-  if (inputs.size() != desc->inputs.size() || outputs.size() != desc->outputs.size()) {
-    throw InvalidArgument("host driver: model '" + desc->name + "' takes " +
-                          std::to_string(desc->inputs.size()) + " inputs and " +
-                          std::to_string(desc->outputs.size()) + " outputs, got " +
-                          std::to_string(inputs.size()) + " and " +
-                          std::to_string(outputs.size()));
-  }
   for (std::size_t i = 0; i < inputs.size(); ++i) check(inputs[i].spec, desc->inputs[i], "input", i);
   for (std::size_t i = 0; i < outputs.size(); ++i) check(outputs[i].spec, desc->outputs[i], "output", i);
   (*desc->host_executable)(inputs, outputs);  // no lock held, as in execute
@@ -215,14 +219,7 @@ void HostDriver::execute_in_place(ModelId model, const std::vector<ConstTensor>&
 
 void HostDriver::execute(ModelId model, const std::vector<DeviceRef>& inputs,
                          const std::vector<DeviceRef>& outputs) {
-  const std::shared_ptr<const ModelDescriptor> desc = find_model(model);
-  if (inputs.size() != desc->inputs.size() || outputs.size() != desc->outputs.size()) {
-    throw InvalidArgument("host driver: model '" + desc->name + "' takes " +
-                          std::to_string(desc->inputs.size()) + " inputs and " +
-                          std::to_string(desc->outputs.size()) + " outputs, got " +
-                          std::to_string(inputs.size()) + " and " +
-                          std::to_string(outputs.size()));
-  }
+  const std::shared_ptr<const ModelDescriptor> desc = find_model(model, inputs.size(), outputs.size());
   auto check_ref = [&](const DeviceRef& ref, const TensorSpec& spec, const char* what,
                        std::size_t i) {
     if (ref.nbytes < spec.nbytes()) {

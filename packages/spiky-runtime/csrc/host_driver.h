@@ -50,7 +50,9 @@ class HostDriver final : public Driver {
                const std::vector<DeviceRef>& outputs) override;
 
  private:
-  std::shared_ptr<const ModelDescriptor> find_model(ModelId model) const;
+  // The loaded model `model`, checked to take that many inputs and outputs.
+  std::shared_ptr<const ModelDescriptor> find_model(ModelId model, std::size_t inputs,
+                                                    std::size_t outputs) const;
   struct FreeDeleter {
     void operator()(void* p) const noexcept;
   };
