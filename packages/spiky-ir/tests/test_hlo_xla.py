@@ -26,7 +26,7 @@ from spiky_ir import DType, Graph, IRError, ShapeError, TensorType, all_ops, com
 from spiky_ir.hlo import emit_hlo, missing_rules
 from spiky_ir.hlo.emit import pack_layout
 from spiky_ir.hlo.narrow import INT32_MAX, INT32_MIN, has_int64, narrow_int64
-from spiky_ir.hlo.xla_cpu import SCRATCH_BYTES, OutputLayout, compile_hlo, run_hlo
+from spiky_ir.hlo.xla_cpu import SCRATCH_BYTES, VOLATILE_COPIES, OutputLayout, compile_hlo, run_hlo
 from spiky_ir.types import DenseArray
 
 F32, F16, BF16, F64 = DType.float32, DType.float16, DType.bfloat16, DType.float64
@@ -402,6 +402,33 @@ def test_saved_activations_in_new_memory_are_copied_not_put() -> None:
         a[...] = rng.standard_normal((64, 64))
         np.testing.assert_allclose(exe([a])[0], np.exp(a), rtol=1e-6)
     assert exe._scratch[0] is not None and exe._last[0] is None
+
+
+def test_an_input_in_new_memory_at_every_call_is_copied_without_asking_its_address() -> None:
+    """After VOLATILE_COPIES calls in a row at new addresses, an input is copied into the executable's own
+    memory without its address being read. Each call still computes with its own values, an array that
+    then stays put and changes in place is read again, and a wrong input is refused by name, the next
+    good call unharmed."""
+    g = Graph()
+    x = g.add_input("x", TensorType((8, 8), F32))
+    g.set_outputs([g.add_op("exp", [x])])
+    exe = compile_hlo(emit_hlo(g).proto, [((8, 8), np.dtype(np.float32))])
+    rng = np.random.default_rng(1)
+    alive = []  # all kept alive, so each call's array is at an address of its own
+    for _ in range(VOLATILE_COPIES + 4):
+        a = rng.standard_normal((8, 8)).astype(np.float32)
+        alive.append(a)
+        np.testing.assert_allclose(exe([a])[0], np.exp(a), rtol=1e-6)
+    assert exe._moves[0] >= VOLATILE_COPIES and exe._last[0] is None
+    stays = np.zeros((8, 8), np.float32)
+    for value in (0.5, -2.0, 1.25):
+        stays[...] = value  # the same array object, changed in place between calls
+        np.testing.assert_allclose(exe([stays])[0], np.exp(stays), rtol=1e-6)
+    with pytest.raises(IRError, match=r"float32\[4, 16\].*expected C-contiguous float32\[8, 8\]"):
+        exe([np.zeros((4, 16), np.float32)])
+    with pytest.raises(IRError, match="C-contiguous: False"):
+        exe([np.zeros((8, 16), np.float32)[:, ::2]])
+    np.testing.assert_allclose(exe([alive[0]])[0], np.exp(alive[0]), rtol=1e-6)
 
 
 def test_an_input_that_moved_once_and_stays_is_aliased_again() -> None:
