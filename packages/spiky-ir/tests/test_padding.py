@@ -61,6 +61,28 @@ def _gather_from_table(g: Graph, x: Value) -> Value:  # a static table gathered 
     return g.add_op("take_along_axis", [table, index], {"axis": 1})
 
 
+def _gather_rows_of_padded_operand(g: Graph, x: Value) -> Value:  # rows of x (4, s0) picked along the static axis
+    rows = g.add_op("slice", [x], {"start": (0, 0), "stop": (3, "s0"), "step": (1, 1)})
+    index = g.add_op("astype", [g.add_op("floor", [g.add_op("multiply", [rows, g.add_op("constant", [], {
+        "value": 1.9, "dtype": F32})])])], {"dtype": DType.int64})  # 0..3 in the real region, garbage elsewhere
+    picked = g.add_op("take_along_axis", [x, index], {"axis": 0})  # (3, s0): both padded alike on axis 1
+    return g.add_op("sum", [picked], {"axes": (1,), "keepdims": False})
+
+
+def _gather_relative_positions(g: Graph, x: Value) -> Value:  # DeBERTa's c2p: scores (s0, 6) at clipped j - i
+    scores = g.add_op("matmul", [g.add_op("transpose", [x], {"axes": (1, 0)}), g.add_op("iota", [], {
+        "shape": (4, 6), "axis": 1, "dtype": F32})])  # (s0, 6), padded along axis 0
+    col = g.add_op("iota", [], {"shape": ("s0", "s0"), "axis": 1, "dtype": DType.int64})
+    row = g.add_op("iota", [], {"shape": ("s0", "s0"), "axis": 0, "dtype": DType.int64})
+    def const(value: int) -> Value:
+        return g.add_op("constant", [], {"value": value, "dtype": DType.int64})
+
+    rel = g.add_op("add", [g.add_op("subtract", [col, row]), const(3)])
+    index = g.add_op("minimum", [g.add_op("maximum", [rel, const(0)]), const(5)])
+    attention = g.add_op("take_along_axis", [scores, index], {"axis": 1})  # (s0, s0)
+    return g.add_op("softmax", [attention], {"axis": 1})
+
+
 def _slice_tail(g: Graph, x: Value) -> Value:  # x[:, 1:] then mean
     s = g.add_op("slice", [x], {"start": (0, 1), "stop": (4, "s0"), "step": (1, 1)})
     return g.add_op("mean", [s], {"axes": (1,), "keepdims": False})
@@ -118,6 +140,10 @@ CASES: dict[str, tuple[Build, bool]] = {
     "gather_exact": (lambda g, x: g.add_op("take_along_axis", [x, g.add_op("zeros", [], {
         "shape": (4, "s0"), "dtype": DType.int64})], {"axis": 1}), False),
     "gather_from_static_table": (_gather_from_table, True),
+    "gather_rows_of_padded_operand": (_gather_rows_of_padded_operand, True),
+    "gather_relative_positions": (_gather_relative_positions, True),
+    "gather_crop_of_padded_operand_exact": (lambda g, x: g.add_op("take_along_axis", [x, g.add_op("zeros", [], {
+        "shape": (2, 3), "dtype": DType.int64})], {"axis": 0}), False),  # x's padded axis 1 cropped to a static 3
 }
 
 

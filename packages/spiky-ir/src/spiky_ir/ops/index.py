@@ -41,8 +41,8 @@ from spiky_ir.registry import (
 )
 from spiky_ir.types import Attr, TensorType
 
-_GATHERS_PADDING = ("indices may point into the padded region of the operand, and the padded rows of an index "
-                    "tensor hold garbage positions; the symbols it touches are compiled exactly")
+_GATHERS_PADDING = ("indices may point into the padded region of the operand (padded along the gathered axis, or "
+                    "elsewhere where the indices are not padded alike); the symbols it touches are compiled exactly")
 _SCATTERS_PADDING = ("garbage indices in padded rows would write into the real region; the symbols it touches "
                      "are compiled exactly")
 _CLAMPS_TO_BUCKET = ("run-time starts are clamped to the bucket's size, not the real one, so a window near the "
@@ -205,17 +205,23 @@ define_op("take_along_axis", "indexing", 2, {"axis": "int"}, _along_type, _take_
 
 @pad_rule("take_along_axis")
 def _take_along_pad(ctx: PadContext, node: Node, inputs: list[Value]) -> tuple[Sequence[Value], Sequence[Layout]]:
-    """An operand without padding, gathered by indices padded along ``axis`` only (BERT's
-    ``token_type_ids`` buffer gathered at ``position_ids``): the indices' garbage rows become 0, so
-    every gather stays in range, and the result has the indices' layout (its padded rows are padding)."""
+    """Indices padded anywhere (BERT's ``token_type_ids`` buffer gathered at ``position_ids``, DeBERTa's
+    relative positions ``[heads, q, k]`` into ``[heads, q, 2*span]`` scores): their padded rows become 0,
+    so every gather stays in range, and the result has the indices' layout (its padded rows are padding).
+    The operand may be padded on an axis other than ``axis`` where the indices' axis has the very same
+    layout: position i of the result reads position i of the operand there, so real rows read real rows.
+    Not along ``axis`` itself: real indices would not know where the padding is."""
     x, idx = inputs
     axis = axis_attr(node)
-    x_padded = padded_syms(ctx.layout(x), ctx.padded)
-    idx_elsewhere = padded_syms(ctx.layout(idx), ctx.padded, [a for a in range(idx.type.rank) if a != axis])
-    if x_padded or idx_elsewhere:
-        raise UnpaddableError(x_padded | idx_elsewhere, _GATHERS_PADDING)
-    safe = ctx.masked(idx, [axis], 0)
-    return ctx.copy(node, [x, safe]), [ctx.layout(idx)]
+    x_layout, idx_layout = ctx.layout(x), ctx.layout(idx)
+    refused = padded_syms(x_layout, ctx.padded, [axis])
+    for other in range(x.type.rank):
+        if other != axis and x_layout[other] != idx_layout[other]:
+            refused |= padded_syms(x_layout, ctx.padded, [other]) | padded_syms(idx_layout, ctx.padded, [other])
+    if refused:
+        raise UnpaddableError(refused, _GATHERS_PADDING)
+    safe = ctx.masked(idx, list(range(idx.type.rank)), 0)
+    return ctx.copy(node, [x, safe]), [idx_layout]
 
 
 @hlo_rule("take_along_axis")
