@@ -445,7 +445,8 @@ def test_ranking_along_padded_axes_on_xla(view: str, rank: str) -> None:
         np.testing.assert_array_equal(g_out, e_out)
 
 
-@pytest.mark.parametrize("name", ["concat_grow", "concat_middle", "gather_from_static_table"])
+@pytest.mark.parametrize("name", ["concat_grow", "concat_middle", "gather_from_static_table",
+                                  "gather_rows_of_padded_operand", "gather_relative_positions"])
 @pytest.mark.parametrize(("real", "bucket"), [(3, 8), (1, 4), (5, 5)])
 def test_moved_and_masked_padding_on_xla(name: str, real: int, bucket: int) -> None:
     """The take that moves a concatenation's later operands back, and the masked gather indices,
