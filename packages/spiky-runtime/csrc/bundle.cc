@@ -1,5 +1,6 @@
 #include "bundle.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -249,36 +250,38 @@ std::int64_t Bundle::symbol_size(std::int64_t bucket, const std::string& symbol)
 
 std::map<std::string, std::int64_t> Bundle::symbol_values(
     const std::vector<TensorSpec>& inputs) const {
-  const std::string ctx = context();
   const Model& first = *buckets_.begin()->second;
   if (inputs.size() != first.inputs().size()) {
-    throw InvalidArgument(ctx + "expected " + std::to_string(first.inputs().size()) +
+    throw InvalidArgument(context() + "expected " + std::to_string(first.inputs().size()) +
                           " inputs, got " + std::to_string(inputs.size()));
   }
   std::map<std::string, std::int64_t> values;
   for (std::size_t i = 0; i < inputs.size(); ++i) {
     const TensorSpec& ref = first.inputs()[i];
     const auto& shape = inputs[i].shape();
-    const std::string where = ctx + "input " + std::to_string(i) + ": ";
+    // Error messages only: built when something is wrong, not on every call.
+    auto where = [&] { return context() + "input " + std::to_string(i) + ": "; };
     if (inputs[i].dtype() != ref.dtype() || shape.size() != ref.shape().size()) {
-      throw InvalidArgument(where + "expected dtype " + dtype_name(ref.dtype()) + " and " +
+      throw InvalidArgument(where() + "expected dtype " + dtype_name(ref.dtype()) + " and " +
                             std::to_string(ref.shape().size()) + " dims, got " +
                             inputs[i].describe());
     }
-    std::vector<bool> dynamic(shape.size(), false);
-    for (const auto& d : input_dims_[i]) {
-      dynamic[d.dim] = true;
+    const std::vector<DynamicDim>& dims = input_dims_[i];
+    for (const auto& d : dims) {
       auto [it, inserted] = values.emplace(d.symbol, shape[d.dim]);
       if (!inserted && it->second != shape[d.dim]) {
-        throw InvalidArgument(where + "dim " + std::to_string(d.dim) + " ('" + d.symbol +
+        throw InvalidArgument(where() + "dim " + std::to_string(d.dim) + " ('" + d.symbol +
                               "') is " + std::to_string(shape[d.dim]) + " but '" + d.symbol +
                               "' is " + std::to_string(it->second) +
                               " in an earlier input; expected equal sizes");
       }
     }
     for (std::size_t k = 0; k < shape.size(); ++k) {
-      if (!dynamic[k] && shape[k] != ref.shape()[k]) {
-        throw InvalidArgument(where + "static dim " + std::to_string(k) + " is " +
+      if (shape[k] == ref.shape()[k]) continue;
+      const bool dynamic = std::any_of(dims.begin(), dims.end(),
+                                       [k](const DynamicDim& d) { return d.dim == k; });
+      if (!dynamic) {
+        throw InvalidArgument(where() + "static dim " + std::to_string(k) + " is " +
                               std::to_string(shape[k]) + ", expected " +
                               std::to_string(ref.shape()[k]) + " (shape " +
                               TensorSpec::shape_to_string(shape) + " vs compiled " +
@@ -290,7 +293,10 @@ std::map<std::string, std::int64_t> Bundle::symbol_values(
 }
 
 std::int64_t Bundle::select_bucket(const std::vector<TensorSpec>& inputs) const {
-  const std::map<std::string, std::int64_t> values = symbol_values(inputs);
+  return bucket_for(symbol_values(inputs));
+}
+
+std::int64_t Bundle::bucket_for(const std::map<std::string, std::int64_t>& values) const {
   if (bucket_sizes_.empty()) {
     std::int64_t need = 0;
     std::string worst;
@@ -339,8 +345,8 @@ std::int64_t Bundle::select_bucket(const std::vector<TensorSpec>& inputs) const 
 std::shared_ptr<Call> Bundle::make_call(std::vector<CallInput> inputs, CallOptions options) const {
   std::vector<TensorSpec> specs;
   for (const auto& in : inputs) specs.push_back(in.spec);
-  const std::int64_t bucket = select_bucket(specs);
   const std::map<std::string, std::int64_t> values = symbol_values(specs);
+  const std::int64_t bucket = bucket_for(values);
   const std::shared_ptr<Model>& model = buckets_.at(bucket);
   for (std::size_t i = 0; i < inputs.size(); ++i) {
     if (inputs[i].device && inputs[i].device->device() != model->device()) {

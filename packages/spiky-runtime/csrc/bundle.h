@@ -64,6 +64,8 @@ class Bundle {
 
  private:
   std::map<std::string, std::int64_t> symbol_values(const std::vector<TensorSpec>& inputs) const;
+  // The bucket for these symbol values (select_bucket without the checks of the specs).
+  std::int64_t bucket_for(const std::map<std::string, std::int64_t>& values) const;
 
   std::string name_;
   std::map<std::int64_t, std::shared_ptr<Model>> buckets_;

@@ -140,6 +140,13 @@ def test_symbols_must_agree_and_fit(dev: rt.Device) -> None:
         bundle.run([np.ones((3, 3), np.float32)] * 2)
     with pytest.raises(rt.InvalidArgumentError, match="expected dtype float32"):
         bundle.run([np.ones((3, 2), np.int32)] * 2)
+    with pytest.raises(rt.InvalidArgumentError, match=r"bundle 'add': input 1: expected dtype float32 and 2 dims, got"):
+        bundle.run([a, np.ones((3, 2, 1), np.float32)])
+    with pytest.raises(rt.InvalidArgumentError, match=r"bundle 'add': input 1: static dim 1 is 5, expected 2"):
+        bundle.run([a, np.ones((3, 5), np.float32)])
+    with pytest.raises(rt.InvalidArgumentError, match="bundle 'add': expected 2 inputs, got 1"):
+        bundle.run([a])
+    np.testing.assert_array_equal(bundle.run([a, a])[0], a + a)  # the refused calls left nothing behind
     assert bundle.select_bucket([rt.TensorSpec((5, 2), "float32")] * 2) == 8
 
 
