@@ -360,6 +360,33 @@ def test_repeated_shapes_take_the_remembered_route_with_the_same_results_and_sta
     assert stats.padded_elements == 16 * (4 * batches.count(3) + 8 * batches.count(5))
 
 
+@pytest.mark.smoke
+def test_calls_at_a_buckets_own_sizes_run_its_model_directly_with_the_same_results_and_runtime_stats() -> None:
+    """A route whose sizes are its bucket's (batch 4 and 8 here) runs the bucket's model without the
+    bundle's bucket choice; padded sizes (3, 5) keep the bundle. Results, and the runtime's execution
+    and bucket-hit counters, are those of the bundle path."""
+    torch.manual_seed(0)
+    model = _mlp().eval()
+    compiled = torch.compile(model, backend="nkipy", dynamic=True)
+    batches = [4, 3, 8, 5, 4, 3, 8, 5, 4]
+    with torch.no_grad():
+        compiled(torch.randn(2, 16))  # the first call compiles and takes the general path
+        spiky.reset_stats()
+        for batch in batches:
+            x = torch.randn(batch, 16)
+            torch.testing.assert_close(compiled(x), model(x), rtol=RTOL, atol=ATOL)
+    runtime = spiky.get_stats()
+    assert runtime.total_executions == len(batches) and runtime.bucket_hits == {1: len(batches)}
+    stats = _stats()
+    assert stats.bucket_hits[(4,)] == batches.count(4) + batches.count(3)
+    assert stats.bucket_hits[(8,)] == batches.count(8) + batches.count(5)
+    (graph,) = [ref() for ref in spiky.torch.dynamic._STATS]
+    assert graph is not None and graph._routes is not None
+    runs = {route.real_elements // 16: getattr(route.run, "keywords", None) == {"bucket": 1}
+            for route in graph._routes.values()}  # batch -> runs the model directly
+    assert runs == {3: False, 4: True, 5: False, 8: True}  # (adding a bucket forgot batch 2's route)
+
+
 # --- positions along padded dims: argmax / argmin / topk return real indices (issue 15) -----------------
 #
 # Flattening (s0, s1) or its transpose merges a padded dim into the middle of another: the padding sits
