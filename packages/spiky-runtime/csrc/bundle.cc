@@ -233,10 +233,12 @@ Bundle::Bundle(std::string name, std::map<std::int64_t, std::shared_ptr<Model>> 
     check_family(model->inputs(), first.inputs(), input_dims_, "input", bucket, *model);
     check_family(model->outputs(), first.outputs(), output_dims_, "output", bucket, *model);
   }
+  FillPatterns patterns;
   for (std::size_t i = 0; i < fill_values_.size(); ++i) {
-    fill_patterns_.push_back(fill_pattern(fill_values_[i], first.inputs()[i].dtype(),
-                                          ctx + "input " + std::to_string(i) + ": "));
+    patterns.push_back(fill_pattern(fill_values_[i], first.inputs()[i].dtype(),
+                                    ctx + "input " + std::to_string(i) + ": "));
   }
+  fill_patterns_ = std::make_shared<const FillPatterns>(std::move(patterns));
 }
 
 const std::shared_ptr<Device>& Bundle::device() const { return buckets_.begin()->second->device(); }
@@ -250,21 +252,26 @@ std::int64_t Bundle::symbol_size(std::int64_t bucket, const std::string& symbol)
 
 std::map<std::string, std::int64_t> Bundle::symbol_values(
     const std::vector<TensorSpec>& inputs) const {
+  return values_of(inputs.size(), [&](std::size_t i) -> const TensorSpec& { return inputs[i]; });
+}
+
+template <typename SpecAt>
+std::map<std::string, std::int64_t> Bundle::values_of(std::size_t count, const SpecAt& spec_at) const {
   const Model& first = *buckets_.begin()->second;
-  if (inputs.size() != first.inputs().size()) {
+  if (count != first.inputs().size()) {
     throw InvalidArgument(context() + "expected " + std::to_string(first.inputs().size()) +
-                          " inputs, got " + std::to_string(inputs.size()));
+                          " inputs, got " + std::to_string(count));
   }
   std::map<std::string, std::int64_t> values;
-  for (std::size_t i = 0; i < inputs.size(); ++i) {
+  for (std::size_t i = 0; i < count; ++i) {
     const TensorSpec& ref = first.inputs()[i];
-    const auto& shape = inputs[i].shape();
+    const TensorSpec& spec = spec_at(i);
+    const auto& shape = spec.shape();
     // Error messages only: built when something is wrong, not on every call.
     auto where = [&] { return context() + "input " + std::to_string(i) + ": "; };
-    if (inputs[i].dtype() != ref.dtype() || shape.size() != ref.shape().size()) {
+    if (spec.dtype() != ref.dtype() || shape.size() != ref.shape().size()) {
       throw InvalidArgument(where() + "expected dtype " + dtype_name(ref.dtype()) + " and " +
-                            std::to_string(ref.shape().size()) + " dims, got " +
-                            inputs[i].describe());
+                            std::to_string(ref.shape().size()) + " dims, got " + spec.describe());
     }
     const std::vector<DynamicDim>& dims = input_dims_[i];
     for (const auto& d : dims) {
@@ -343,9 +350,8 @@ std::int64_t Bundle::bucket_for(const std::map<std::string, std::int64_t>& value
 }
 
 std::shared_ptr<Call> Bundle::make_call(std::vector<CallInput> inputs, CallOptions options) const {
-  std::vector<TensorSpec> specs;
-  for (const auto& in : inputs) specs.push_back(in.spec);
-  const std::map<std::string, std::int64_t> values = symbol_values(specs);
+  const std::map<std::string, std::int64_t> values =
+      values_of(inputs.size(), [&](std::size_t i) -> const TensorSpec& { return inputs[i].spec; });
   const std::int64_t bucket = bucket_for(values);
   const std::shared_ptr<Model>& model = buckets_.at(bucket);
   for (std::size_t i = 0; i < inputs.size(); ++i) {

@@ -64,6 +64,9 @@ class Bundle {
 
  private:
   std::map<std::string, std::int64_t> symbol_values(const std::vector<TensorSpec>& inputs) const;
+  // symbol_values over `count` inputs whose specs `spec_at(i)` gives (a call's, without copying them).
+  template <typename SpecAt>
+  std::map<std::string, std::int64_t> values_of(std::size_t count, const SpecAt& spec_at) const;
   // The bucket for these symbol values (select_bucket without the checks of the specs).
   std::int64_t bucket_for(const std::map<std::string, std::int64_t>& values) const;
 
@@ -72,7 +75,7 @@ class Bundle {
   std::vector<std::vector<DynamicDim>> input_dims_;
   std::vector<std::vector<DynamicDim>> output_dims_;
   std::vector<double> fill_values_;
-  std::vector<std::vector<std::byte>> fill_patterns_;
+  std::shared_ptr<const FillPatterns> fill_patterns_;
   bool pipelined_;
   std::map<std::int64_t, std::map<std::string, std::int64_t>> bucket_sizes_;
 };

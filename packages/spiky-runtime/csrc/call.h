@@ -71,12 +71,15 @@ struct HostArray {
   HostMemory data;
 };
 
+// Per input, the bytes of one element of its fill value (a bundle's, shared by its calls).
+using FillPatterns = std::vector<std::vector<std::byte>>;
+
 class Call {
  public:
   using Clock = std::chrono::steady_clock;
 
   Call(std::shared_ptr<const Model> model, std::optional<std::int64_t> bucket,
-       std::vector<CallInput> inputs, std::vector<std::vector<std::byte>> fill_patterns,
+       std::vector<CallInput> inputs, std::shared_ptr<const FillPatterns> fill_patterns,
        std::vector<TensorSpec> output_specs, CallOptions options);
 
   const Model& model() const { return *model_; }
@@ -98,7 +101,7 @@ class Call {
   std::shared_ptr<const Model> model_;
   std::optional<std::int64_t> bucket_;
   std::vector<CallInput> inputs_;
-  std::vector<std::vector<std::byte>> fill_patterns_;  // per input, one element each
+  std::shared_ptr<const FillPatterns> fill_patterns_;  // the bundle's, shared by its calls
   std::vector<TensorSpec> output_specs_;               // after unpadding (or padded)
   CallOptions options_;
   std::uint64_t id_ = 0;

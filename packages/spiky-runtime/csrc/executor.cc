@@ -48,7 +48,7 @@ HostMemory allocate_host(std::size_t nbytes) {
 }
 
 Call::Call(std::shared_ptr<const Model> model, std::optional<std::int64_t> bucket,
-           std::vector<CallInput> inputs, std::vector<std::vector<std::byte>> fill_patterns,
+           std::vector<CallInput> inputs, std::shared_ptr<const FillPatterns> fill_patterns,
            std::vector<TensorSpec> output_specs, CallOptions options)
     : model_(std::move(model)),
       bucket_(bucket),
@@ -94,7 +94,8 @@ void Executor::upload(Call& call) {
       const DeviceRef dst = call.in_blocks_[i]->ref();
       TimelineSpan span(timeline_, "pad", call.id(), name, bucket);
       PhaseTimer timer(call.timings_.pad_ms);
-      const PadPlan plan = plan_pad(in.spec.shape(), padded.shape(), itemsize, call.fill_patterns_[i]);
+      const PadPlan plan =
+          plan_pad(in.spec.shape(), padded.shape(), itemsize, (*call.fill_patterns_)[i]);
       if (plan.prefix) {
         driver_.copy(src.handle, src.offset, dst.handle, dst.offset, in.spec.nbytes());
       } else {
@@ -122,7 +123,8 @@ void Executor::upload(Call& call) {
       PhaseTimer timer(call.timings_.h2d_ms);
       write_input(call, span, dst, in);
     } else {
-      const PadPlan plan = plan_pad(in.spec.shape(), padded.shape(), itemsize, call.fill_patterns_[i]);
+      const PadPlan plan =
+          plan_pad(in.spec.shape(), padded.shape(), itemsize, (*call.fill_patterns_)[i]);
       if (plan.prefix) {
         // The actual bytes are the head of the padded layout: write them in place.
         {

@@ -45,7 +45,7 @@ std::vector<HostArray> Model::run(const std::vector<ConstTensor>& inputs,
   check_inputs(inputs);
   if (auto in_place = device_->executor().run_in_place(*this, inputs, bucket)) return std::move(*in_place);
   std::vector<CallInput> call_inputs;
-  std::vector<std::vector<std::byte>> fills(inputs.size());
+  auto fills = std::make_shared<const FillPatterns>(inputs.size());  // nothing is padded
   for (const auto& t : inputs) call_inputs.push_back(CallInput{t.spec, t.data, nullptr, nullptr});
   Call call(shared_from_this(), bucket, std::move(call_inputs), std::move(fills), outputs_,
             CallOptions{});
