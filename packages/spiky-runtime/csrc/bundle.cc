@@ -250,13 +250,9 @@ std::int64_t Bundle::symbol_size(std::int64_t bucket, const std::string& symbol)
   return size == it->second.end() ? bucket : size->second;
 }
 
-std::map<std::string, std::int64_t> Bundle::symbol_values(
-    const std::vector<TensorSpec>& inputs) const {
-  return values_of(inputs.size(), [&](std::size_t i) -> const TensorSpec& { return inputs[i]; });
-}
-
 template <typename SpecAt>
-std::map<std::string, std::int64_t> Bundle::values_of(std::size_t count, const SpecAt& spec_at) const {
+std::map<std::string, std::int64_t> Bundle::symbol_values(std::size_t count,
+                                                          const SpecAt& spec_at) const {
   const Model& first = *buckets_.begin()->second;
   if (count != first.inputs().size()) {
     throw InvalidArgument(context() + "expected " + std::to_string(first.inputs().size()) +
@@ -300,7 +296,8 @@ std::map<std::string, std::int64_t> Bundle::values_of(std::size_t count, const S
 }
 
 std::int64_t Bundle::select_bucket(const std::vector<TensorSpec>& inputs) const {
-  return bucket_for(symbol_values(inputs));
+  return bucket_for(symbol_values(
+      inputs.size(), [&](std::size_t i) -> const TensorSpec& { return inputs[i]; }));
 }
 
 std::int64_t Bundle::bucket_for(const std::map<std::string, std::int64_t>& values) const {
@@ -351,7 +348,7 @@ std::int64_t Bundle::bucket_for(const std::map<std::string, std::int64_t>& value
 
 std::shared_ptr<Call> Bundle::make_call(std::vector<CallInput> inputs, CallOptions options) const {
   const std::map<std::string, std::int64_t> values =
-      values_of(inputs.size(), [&](std::size_t i) -> const TensorSpec& { return inputs[i].spec; });
+      symbol_values(inputs.size(), [&](std::size_t i) -> const TensorSpec& { return inputs[i].spec; });
   const std::int64_t bucket = bucket_for(values);
   const std::shared_ptr<Model>& model = buckets_.at(bucket);
   for (std::size_t i = 0; i < inputs.size(); ++i) {

@@ -63,10 +63,10 @@ class Bundle {
   std::shared_ptr<Call> make_call(std::vector<CallInput> inputs, CallOptions options) const;
 
  private:
-  std::map<std::string, std::int64_t> symbol_values(const std::vector<TensorSpec>& inputs) const;
-  // symbol_values over `count` inputs whose specs `spec_at(i)` gives (a call's, without copying them).
+  // Each symbol's size in `count` inputs whose specs `spec_at(i)` gives (checked against the
+  // buckets' specs; a call's specs are read in place, not copied).
   template <typename SpecAt>
-  std::map<std::string, std::int64_t> values_of(std::size_t count, const SpecAt& spec_at) const;
+  std::map<std::string, std::int64_t> symbol_values(std::size_t count, const SpecAt& spec_at) const;
   // The bucket for these symbol values (select_bucket without the checks of the specs).
   std::int64_t bucket_for(const std::map<std::string, std::int64_t>& values) const;
 

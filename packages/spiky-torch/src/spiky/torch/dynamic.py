@@ -240,11 +240,6 @@ _BUNDLE_BUCKET = 1
 """The id of the one bucket of each bucket's runtime bundle (what the runtime's stats count hits under)."""
 
 
-def sizes_fill_bucket(symbols: Sequence[str], sizes: Mapping[str, int], bucket_sizes: Mapping[str, int]) -> bool:
-    """Whether every symbol's real size is its bucket's size: the inputs then are the bucket's shapes."""
-    return all(sizes[sym] == bucket_sizes[sym] for sym in symbols)
-
-
 class DynamicGraph:
     """A boxed callable (aot_autograd's convention) serving every size of one symbolic graph.
 
@@ -652,7 +647,7 @@ class DynamicGraph:
         run: Callable[[list[Any]], list[np.ndarray[Any, Any]]]
         if loaded.profiler is not None or loaded.int64 is not None:
             run = partial(pipeline.execute, loaded, bucket.bundle)
-        elif sizes_fill_bucket(self.symbols, sizes, bucket_sizes) and not self.options["pipelined"]:
+        elif all(sizes[sym] == n for sym, n in bucket_sizes.items()) and not self.options["pipelined"]:
             # The inputs are the bucket's exact shapes: nothing to pad or unpad, so the bundle's per-call
             # bucket choice and checks (~0.35 µs per input) are skipped; its model runs and counts the hit
             # under the bundle's bucket id, as the bundle would.
