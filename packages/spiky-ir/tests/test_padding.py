@@ -465,6 +465,47 @@ def test_moved_and_masked_padding_on_xla(name: str, real: int, bucket: int) -> N
     np.testing.assert_allclose(out, expected, rtol=2e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("on_xla", [False, True], ids=["reference", "xla"])
+@pytest.mark.parametrize(("real", "start", "bucket"), [(5, 2, 8), (3, 0, 4), (6, 5, 8), (5, 2, 5)])
+def test_slice_from_an_exact_symbol_offset_pads(real: int, start: int, bucket: int, on_xla: bool) -> None:
+    """``x[:, s1:]`` with s1 exact (an int argument, fixed per bucket): the result's axis is ``s0-s1``, a
+    padded size plus an offset over exact symbols. Its real part is the prefix of length ``L-s1``, which
+    the softmax masks by and the mean divides by (garbage and NaN in the padding)."""
+    g = Graph()
+    x = g.add_input("x", TensorType((4, "s0"), F32))
+    g.add_input("offsets", TensorType(("s1",), F32))  # carries s1 only
+    kept = g.add_op("slice", [x], {"start": (0, "s1"), "stop": (4, "s0"), "step": (1, 1)})
+    g.set_outputs([kept, g.add_op("softmax", [kept], {"axis": 1}),
+                   g.add_op("mean", [kept], {"axes": (1,), "keepdims": False})])
+    plan = pad_graph(g, {"s0"})
+    assert plan.padded == {"s0"}, plan.exact
+    assert plan.output_layouts[0] == ((4,), ("s0-s1",))
+    rng = np.random.default_rng(real * 13 + start)
+    data = rng.uniform(-2.0, 2.0, (4, real)).astype(np.float32)
+    big = rng.uniform(-1e6, 1e6, (4, bucket)).astype(np.float32)
+    big[:, real:] = np.nan if bucket > real + 1 else big[:, real:]
+    big[:, :real] = data
+    offsets = np.zeros(start, np.float32)
+    expected = execute(g, [data, offsets])
+    static = specialize(plan.graph, {"s0": bucket, "s1": start})
+    args = [big, offsets, *(np.array(real, np.int64) for _ in plan.length_symbols)]
+    outs = run_hlo(emit_hlo(static).proto, args) if on_xla else execute(static, args)
+    for out, want, layout in zip(outs, expected, plan.output_layouts, strict=True):
+        got = unpad(out, layout, plan.padded, {"s0": real}, {"s0": bucket, "s1": start})
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-6)
+
+
+def test_an_offset_that_scales_or_pads_twice_stays_exact() -> None:
+    """The offset may not involve the padded symbol (``2*s0``) or another padded one (``s0+s1``)."""
+    for shape, padded in ((("2*s0",), {"s0"}), (("s0+s1",), {"s0", "s1"})):
+        g = Graph()
+        x = g.add_input("x", TensorType(shape, F32))
+        g.set_outputs([g.add_op("sum", [x], {"axes": (0,), "keepdims": False})])
+        plan = pad_graph(g, padded)
+        assert not plan.padded and "plus an offset" in next(iter(plan.exact.values())), plan.exact
+
+
 @pytest.mark.smoke
 def test_flattened_argmax_counts_real_positions() -> None:
     """The bug this guards against: argmax of a flattened (s0, s1) returned 106 for real index 61."""

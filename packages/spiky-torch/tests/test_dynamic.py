@@ -291,6 +291,38 @@ def test_decode_steps_with_a_growing_kv_cache_share_one_neff(monkeypatch: pytest
     assert len(neuron_target.neffs) == 1
 
 
+def _keep_last(hidden: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch.Tensor]:
+    # transformers' slice_logits_to_keep: keep=0 keeps every position; then a softmax along them
+    kept = hidden[:, slice(-keep, None), :]
+    return kept * 2, torch.softmax(kept, dim=1)
+
+
+def _slice_from_an_int_argument_offset() -> None:
+    compiled = torch.compile(_keep_last, backend="nkipy", dynamic=True)
+    torch.manual_seed(0)
+    for length in (5, 9, 16, 23, 9):
+        hidden = torch.randn(2, length, 4)
+        for got, want in zip(compiled(hidden, 0), _keep_last(hidden, 0), strict=True):
+            assert got.shape == want.shape
+            torch.testing.assert_close(got, want, rtol=RTOL, atol=ATOL)
+    stats = _stats()
+    assert "s1" in stats.padded and "s1" not in stats.exact, stats.exact
+    assert len(stats.bucket_hits) < 4  # lengths 5..23 share buckets instead of compiling each
+
+
+@pytest.mark.smoke
+def test_slice_from_an_int_argument_offset_keeps_the_sequence_padded() -> None:
+    """``hidden[:, -keep:]`` with ``keep`` an int argument (a SymInt under dynamic=True) starts at an
+    offset that is fixed per bucket: the sequence still pads (its axis becomes ``s1+s2``), and the
+    softmax along it masks by the real length plus that offset."""
+    _slice_from_an_int_argument_offset()
+
+
+def test_slice_from_an_int_argument_offset_pads_on_neuron(neuron_target: FakeNeuron) -> None:
+    _slice_from_an_int_argument_offset()
+    assert len(neuron_target.neffs) < 4
+
+
 @pytest.mark.smoke
 def test_unpaddable_dim_compiles_exact_sizes_logged_once(caplog: pytest.LogCaptureFixture) -> None:
     def fn(x: torch.Tensor) -> torch.Tensor:

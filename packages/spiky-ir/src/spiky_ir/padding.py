@@ -18,8 +18,10 @@ registered with :func:`pad_rule`; an op without one records why (``OpDef.no_rule
 Layouts: each value's axis is described by its *factors* in row-major order, e.g. a
 ``(s0, s1, 32)`` tensor reshaped to ``(s1*s0, 32)`` has axis 0 = ``(s0, s1)``. A padded
 factor is ``s`` or ``s+c`` (one padded symbol, coefficient 1: its real part is a prefix of
-length ``L+c``). Layouts are tracked symbolically, so an output whose size merely equals the
-bucket is never taken for a padded one.
+length ``L+c``). The offset ``c`` may also be an expression over *exact* symbols, fixed within a
+bucket: ``x[:, -s2:]`` with ``s2`` an int argument (transformers' ``logits_to_keep``) leaves an axis
+``s1+s2`` whose real part is the prefix of length ``L+s2``. Layouts are tracked symbolically, so an
+output whose size merely equals the bucket is never taken for a padded one.
 
 An op without a rule, or a case a rule cannot handle (a flip or a concat along a padded dim,
 a gather indexing into one, ...), makes the symbols involved *exact*: they are compiled at
@@ -90,18 +92,19 @@ class PaddedGraph:
 
 
 def _is_padded_factor(factor: Dim, padded: Collection[str]) -> str | None:
-    """The padded symbol of ``factor`` (which must be ``s+c``), or None for a plain factor."""
+    """The padded symbol of ``factor`` (which must be ``s+c``, ``c`` a constant or an expression over
+    symbols that are not padded), or None for a plain factor."""
     if isinstance(factor, int):
         return None
     symbols = dim_symbols(factor) & set(padded)
     if not symbols:
         return None
-    poly = to_poly(factor)
-    if len(symbols) == 1 and len(dim_symbols(factor)) == 1:
+    if len(symbols) == 1:
         (sym,) = symbols
-        if poly.get((sym,), 0) == 1 and set(poly) <= {(sym,), ()}:
+        poly = to_poly(factor)
+        if poly.get((sym,), 0) == 1 and all(term == (sym,) or sym not in term for term in poly):
             return sym
-    raise UnpaddableError(symbols, f"dim {factor!r} is not a padded size plus a constant")
+    raise UnpaddableError(symbols, f"dim {factor!r} is not a padded size plus an offset")
 
 
 def axis_factors(dim: Dim, padded: Collection[str]) -> Factors:
@@ -199,14 +202,15 @@ class PadContext:
                                    result_names=[v.name for v in node.outputs]).outputs
 
     def length(self, factor: Dim) -> Value:
-        """The real length of a padded factor ``s+c`` as an int64 scalar."""
+        """The real length of a padded factor ``s+c`` as an int64 scalar (``c`` over exact symbols:
+        their bucket values, which are their real ones)."""
         sym = _is_padded_factor(factor, self.padded)
         assert sym is not None
         if sym not in self.lengths:
             self.lengths[sym] = self.graph.add_input(f"len_{sym}", TensorType((), DType.int64))
-        const = dim_eval(dim_sub(factor, sym), {})
+        offset = dim_sub(factor, sym)
         base = self.lengths[sym]
-        return base if const == 0 else self.op("add", base, self.const(int(const), DType.int64))
+        return base if offset == 0 else self.op("add", base, self.size(offset))
 
     def mask(self, value: Value, axes: Sequence[int]) -> Value | None:
         """A bool tensor broadcastable to ``value``: True where every axis in ``axes`` is inside
@@ -508,6 +512,7 @@ def _real_shape(layout: Layout, padded: Collection[str], lengths: Mapping[str, i
     real: list[int] = []
     factor_shape: list[int] = []
     composite = False
+    lengths = {**buckets, **lengths}  # the symbols not padded have their bucket value as real size
     for factors in layout:
         axis_real = 1
         for f in factors:
@@ -533,10 +538,10 @@ def unpad(array: Any, layout: Layout, padded: Collection[str], lengths: Mapping[
         return array[tuple(slice(0, n) for n in real)]
     split = array.reshape(factor_shape)
     index: list[slice] = []
+    real_sizes = {**buckets, **lengths}
     for factors in layout:
         for f in factors:
-            sym = _is_padded_factor(f, padded)
-            size = dim_eval(f, lengths if sym else buckets)
+            size = dim_eval(f, real_sizes if _is_padded_factor(f, padded) else buckets)
             assert isinstance(size, int)
             index.append(slice(0, size))
     return np.ascontiguousarray(split[tuple(index)]).reshape(real)

@@ -513,7 +513,8 @@ hlo_rule("slice")(lambda ctx, node, xs: [ctx.b.slice(xs[0], ctx.ints("start"), c
 
 @pad_rule("slice")
 def _slice_pad(ctx: PadContext, node: Node, inputs: list[Value]) -> PadResult:
-    """Slices keep a padded axis' real part a prefix when they start at a static offset with step 1."""
+    """Slices keep a padded axis' real part a prefix when they start at an offset fixed within a bucket
+    (static, or over exact symbols: ``x[:, -s2:]``) with step 1."""
     (x,) = inputs
     start, stop, step = node.attrs["start"], node.attrs["stop"], node.attrs["step"]
     assert isinstance(start, tuple) and isinstance(stop, tuple) and isinstance(step, tuple)
@@ -527,7 +528,7 @@ def _slice_pad(ctx: PadContext, node: Node, inputs: list[Value]) -> PadResult:
         syms = padded_syms(ctx.layout(x), ctx.padded, [i])
         if start[i] == 0 and stop[i] == x.type.shape[i] and step[i] == 1:
             layout.append(factors)
-        elif len(factors) == 1 and isinstance(start[i], int) and step[i] == 1:
+        elif len(factors) == 1 and not dim_symbols(start[i]) & ctx.padded and step[i] == 1:
             layout.append(axis_factors(dim, ctx.padded))
         else:
             raise UnpaddableError(syms, f"slice {start[i]}:{stop[i]}:{step[i]} of padded axis {i} of {x.type}")
