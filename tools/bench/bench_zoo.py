@@ -1,10 +1,11 @@
 """The model zoo: real models from transformers, torchvision and timm through backend="nkipy".
 
     .venv/bin/python tools/bench/bench_zoo.py [--only a,b] [--no-inductor] [--timeout S] [--write-doc]
-                                              [--target host|neuron] [--cpu N] [--calls K]
+                                              [--target host|neuron] [--cpu N] [--calls K] [--warmup W]
 
 Issue 18's measurement: ``--cpu 1 --calls 20`` (each case pinned to one core, median of 20 warm
-calls per backend, the backends interleaved five calls at a time); the summary then gives
+calls per backend after ``--warmup`` untimed ones (default 10), the backends interleaved five calls
+at a time); the summary then gives
 nkipy / Inductor per call (geomean, worst, how many above 1.5x) and the cases whose first call
 (the compile) is slower than Inductor's.
 
@@ -45,10 +46,14 @@ from zoo.cases import CASES, TOLERANCE  # noqa: E402
 from zoo.expected import EXPECTED  # noqa: E402
 
 DOC = ROOT / "docs" / "MODELS.md"
+WARMUP_CALLS = 10
+"""Untimed calls per backend before the timed ones (two turns of the five lengths of a dynamic case):
+the first calls after a compile run on cold caches and settle nkipy's routes and input staging."""
 BEGIN, END = "<!-- zoo-table:begin -->", "<!-- zoo-table:end -->"
 
 
-def run_child(name: str, out: Path, inductor: bool, target: str = "host", calls: int | None = None) -> None:
+def run_child(name: str, out: Path, inductor: bool, target: str = "host", calls: int | None = None,
+              warmup: int = 0) -> None:
     """Child mode: run one case in this process and write its Result as JSON."""
     import torch
 
@@ -59,12 +64,12 @@ def run_child(name: str, out: Path, inductor: bool, target: str = "host", calls:
     from zoo.runner import run_case
 
     kwargs = {} if calls is None else {"timed_calls": calls}
-    result = run_case(BY_NAME[name], inductor=inductor, target=target, **kwargs)
+    result = run_case(BY_NAME[name], inductor=inductor, target=target, warmup_calls=warmup, **kwargs)
     out.write_text(json.dumps(result.to_json()))
 
 
 def run_isolated(name: str, timeout: float, inductor: bool, target: str = "host", calls: int | None = None,
-                 cpu: int | None = None) -> dict[str, object]:
+                 cpu: int | None = None, warmup: int = 0) -> dict[str, object]:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
         cmd = [sys.executable, __file__, "--child", name, "--child-out", str(out)]
@@ -74,6 +79,7 @@ def run_isolated(name: str, timeout: float, inductor: bool, target: str = "host"
             cmd.append("--no-inductor")
         if calls is not None:
             cmd += ["--calls", str(calls)]
+        cmd += ["--warmup", str(warmup)]
         cmd += ["--target", target]
         # Cold compile caches for both compilers, so "first call" is a compile, not a cache hit of an
         # earlier run (Inductor's FX graph cache and spiky's entries both outlive processes).
@@ -232,13 +238,15 @@ def main() -> None:
     ap.add_argument("--from-json", type=Path, nargs="+", default=[],
                     help="run nothing: take the rows from these --json files (later files win), print, --write-doc")
     ap.add_argument("--calls", type=int, help="warm calls timed per backend (median; default: the runner's)")
+    ap.add_argument("--warmup", type=int, default=WARMUP_CALLS,
+                    help=f"untimed calls per backend before the timed ones (default {WARMUP_CALLS})")
     ap.add_argument("--cpu", type=int, help="pin each case's process to this core (taskset), as the issue's goals ask")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     inductor = not args.no_inductor
     if args.child:
-        run_child(args.child, args.child_out, inductor, args.target, args.calls)
+        run_child(args.child, args.child_out, inductor, args.target, args.calls, args.warmup)
         return
     if args.write_doc and args.target != "host":
         ap.error("--write-doc records host-target measurements; drop it or use --target host")
@@ -255,7 +263,7 @@ def main() -> None:
         names = [n for n in names if n in merged]
     for name in names:
         row = merged[name] if args.from_json else run_isolated(name, args.timeout, inductor, args.target, args.calls,
-                                                                args.cpu)
+                                                                args.cpu, args.warmup)
         rows.append(row)
         print_row(row)
     print(summary(rows))

@@ -210,10 +210,16 @@ def _generate(case: Case, model: Any, inputs: Any, backend: str, options: dict[s
     return [out], first, call
 
 
-def _interleaved(calls: dict[str, Again], timed: int, block: int = 5) -> dict[str, float]:
+def _interleaved(calls: dict[str, Again], timed: int, block: int = 5, warmup: int = 0) -> dict[str, float]:
     """Median seconds per call of each backend: ``timed`` calls each, in rounds of ``block`` calls per
     backend in turn, so that a slow spell of a shared machine (these VMs drift by tens of per cent
-    within seconds) falls on every backend alike instead of on whichever ran then."""
+    within seconds) falls on every backend alike instead of on whichever ran then. First ``warmup``
+    untimed calls each, in the same turns: the calls right after a compile run on cold caches (and,
+    for nkipy's dynamic graphs, settle their routes and input staging), which is not a warm call."""
+    for _ in range(0, warmup, block):
+        for again in calls.values():
+            for _ in range(block):
+                again()
     times: dict[str, list[float]] = {name: [] for name in calls}
     while any(len(t) < timed for t in times.values()):
         for name, again in calls.items():
@@ -275,9 +281,11 @@ def on_target(target: str) -> Iterator[None]:
         yield
 
 
-def run_case(case: Case, inductor: bool = True, timed_calls: int = TIMED_CALLS, target: str = "host") -> Result:
+def run_case(case: Case, inductor: bool = True, timed_calls: int = TIMED_CALLS, target: str = "host",
+             warmup_calls: int = 0) -> Result:
     """Run one case in this process (callers wanting isolation use a subprocess per case), nkipy on
-    ``target`` (``host``, or ``neuron`` through the fake Neuron stack)."""
+    ``target`` (``host``, or ``neuron`` through the fake Neuron stack); ``warmup_calls`` untimed calls per
+    backend before the ``timed_calls``."""
     if target not in TARGETS:
         raise ValueError(f"unknown zoo target {target!r}; valid: {', '.join(TARGETS)}")
 
@@ -337,7 +345,7 @@ def run_case(case: Case, inductor: bool = True, timed_calls: int = TIMED_CALLS, 
         except Exception as exc:
             res.inductor_error = _first_line(exc)
 
-        per_call = _interleaved(calls, _timed_calls)
+        per_call = _interleaved(calls, _timed_calls, warmup=warmup_calls)
     res.eager_ms = per_call["eager"] * 1e3
     res.inductor_ms = per_call["inductor"] * 1e3 if "inductor" in per_call else None
     res.nkipy_ms = per_call["nkipy"] * 1e3 if "nkipy" in per_call else None
