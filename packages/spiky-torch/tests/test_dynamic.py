@@ -416,7 +416,39 @@ def test_calls_at_a_buckets_own_sizes_run_its_model_directly_with_the_same_resul
     assert graph is not None and graph._routes is not None
     runs = {route.real_elements // 16: getattr(route.run, "keywords", None) == {"bucket": 1}
             for route in graph._routes.values()}  # batch -> runs the model directly
-    assert runs == {3: False, 4: True, 5: False, 8: True}  # (adding a bucket forgot batch 2's route)
+    assert runs == {2: True, 3: False, 4: True, 5: False, 8: True}
+
+
+@pytest.mark.smoke
+def test_routes_outlive_buckets_added_for_other_sizes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bucket compiled for a new size leaves the routes of the sizes seen before in place (each
+    runs what it ran), so a second turn over the same sizes takes no general call; a bucket that fits a
+    route's size more tightly than its own makes that route choose again."""
+    general: list[int] = []
+    original = DynamicGraph._call_general
+
+    def counted(self: DynamicGraph, args: list[object]) -> list[object]:
+        general.append(1)
+        return original(self, args)
+
+    monkeypatch.setattr(DynamicGraph, "_call_general", counted)
+    torch.manual_seed(0)
+    model = _mlp().eval()
+    compiled = torch.compile(model, backend="nkipy", dynamic=True)
+    with torch.no_grad():
+        for batch in [3, 9, 5, 20, 2] * 2:  # each new size a new bucket: 4, 16, 8, 32, 2
+            x = torch.randn(batch, 16)
+            torch.testing.assert_close(compiled(x), model(x), rtol=RTOL, atol=ATOL)
+        assert len(general) == 5  # the first turn only
+        (graph,) = [ref() for ref in spiky.torch.dynamic._STATS]
+        assert graph is not None and graph._routes is not None
+        assert {route.sizes: route.key for route in graph._routes.values()} == {
+            (3,): (4,), (9,): (16,), (5,): (8,), (20,): (32,), (2,): (2,)}
+        graph.compile_bucket((6,), "a tighter bucket for batch 5", jit=False)
+        assert {route.sizes for route in graph._routes.values()} == {(3,), (9,), (20,), (2,)}
+        x = torch.randn(5, 16)
+        torch.testing.assert_close(compiled(x), model(x), rtol=RTOL, atol=ATOL)
+    assert len(general) == 6 and _stats().bucket_hits[(6,)] == 1
 
 
 # --- positions along padded dims: argmax / argmin / topk return real indices (issue 15) -----------------

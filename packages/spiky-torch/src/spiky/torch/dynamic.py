@@ -234,6 +234,8 @@ class _Route:
     crops: tuple[tuple[int, tuple[slice, ...]], ...] = ()
     """Outputs the runtime leaves bucket-sized (an axis of ``s+1``: a grown KV cache), with the
     prefix that is their real region."""
+    sizes: tuple[int, ...] = ()
+    """The call's size of each symbol (``DynamicGraph.symbols`` order)."""
 
 
 _BUNDLE_BUCKET = 1
@@ -348,7 +350,7 @@ class DynamicGraph:
         self._from_array = array_reader(any(v.type.dtype is DType.bfloat16 for v in self.graph.outputs))
         self._placements: dict[torch.device | None, Placement] = {}
         # Input shapes -> what a call with them runs: for CPU calls padded in the runtime with
-        # unpadded layouts; forgotten whenever a bucket is added (a new bucket can change the choice).
+        # unpadded layouts; a route is forgotten when a bucket is added that it would now choose.
         # With SymInt arguments the key also holds their values (a symbol only they carry, e.g. a
         # `logits_to_keep`, changes the bucket and the outputs without changing any input shape).
         self._routes: dict[tuple[Any, ...], _Route] | None = (
@@ -434,8 +436,15 @@ class DynamicGraph:
         self._add_bucket(key, loaded, reason, jit)
 
     def _add_bucket(self, key: BucketKey, loaded: pipeline.Loaded, reason: str, jit: bool) -> None:
-        if self._routes is not None:
-            self._routes.clear()
+        if self._routes:
+            # The new bucket is chosen instead of a route's only where it fits that route's size of some
+            # padded symbol more tightly (buckets are the smallest that fit); those routes are forgotten,
+            # the others keep running what they ran.
+            padded = [sym in self.plan.padded for sym in self.symbols]
+            for route_key in [k for k, route in self._routes.items() if any(
+                    pad and size <= new < old
+                    for pad, size, new, old in zip(padded, route.sizes, key, route.key, strict=True))]:
+                del self._routes[route_key]
         self.stats.compiles += 1
         self.stats.cache_hits += int(loaded.hit)
         self.stats.jit_compiles += int(jit)
@@ -654,7 +663,8 @@ class DynamicGraph:
             run = partial(loaded.model.run, bucket=_BUNDLE_BUCKET)
         else:
             run = bucket.bundle.run
-        routes[key] = _Route(bucket.key, run, tuple(lengths), real, padded, None if identity else tuple(slots), crops)
+        routes[key] = _Route(bucket.key, run, tuple(lengths), real, padded, None if identity else tuple(slots), crops,
+                             tuple(sizes[sym] for sym in self.symbols))
 
     def _slots(self, outs: list[torch.Tensor], sizes: Mapping[str, int]) -> list[Any]:
         """Results in FX output order (tensors, sizes of SymInt outputs, Nones)."""
