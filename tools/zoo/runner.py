@@ -216,9 +216,9 @@ def _interleaved(calls: dict[str, Again], timed: int, block: int = 5, warmup: in
     within seconds) falls on every backend alike instead of on whichever ran then. First ``warmup``
     untimed calls each, in the same turns: the calls right after a compile run on cold caches (and,
     for nkipy's dynamic graphs, settle their routes and input staging), which is not a warm call."""
-    for _ in range(0, warmup, block):
+    for done in range(0, warmup, block):
         for again in calls.values():
-            for _ in range(block):
+            for _ in range(min(block, warmup - done)):
                 again()
     times: dict[str, list[float]] = {name: [] for name in calls}
     while any(len(t) < timed for t in times.values()):
