@@ -28,6 +28,7 @@ from spiky.torch.executable import compile_graph
 from spiky.torch.fallback import compile_with_fallback, unlowered_ops
 from spiky.torch.options import validate_options
 from spiky.torch.pipeline import Context
+from spiky.torch.saved import pack_saved_activations
 
 log = logging.getLogger("spiky.backend")
 
@@ -74,7 +75,11 @@ def _min_cut_partition(joint: fx.GraphModule, inputs: Any, **kwargs: Any) -> tup
     aot_autograd's default split. Recomputing runs the forward's own ops again in the backward
     graph (no random ops: torch never recomputes those), so values and gradients are unchanged.
     """
-    return min_cut_rematerialization_partition(joint, inputs, compiler="inductor", **kwargs)
+    fw, bw = min_cut_rematerialization_partition(joint, inputs, compiler="inductor", **kwargs)
+    packed = pack_saved_activations(fw, bw, kwargs["num_fwd_outputs"], lambda gm: not unlowered_ops(gm))
+    if packed:
+        log.debug("the forward saves %d activations for the backward as packed tensors", packed)
+    return fw, bw
 
 
 def compile_one(gm: fx.GraphModule, ctx: Context) -> Any:
