@@ -218,6 +218,12 @@ EXPLICIT: list[Case] = [
          (_a(5, 3), _a(6, domain="int:5"), _a(6, 3)), tol=_REL_TOL),
     Case("index_put", lambda a, i, v: a.index_put((i,), v), (_a(5, 3), _a(2, domain="int:5"), _a(3,))),
     Case("slice_scatter", lambda a, s: torch.slice_scatter(a, s, 1, 1, 5, 2), (_a(3, 6), _a(3, 2))),
+    # step 1 at static bounds: a dynamic_update_slice (test_slice_scatter_forms)
+    Case("slice_scatter_window", lambda a, s: torch.slice_scatter(a, s, 1, 2, 5), (_a(3, 6), _a(3, 3))),
+    Case("slice_scatter_negative_dim0", lambda a, s: torch.slice_scatter(a, s, 0, -3), (_a(5, 2, 4), _a(3, 2, 4))),
+    Case("slice_scatter_whole", lambda a, s: torch.slice_scatter(a, s, -1), (_a(3, 4), _a(3, 4))),
+    Case("slice_scatter_into_zeros", lambda s: torch.slice_scatter(torch.zeros(2, 7, dtype=s.dtype), s, 1, 4),
+         (_a(2, 3),)),
     Case("select_scatter", lambda a, s: torch.select_scatter(a, s, 0, -1), (_a(3, 4), _a(4))),
     Case("topk", lambda a: torch.topk(a, 3, dim=-1), (_a(4, 8),)),
     Case("topk_smallest", lambda a: torch.topk(a, 2, dim=0, largest=False), (_a(5, 3),)),
@@ -428,6 +434,16 @@ def test_grouped_mm_other_than_experts_is_refused_by_name() -> None:
 
 
 @pytest.mark.smoke
+@pytest.mark.smoke
+@pytest.mark.parametrize(("step", "op"), [(1, "dynamic_update_slice"), (2, "scatter")])
+def test_slice_scatter_forms(step: int, op: str) -> None:
+    """A contiguous window (step 1, static bounds) is written with one dynamic_update_slice; a strided
+    one scatters at computed positions. Both match eager (the table's slice_scatter cases)."""
+    gm = make_fx(lambda a, s: torch.slice_scatter(a, s, 1, 1, 1 + 2 * step, step))(torch.zeros(3, 6), torch.ones(3, 2))
+    ops = {node.op for node in lower_fx(gm).nodes}
+    assert op in ops and ({"scatter", "dynamic_update_slice"} - {op}).isdisjoint(ops)
+
+
 def test_none_outputs_keep_their_slots() -> None:
     def fn(a: Any, b: Any) -> Any:
         return a * 2, None, b

@@ -199,3 +199,20 @@ def test_gradients_w_r_t_device_inputs() -> None:
 def test_dynamic_batch_during_training(on_device: bool) -> None:
     """Batch 4, 8, 4: the second size makes Dynamo trace a dynamic batch dim (served by buckets)."""
     _train("mlp", "sgd", (4, 8, 4), on_device=on_device)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    # transformers' rotary embedding: its backward writes each half's gradient into zeros with slice_scatter
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1) * x.sin()
+
+
+def test_slice_scatter_in_a_backward_matches_eager(host_executor: str,
+                                                   forward_backward_match: Callable[..., None]) -> None:
+    forward_backward_match(torch.compile(_rotate_half, backend="nkipy"), _rotate_half, torch.randn(2, 3, 5, 8))
+
+
+def test_slice_scatter_in_a_backward_matches_eager_on_neuron(neuron_target: FakeNeuron,
+                                                             forward_backward_match: Callable[..., None]) -> None:
+    forward_backward_match(torch.compile(_rotate_half, backend="nkipy"), _rotate_half, torch.randn(2, 3, 5, 8))
+    assert neuron_target.execute_count() >= 2

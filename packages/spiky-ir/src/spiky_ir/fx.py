@@ -1416,8 +1416,15 @@ def _slice_scatter(ctx: LoweringContext, node: fx.Node) -> Value:
     dim = _rank_dim(ctx.kwarg(node, 2, "dim", 0), x.type.rank)
     start, _end = _slice_bounds(x.type.shape[dim], ctx.kwarg(node, 3, "start", None), ctx.kwarg(node, 4, "end", None))
     step = int(ctx.kwarg(node, 5, "step", 1))
+    src = ctx.astype(src, x.type.dtype)
+    if step == 1 and isinstance(start, int) and all(isinstance(d, int) for d in (*x.type.shape, *src.type.shape)):
+        # A contiguous static window: a dynamic_update_slice at constant starts, which XLA updates in
+        # place (or folds into a pad when x is a broadcast zero, as in the backward of a slice)
+        # where a scatter with computed indices is a loop over index tuples. Same elements written.
+        starts = [ctx.const(start if axis == dim else 0, DType.int64) for axis in range(x.type.rank)]
+        return ctx.op("dynamic_update_slice", x, src, *starts)
     index = _positions(ctx, src.type.shape, dim, start, step)
-    return ctx.op("scatter", x, index, ctx.astype(src, x.type.dtype), attrs={"axis": dim})
+    return ctx.op("scatter", x, index, src, attrs={"axis": dim})
 
 
 @lowers(aten.select_scatter.default)
