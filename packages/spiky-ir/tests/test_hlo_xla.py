@@ -549,7 +549,8 @@ def _many_outputs() -> Graph:
 
 
 @pytest.mark.smoke
-@pytest.mark.parametrize("packed", [list(range(12)), [0, 3, 9], [1, 10], [10, 11], [9]])
+@pytest.mark.parametrize("packed", [list(range(12)), [0, 3, 9], [1, 10], [10, 11], [9],
+                                    [0, 10, 11], [1], [4]])  # these three: one dtype, packed in it
 def test_packed_outputs_are_the_unpacked_bits(packed: list[int]) -> None:
     g = _many_outputs()
     x = np.random.default_rng(3).uniform(-4, 4, (3, 5)).astype(np.float32)
@@ -567,6 +568,8 @@ def test_packed_outputs_are_the_unpacked_bits(packed: list[int]) -> None:
         assert a.tobytes() == b.tobytes(), index  # bit for bit
         if index in packed:
             assert a.ctypes.data % 64 == 0  # each packed output starts on a 64-byte boundary
+    buffer = exe.call_packed([x])[-1]  # what a runtime host model takes: bytes, whatever the module packed
+    assert buffer.dtype == np.uint8 and buffer.ndim == 1
 
 
 def test_packing_names_what_it_cannot_pack() -> None:

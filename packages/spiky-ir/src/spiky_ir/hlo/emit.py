@@ -79,9 +79,10 @@ def emit_hlo(
     ``drop_empty_inputs``: an input with zero elements is no parameter but a constant of its
     (empty) shape, which holds the same nothing (a NEFF carries no zero-element tensors); it is
     then absent from ``input_names``.
-    ``packed_outputs``: these outputs (indices, see :func:`pack_layout`) leave as bytes of one ``u8``
-    buffer, the last element of the root tuple, after the other outputs in order. For XLA:CPU on
-    the host, where every output buffer costs ~3 µs to hand back; not for a NEFF.
+    ``packed_outputs``: these outputs (indices, see :func:`pack_layout`) leave as bytes of one
+    buffer, the last element of the root tuple, after the other outputs in order: of their dtype
+    when they share one, else ``u8``. For XLA:CPU on the host, where every output buffer costs
+    ~3 µs to hand back; not for a NEFF.
     """
     for value in graph.inputs:
         if not value.type.is_static:
@@ -137,10 +138,14 @@ def emit_hlo(
     packed = set(packed_outputs)
     if packed:
         pack_layout([v.type for v in graph.outputs], packed)  # checks the indices and types
-        parts = [_as_bytes(main, env[id(graph.outputs[i])]) for i in sorted(packed)]
+        # Outputs of one dtype are concatenated as they are (one copy each); mixed dtypes go through
+        # their bytes (a bitcast-convert each first). Either way the buffer holds the same bytes.
+        dtypes = {graph.outputs[i].type.dtype for i in packed}
+        kind = dtypes.pop() if len(dtypes) == 1 else DType.uint8
+        parts = [_flat_part(main, env[id(graph.outputs[i])], kind) for i in sorted(packed)]
         elements = _distinct(main, [env[id(v)] for i, v in enumerate(graph.outputs) if i not in packed])
         total = sum(p.dims[0] for p in parts)
-        elements.append(main.op("concatenate", parts, DType.uint8, (total,), dimensions=[0]))
+        elements.append(main.op("concatenate", parts, kind, (total,), dimensions=[0]))
         root = main.tuple(elements, {OUTPUT_NAMES_ATTR: ",".join(
             [n for i, n in enumerate(output_names) if i not in packed] + ["packed"])})
     elif len(graph.outputs) == 1:
@@ -207,21 +212,21 @@ def pack_layout(types: Sequence[TensorType], indices: Collection[int]) -> list[t
     return layout
 
 
-def _as_bytes(b: ComputationBuilder, value: HloValue) -> HloValue:
-    """``value``'s row-major bytes as ``u8[n]``, zero-padded to a multiple of :data:`PACK_ALIGNMENT`."""
-    size = value.dtype.itemsize
+def _flat_part(b: ComputationBuilder, value: HloValue, kind: DType) -> HloValue:
+    """``value``'s row-major elements as ``kind[n]`` (its own dtype, or ``u8`` for its bytes),
+    zero-padded to a multiple of :data:`PACK_ALIGNMENT` bytes."""
     flat = b.reshape(value, (math.prod(value.dims),))
-    if value.dtype is DType.uint8:
+    if kind is value.dtype:
         data = flat
-    elif size == 1:
+    elif value.dtype.itemsize == 1:
         data = b.op("bitcast-convert", [flat], DType.uint8, flat.dims)
     else:
+        size = value.dtype.itemsize
         data = b.reshape(b.op("bitcast-convert", [flat], DType.uint8, (*flat.dims, size)), (flat.dims[0] * size,))
-    pad = -data.dims[0] % PACK_ALIGNMENT
+    pad = -(data.dims[0] * kind.itemsize) % PACK_ALIGNMENT // kind.itemsize
     if not pad:
         return data
-    return b.op("concatenate", [data, b.full(0, DType.uint8, (pad,))], DType.uint8, (data.dims[0] + pad,),
-                dimensions=[0])
+    return b.op("concatenate", [data, b.full(0, kind, (pad,))], kind, (data.dims[0] + pad,), dimensions=[0])
 
 
 def _check_inplace(graph: Graph, inplace: dict[str, int]) -> dict[int, int]:

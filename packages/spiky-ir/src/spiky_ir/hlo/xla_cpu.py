@@ -314,8 +314,12 @@ class XlaCpuExecutable:
         order, then that buffer (see :attr:`packed_offsets`; a runtime host model copies each out)."""
         with self._lock:
             results = self._exe.execute_sharded(self._put(inputs))
-        # Each output is a zero-copy, read-only view of XLA's result buffer.
-        return [np.asarray(per_device[0]) for per_device in results.disassemble_into_single_device_arrays()]
+        # Each output is a zero-copy, read-only view of XLA's result buffer; the packed one as bytes
+        # (a module packs outputs of one dtype in that dtype).
+        arrays = [np.asarray(per_device[0]) for per_device in results.disassemble_into_single_device_arrays()]
+        if self._unpack is not None and arrays[-1].dtype != np.uint8:
+            arrays[-1] = arrays[-1].view(np.uint8)
+        return arrays
 
     def __call__(self, inputs: Sequence[Array]) -> list[Array]:
         arrays = self.call_packed(inputs)
