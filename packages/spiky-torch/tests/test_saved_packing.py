@@ -104,17 +104,25 @@ def test_packed_graphs_hand_the_backward_the_same_values(fn: Fn, dtype: torch.dt
     packed_outs, packed_grads, packed_kept = _run_pair(packed_fw, packed_bw, n, args, tangents)
     for a, b in zip(outs, packed_outs, strict=True):
         assert torch.equal(a, b)
-    # the backward's own unpacking (slice, view), evaluated on the packed tensor, gives back every
-    # activation the original forward saved, element for element
+    # the backward's own unpacking (slice, view, and the transpose of a saved transpose), evaluated on the
+    # packed tensor, gives back every activation the original forward saved, element for element
     original = dict(zip(_placeholders(bw), kept, strict=False))
     packed = dict(zip(_placeholders(packed_bw), packed_kept, strict=False))
-    views = [node for node in packed_bw.graph.nodes if "unpacked_from" in node.meta]
-    assert len(views) == count
-    for view in views:
-        part = view.args[0]
-        flat = packed[part.args[0].name][part.args[2]:part.args[3]]
-        want = original[view.meta["unpacked_from"]]
-        assert torch.equal(flat.view(want.shape), want)
+
+    def evaluate(node: Any) -> Any:
+        if not isinstance(node, fx.Node):
+            return node
+        if node.op == "placeholder":
+            return packed[node.name]
+        return node.target(*[evaluate(a) for a in node.args], **node.kwargs)
+
+    unpacked = [node for node in packed_bw.graph.nodes if "unpacked_from" in node.meta]
+    assert len(unpacked) == count
+    if fn is _attention:  # saved transposes of activations are stored untransposed and transposed back
+        assert any(node.target in saved._TRANSPOSES for node in unpacked)
+    for node in unpacked:
+        got, want = evaluate(node), original[node.meta["unpacked_from"]]
+        assert got.shape == want.shape and torch.equal(got, want)
     for a, b in zip(grads, packed_grads, strict=True):
         if a is None or b is None:
             assert a is None and b is None

@@ -14,6 +14,11 @@ the same row-major order, so nothing the backward computes changes; the compiled
 the slices into their consumers, and the forward's concatenation replaces the copies its own
 output packing made anyway.
 
+A saved transpose of another activation (``t``, ``transpose``, ``permute``: the min-cut partition
+saves ``x.t()`` for a weight gradient) is stored as that activation and transposed again in the
+backward, where a dot reads its operand transposed at no cost; stored as it is, it would cost the
+forward a transposing copy.
+
 Only rewritten when both graphs lower entirely (no eager fallback partitions: eager ``view`` and
 ``as_strided`` read memory layouts, and the slices are contiguous where the saved tensor may not
 be). The replacement of each saved tensor keeps its fake tensor (sizes and strides), so lowerings
@@ -49,6 +54,23 @@ def _small_static(node: fx.Node) -> torch.Tensor | None:
     return val if 0 < nbytes <= PACK_SAVED_BYTES else None
 
 
+_TRANSPOSES = (aten.t.default, aten.transpose.int, aten.permute.default)
+
+
+def _transposed_source(node: fx.Node) -> fx.Node | None:
+    """The activation a saved transpose was made of, when it can be stored instead (computed in the
+    forward, static, of the same dtype and size), else None."""
+    if node.target not in _TRANSPOSES or not node.args or not isinstance(node.args[0], fx.Node):
+        return None
+    source = node.args[0]
+    val = source.meta.get("val")
+    if source.op != "call_function" or not isinstance(val, torch.Tensor):
+        return None
+    if not all(isinstance(d, int) for d in val.shape) or val.dtype != node.meta["val"].dtype:
+        return None
+    return source if val.numel() == node.meta["val"].numel() else None
+
+
 def pack_saved_activations(fw: fx.GraphModule, bw: fx.GraphModule, num_fwd_outputs: int,
                            lowers_entirely: Callable[[fx.GraphModule], bool]) -> int:
     """Pack ``fw``'s small static saved activations into one tensor per dtype, and unpack them in
@@ -79,39 +101,53 @@ def pack_saved_activations(fw: fx.GraphModule, bw: fx.GraphModule, num_fwd_outpu
         return 0
 
     packed_out: dict[int, fx.Node] = {}  # index of the group's first member -> the packed fw node
-    packed_in: dict[int, fx.Node] = {}  # the same -> the packed bw placeholder
     first_body = next(n for n in bw.graph.nodes if n.op != "placeholder")
     for dtype, members in groups.items():
-        nodes = [saved[i] for i in members]
-        vals = [n.meta["val"] for n in nodes]
-        with fw.graph.inserting_before(output):
-            flats = []
-            for node, val in zip(nodes, vals, strict=True):
-                flat = fw.graph.call_function(aten.reshape.default, (node, [val.numel()]))
+        # A saved transpose of another activation is stored as that activation, in its own order, and
+        # transposed again in the backward (where a dot reads it transposed for free), instead of being
+        # copied into transposed order by the forward; an activation stored for two members is stored once.
+        stored: dict[fx.Node, int] = {}  # node whose elements are in the packed tensor -> offset
+        offset, flats = 0, []
+        plans = []
+        for index in members:
+            node = saved[index]
+            base = _transposed_source(node)
+            source = base if base is not None else node
+            if source not in stored:
+                val = source.meta["val"]
+                stored[source] = offset
+                with fw.graph.inserting_before(output):
+                    flat = fw.graph.call_function(aten.reshape.default, (source, [val.numel()]))
                 flat.meta["val"] = val.reshape(-1)
                 flats.append(flat)
+                offset += val.numel()
+            plans.append((index, source, stored[source], base is not None))
+        with fw.graph.inserting_before(output):
             cat = fw.graph.call_function(aten.cat.default, (flats,))
-            cat.meta["val"] = torch.cat([f.meta["val"] for f in flats])
+        cat.meta["val"] = torch.cat([f.meta["val"] for f in flats])
         packed_out[members[0]] = cat
 
         name = f"saved_packed_{str(dtype).removeprefix('torch.')}"
         with bw.graph.inserting_before(placeholders[members[0]]):
             ph = bw.graph.placeholder(name)
             ph.meta["val"] = cat.meta["val"]
-        packed_in[members[0]] = ph
-        offset = 0
         with bw.graph.inserting_before(first_body):
-            for index, val in zip(members, vals, strict=True):
-                n = val.numel()
-                part = bw.graph.call_function(aten.slice.Tensor, (ph, 0, offset, offset + n))
-                part.meta["val"] = cat.meta["val"][offset:offset + n]
-                view = bw.graph.call_function(aten.view.default, (part, list(val.shape)))
-                view.meta["val"] = val  # the saved tensor's own layout (see the module doc)
+            for index, source, start, transposed in plans:
                 old = placeholders[index]
-                view.meta["unpacked_from"] = old.name
-                old.replace_all_uses_with(view)
+                shape = list(source.meta["val"].shape)
+                n = source.meta["val"].numel()
+                part = bw.graph.call_function(aten.slice.Tensor, (ph, 0, start, start + n))
+                part.meta["val"] = cat.meta["val"][start:start + n]
+                value = bw.graph.call_function(aten.view.default, (part, shape))
+                value.meta["val"] = source.meta["val"]
+                if transposed:
+                    node = saved[index]
+                    value = bw.graph.call_function(node.target, (value, *node.args[1:]), dict(node.kwargs))
+                # the saved tensor's own fake tensor, layout included (see the module doc)
+                value.meta["val"] = old.meta["val"]
+                value.meta["unpacked_from"] = old.name
+                old.replace_all_uses_with(value)
                 bw.graph.erase_node(old)
-                offset += n
 
     dropped = {i for members in groups.values() for i in members[1:]}
     new_saved = [packed_out.get(i, node) for i, node in enumerate(saved) if i not in dropped]
